@@ -1,0 +1,60 @@
+"""Migration Dashboard: inspect and run Alembic migrations safely, on localhost."""
+
+from __future__ import annotations
+
+import os
+import secrets
+
+from flask import Flask
+from flask_wtf.csrf import CSRFProtect
+
+from dashboard.core import Dashboard
+from dashboard.settings import settings_from_environ
+
+csrf = CSRFProtect()
+
+
+def create_app(test_config: dict | None = None) -> Flask:
+    app = Flask(__name__, instance_relative_config=False)
+    app.config.update(settings_from_environ())
+    if test_config:
+        app.config.update(test_config)
+    instance_dir = str(app.config["DASHBOARD_INSTANCE_DIR"])
+    os.makedirs(instance_dir, exist_ok=True)
+    app.instance_path = instance_dir
+    app.config["SECRET_KEY"] = app.config.get("DASHBOARD_SECRET_KEY") or _instance_secret(
+        instance_dir
+    )
+    app.config.setdefault("WTF_CSRF_TIME_LIMIT", None)
+
+    dashboard = Dashboard({k: v for k, v in app.config.items() if k.startswith("DASHBOARD_")})
+    app.extensions["dashboard"] = dashboard
+    csrf.init_app(app)
+
+    from dashboard import security
+    from dashboard.views import api, errors, pages
+
+    security.init_app(app)
+    errors.init_app(app)
+    app.register_blueprint(pages.bp)
+    app.register_blueprint(api.bp)
+
+    dashboard.ensure_sample_database()
+    return app
+
+
+def _instance_secret(instance_dir: str) -> str:
+    """A random key kept in the instance folder, so sessions survive restarts."""
+    path = os.path.join(instance_dir, "secret_key")
+    try:
+        with open(path, encoding="ascii") as handle:
+            key = handle.read().strip()
+            if key:
+                return key
+    except OSError:
+        pass
+    key = secrets.token_hex(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as handle:
+        handle.write(key)
+    return key

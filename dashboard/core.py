@@ -1,0 +1,105 @@
+"""The dashboard's long-lived objects for one configuration, Flask-free.
+
+The web app keeps one ``Dashboard`` in ``app.extensions``; the command line
+builds its own from the same settings. Services take what they need from it
+as explicit arguments.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from functools import partial
+
+from dashboard.errors import ConfigurationError
+from dashboard.services import alembic_process
+from dashboard.services.project import Project, load_project
+from dashboard.services.revisions import History, HistoryCache
+from dashboard.settings import REPO_ROOT
+
+
+class Dashboard:
+    def __init__(self, settings: dict):
+        self.settings = dict(settings)
+        self.instance_dir = str(settings["DASHBOARD_INSTANCE_DIR"])
+        self.timeout = float(settings["DASHBOARD_SUBPROCESS_TIMEOUT"])
+        self._history_cache: HistoryCache | None = None
+        self._sql_cache: dict = {}
+
+    def project(self) -> Project:
+        return load_project(
+            str(self.settings["DASHBOARD_ALEMBIC_INI"]),
+            self.settings.get("DASHBOARD_DATABASE_URL") or None,
+            version_table=str(self.settings["DASHBOARD_VERSION_TABLE"]),
+            python=str(self.settings["DASHBOARD_PYTHON"]),
+        )
+
+    def history(self, project: Project | None = None) -> History:
+        project = project or self.project()
+        if self._history_cache is None:
+            self._history_cache = HistoryCache(
+                partial(self._import_headers, project)
+            )
+        return self._history_cache.load(project)
+
+    def read_state(self):
+        """The project, its parsed history and the database's status, read now."""
+        from dashboard.services.status import migration_status
+
+        project = self.project()
+        history = self.history(project)
+        return project, history, migration_status(project, history)
+
+    def _import_headers(self, project: Project, paths):
+        return alembic_process.import_headers(project, paths, self.timeout)
+
+    def offline_sql(self, project: Project, revision) -> alembic_process.OfflineSql:
+        """Offline SQL of one revision, cached until its file or env.py changes."""
+        env_py = os.path.join(project.script_location, "env.py")
+        key = (
+            revision.revision,
+            _mtime(revision.path),
+            _mtime(env_py),
+            project.database_url,
+            project.ini_path,
+        )
+        if key not in self._sql_cache:
+            if len(self._sql_cache) > 256:
+                self._sql_cache.clear()
+            self._sql_cache[key] = alembic_process.offline_sql(
+                project, revision.revision, self.timeout
+            )
+        return self._sql_cache[key]
+
+    def ensure_sample_database(self) -> bool:
+        """On first start against the sample project, create its database at an
+        early revision with demo rows, so the page has something real to show."""
+        if not self.settings.get("DASHBOARD_SEED_SAMPLE"):
+            return False
+        ini = os.path.realpath(str(self.settings["DASHBOARD_ALEMBIC_INI"]))
+        if ini != os.path.realpath(REPO_ROOT / "alembic.ini"):
+            return False
+        try:
+            project = self.project()
+        except ConfigurationError:
+            return False
+        from sqlalchemy.engine import make_url
+
+        url = make_url(project.database_url)
+        if url.get_backend_name() != "sqlite" or not url.database:
+            return False
+        if os.path.exists(url.database):
+            return False
+        subprocess.run(
+            [project.python, "-m", "app_models.seed", project.database_url, "--ini", ini],
+            cwd=str(REPO_ROOT), check=True, timeout=120,
+            stdin=subprocess.DEVNULL, capture_output=True,
+        )
+        return True
+
+
+def _mtime(path: str) -> int:
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return 0

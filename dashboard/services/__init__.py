@@ -1,0 +1,1 @@
+"""Plain-Python services: no Flask request objects below this line."""

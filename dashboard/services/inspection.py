@@ -1,0 +1,162 @@
+"""What the read-only pages and the JSON API show, assembled once for both."""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+
+from dashboard.services.alembic_process import OfflineSql
+from dashboard.services.project import Project
+from dashboard.services.revisions import (
+    History,
+    ScriptRevision,
+    children_of,
+    dependents_of,
+    path_relative,
+)
+from dashboard.services.status import MigrationStatus
+
+
+@dataclass(frozen=True)
+class RevisionSummary:
+    revision: str
+    down_revisions: tuple[str, ...]
+    branch_labels: tuple[str, ...]
+    depends_on: tuple[str, ...]
+    message: str
+    is_head: bool
+    is_merge: bool
+    is_branch_point: bool
+    is_base: bool
+    applied: bool
+    is_current: bool
+
+    def as_json(self) -> dict:
+        return {
+            "revision": self.revision,
+            "down_revisions": list(self.down_revisions),
+            "branch_labels": list(self.branch_labels),
+            "depends_on": list(self.depends_on),
+            "message": self.message,
+            "is_head": self.is_head,
+            "is_merge": self.is_merge,
+            "is_branch_point": self.is_branch_point,
+            "applied": self.applied,
+        }
+
+
+@dataclass(frozen=True)
+class RevisionDetail:
+    summary: RevisionSummary
+    children: tuple[str, ...]
+    dependents: tuple[str, ...]
+    create_date: str | None
+    path: str
+    docstring: str
+    upgrade_source: str
+    downgrade_source: str
+    sql: OfflineSql
+    dialect: str
+
+    def as_json(self) -> dict:
+        data = self.summary.as_json()
+        data.update(
+            children=list(self.children),
+            dependents=list(self.dependents),
+            create_date=self.create_date,
+            path=self.path,
+            docstring=self.docstring,
+            upgrade_source=self.upgrade_source,
+            downgrade_source=self.downgrade_source,
+            dialect=self.dialect,
+            upgrade_sql=self.sql.upgrade_sql,
+            downgrade_sql=self.sql.downgrade_sql,
+            upgrade_sql_error=self.sql.upgrade_error,
+            downgrade_sql_error=self.sql.downgrade_error,
+        )
+        return data
+
+
+def summarize(history: History, revision: ScriptRevision,
+              status: MigrationStatus | None) -> RevisionSummary:
+    heads = set(history.revision_map.heads)
+    applied = status.applied if status else frozenset()
+    current = set(status.current) if status else set()
+    return RevisionSummary(
+        revision=revision.revision,
+        down_revisions=revision.down_revisions,
+        branch_labels=tuple(sorted(revision.branch_labels)),
+        depends_on=revision.depends_on,
+        message=revision.doc,
+        is_head=revision.revision in heads,
+        is_merge=revision.is_merge_point,
+        is_branch_point=revision.is_branch_point,
+        is_base=not revision.down_revisions,
+        applied=revision.revision in applied,
+        is_current=revision.revision in current,
+    )
+
+
+def revision_summaries(history: History, status: MigrationStatus | None
+                       ) -> list[RevisionSummary]:
+    """Every revision, newest first (Alembic's walk order from the heads)."""
+    if history.error:
+        return []
+    ordered = history.revision_map.iterate_revisions(
+        "heads", "base", inclusive=True, implicit_base=True, assert_relative_length=False
+    )
+    return [summarize(history, rev, status) for rev in ordered]  # type: ignore[arg-type]
+
+
+def function_source(source: str, name: str) -> str:
+    """The source of a top-level function, or an empty string."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return ""
+    lines = source.splitlines()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == name:
+            start = min([d.lineno for d in node.decorator_list] + [node.lineno]) - 1
+            return "\n".join(lines[start:node.end_lineno])
+    return ""
+
+
+def revision_detail(project: Project, history: History, revision: ScriptRevision,
+                    status: MigrationStatus | None, sql: OfflineSql) -> RevisionDetail:
+    try:
+        with open(revision.path, encoding="utf-8") as handle:
+            source = handle.read()
+    except OSError:
+        source = ""
+    return RevisionDetail(
+        summary=summarize(history, revision, status),
+        children=children_of(history, revision),
+        dependents=dependents_of(history, revision),
+        create_date=revision.header.create_date,
+        path=path_relative(project, revision.path),
+        docstring=revision.header.docstring,
+        upgrade_source=function_source(source, "upgrade"),
+        downgrade_source=function_source(source, "downgrade"),
+        sql=sql,
+        dialect=project.dialect,
+    )
+
+
+def graph_layout(summaries: list[RevisionSummary]):
+    """Lane layout of the history for the SVG graph."""
+    from dashboard.services.graph import GraphRevision, layout_graph
+
+    return layout_graph([
+        GraphRevision(
+            revision=s.revision,
+            down_revisions=s.down_revisions,
+            depends_on=s.depends_on,
+            branch_labels=s.branch_labels,
+            message=s.message,
+            is_head=s.is_head,
+            is_current=s.is_current,
+            applied=s.applied,
+        )
+        for s in summaries
+    ])

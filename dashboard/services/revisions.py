@@ -1,0 +1,378 @@
+"""The script directory, read without executing it.
+
+Real histories import their host application in most revision files, so
+loading them as ``ScriptDirectory`` does fails wherever that application is
+not importable, and is slow. We read each file's four header assignments as
+literals and build Alembic's own ``RevisionMap`` from them, so heads, partial
+ids, labels and ``iterate_revisions`` behave exactly as Alembic's. A file
+whose headers are not literals is imported in a subprocess under the
+project's interpreter; a file that fails even then is listed as unreadable.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import threading
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from alembic.script.revision import (
+    MultipleHeads,
+    ResolutionError,
+    Revision,
+    RevisionError,
+    RevisionMap,
+)
+
+from dashboard.errors import BadRequest, NotFound
+from dashboard.services.project import Project
+
+HEADER_NAMES = ("revision", "down_revision", "branch_labels", "depends_on")
+# Alembic's own rule for which files in a version folder are revisions.
+_REVISION_FILE = re.compile(r"(?!\.\#|__init__)(.*\.py)$")
+_LEGACY_REV_FILE = re.compile(r"([a-f0-9]+)\.py$")
+_HEADER = re.compile(
+    r"^(revision|down_revision|branch_labels|depends_on)[ \t]*(?::[^=\n]*)?=(?!=)[ \t]*", re.M
+)
+_DOCSTRING = re.compile(
+    r"\A(?:\s*#[^\n]*\n|\s)*[rRuU]?(\"\"\"|''')(.*?)\1", re.S
+)
+_CREATE_DATE = re.compile(r"^\s*Create Date:\s*(.+?)\s*$", re.M)
+
+
+class NotLiteral(Exception):
+    """A header is computed, so only importing the file can tell its value."""
+
+
+@dataclass(frozen=True)
+class RevisionHeader:
+    path: str
+    revision: str
+    down_revision: tuple[str, ...]
+    branch_labels: tuple[str, ...]
+    depends_on: tuple[str, ...]
+    docstring: str
+
+    @property
+    def message(self) -> str:
+        return re.split("\n\n", self.docstring.strip())[0] if self.docstring else ""
+
+    @property
+    def create_date(self) -> str | None:
+        match = _CREATE_DATE.search(self.docstring or "")
+        return match.group(1) if match else None
+
+
+@dataclass(frozen=True)
+class UnreadableFile:
+    path: str
+    reason: str
+
+
+class ScriptRevision(Revision):
+    """Alembic's ``Revision`` plus what the pages show about its file."""
+
+    def __init__(self, header: RevisionHeader):
+        super().__init__(
+            header.revision,
+            header.down_revision or None,
+            dependencies=header.depends_on or None,
+            branch_labels=header.branch_labels,
+        )
+        self.header = header
+        self.path = header.path
+
+    @property
+    def doc(self) -> str:
+        return self.header.message
+
+    @property
+    def down_revisions(self) -> tuple[str, ...]:
+        return self.header.down_revision
+
+    @property
+    def depends_on(self) -> tuple[str, ...]:
+        return tuple(self._resolved_dependencies) if self.dependencies else ()
+
+
+@dataclass
+class History:
+    """A project's parsed revision graph."""
+
+    revision_map: RevisionMap
+    revisions: dict[str, ScriptRevision]
+    unreadable: tuple[UnreadableFile, ...] = ()
+    problems: tuple[str, ...] = ()
+    error: str | None = None
+    _memo: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def heads(self) -> tuple[str, ...]:
+        return tuple(sorted(self.revision_map.heads)) if self.error is None else ()
+
+    def memo(self, key, compute: Callable[[], object]):
+        """Cache a derived answer (pending list, ancestors) for this version of the map."""
+        if key not in self._memo:
+            if len(self._memo) > 64:
+                self._memo.clear()
+            self._memo[key] = compute()
+        return self._memo[key]
+
+
+# ---------------------------------------------------------------- parsing
+
+def _literal(expr_source: str):
+    try:
+        node = ast.parse(expr_source.strip(), mode="eval")
+    except SyntaxError:
+        return _INCOMPLETE
+    try:
+        return ast.literal_eval(node)
+    except (ValueError, TypeError, SyntaxError):
+        raise NotLiteral(expr_source.strip()) from None
+
+
+_INCOMPLETE = object()
+
+
+def _expression_after(text: str, start: int) -> str:
+    """The source of the expression that starts at ``start``: grows line by
+    line until it parses, so tuples spread over several lines work."""
+    lines = text[start:].splitlines()
+    for count in range(1, min(len(lines), 200) + 1):
+        candidate = "\n".join(lines[:count])
+        value = _literal(candidate)
+        if value is not _INCOMPLETE:
+            return candidate
+    raise NotLiteral(lines[0] if lines else "")
+
+
+def _as_ids(value, name: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, (tuple, list)) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise NotLiteral(f"{name} = {value!r}")
+
+
+def parse_header_text(text: str, path: str) -> RevisionHeader:
+    """Headers of one revision file from its source. Raises ``NotLiteral``
+    when any header is not a plain literal assignment at module level."""
+    found: dict[str, object] = {}
+    for match in _HEADER.finditer(text):
+        name = match.group(1)
+        if name in found:
+            raise NotLiteral(f"{name} is assigned more than once")
+        found[name] = ast.literal_eval(ast.parse(_expression_after(text, match.end()).strip(),
+                                                 mode="eval"))
+    if "revision" in found:
+        if not isinstance(found["revision"], str):
+            raise NotLiteral(f"revision = {found['revision']!r}")
+        revision = found["revision"]
+    else:
+        legacy = _LEGACY_REV_FILE.match(os.path.basename(path))
+        if not legacy:
+            raise NotLiteral("no revision assignment found")
+        revision = legacy.group(1)
+    if "down_revision" not in found:
+        raise NotLiteral("no down_revision assignment found")
+    doc = _DOCSTRING.match(text)
+    return RevisionHeader(
+        path=path,
+        revision=revision,
+        down_revision=_as_ids(found["down_revision"], "down_revision"),
+        branch_labels=_as_ids(found.get("branch_labels"), "branch_labels"),
+        depends_on=_as_ids(found.get("depends_on"), "depends_on"),
+        docstring=doc.group(2).strip() if doc else "",
+    )
+
+
+def revision_files(project: Project) -> list[tuple[str, int, int]]:
+    """(path, mtime_ns, size) of every revision file, in Alembic's order."""
+    files: list[tuple[str, int, int]] = []
+    seen: set[str] = set()
+    for location in project.version_locations:
+        if not os.path.isdir(location):
+            continue
+        for root, dirs, names in os.walk(location):
+            if os.path.basename(root).endswith("__pycache__"):
+                dirs[:] = []
+                continue
+            for name in sorted(names):
+                if not _REVISION_FILE.match(name):
+                    continue
+                path = os.path.join(root, name)
+                real = os.path.realpath(path)
+                if real in seen:
+                    continue
+                seen.add(real)
+                stat = os.stat(real)
+                files.append((real, stat.st_mtime_ns, stat.st_size))
+            if not project.recursive_version_locations:
+                break
+            dirs.sort()
+    return files
+
+
+ImportHeaders = Callable[[list[str]], dict[str, "RevisionHeader | UnreadableFile"]]
+
+
+class HistoryCache:
+    """Parsed headers per file and the map built from them, keyed on the
+    files' names, modification times and sizes: an edited or new revision
+    file is noticed on the next request, an unchanged tree costs a stat."""
+
+    def __init__(self, import_headers: ImportHeaders):
+        self._import_headers = import_headers
+        self._lock = threading.Lock()
+        self._files: dict[tuple[str, int, int], RevisionHeader | UnreadableFile] = {}
+        self._key: tuple | None = None
+        self._history: History | None = None
+
+    def load(self, project: Project) -> History:
+        files = revision_files(project)
+        key = (project.version_locations, tuple(files))
+        with self._lock:
+            if key == self._key and self._history is not None:
+                return self._history
+            parsed = self._parse_all(files)
+            self._files = {f: parsed[f] for f in files}
+            self._history = build_history(parsed[f] for f in files)
+            self._key = key
+            return self._history
+
+    def _parse_all(self, files):
+        parsed: dict = {}
+        needs_import: list[tuple[str, int, int]] = []
+        for entry in files:
+            cached = self._files.get(entry)
+            if cached is not None:
+                parsed[entry] = cached
+                continue
+            path = entry[0]
+            try:
+                with open(path, encoding="utf-8") as handle:
+                    text = handle.read()
+                parsed[entry] = parse_header_text(text, path)
+            except NotLiteral:
+                needs_import.append(entry)
+            except (OSError, UnicodeDecodeError, SyntaxError, ValueError) as exc:
+                parsed[entry] = UnreadableFile(path, f"cannot read: {exc}")
+        if needs_import:
+            imported = self._import_headers([entry[0] for entry in needs_import])
+            for entry in needs_import:
+                parsed[entry] = imported.get(
+                    entry[0], UnreadableFile(entry[0], "import gave no result")
+                )
+        return parsed
+
+
+def build_history(items: Iterable[RevisionHeader | UnreadableFile]) -> History:
+    revisions: dict[str, ScriptRevision] = {}
+    unreadable: list[UnreadableFile] = []
+    scripts: list[ScriptRevision] = []
+    for item in items:
+        if isinstance(item, UnreadableFile):
+            unreadable.append(item)
+            continue
+        try:
+            scripts.append(ScriptRevision(item))
+        except RevisionError as exc:
+            unreadable.append(UnreadableFile(item.path, str(exc)))
+    revision_map = RevisionMap(lambda: scripts)
+    problems: list[str] = []
+    error = None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            _ = revision_map.heads  # builds the map; raises on cycles, label clashes
+            for script in revision_map._revision_map.values():
+                if script is not None:
+                    revisions[script.revision] = script
+        except RevisionError as exc:
+            error = str(exc)
+    problems.extend(str(w.message) for w in caught)
+    ordered = {s.revision: s for s in scripts if s.revision in revisions}
+    return History(
+        revision_map=revision_map,
+        revisions=ordered,
+        unreadable=tuple(unreadable),
+        problems=tuple(problems),
+        error=error,
+    )
+
+
+# ---------------------------------------------------------------- queries
+
+def resolve_revision(history: History, revision_id: str) -> ScriptRevision:
+    """One revision by full id, unique prefix or branch label, as Alembic resolves it."""
+    if history.error:
+        raise BadRequest(f"The revision history cannot be read: {history.error}")
+    if not revision_id or revision_id in ("base", "heads", "head"):
+        if revision_id == "head" and len(history.heads) == 1:
+            return history.revisions[history.heads[0]]
+        raise BadRequest(f"'{revision_id}' names no single revision.")
+    try:
+        found = history.revision_map.get_revision(revision_id)
+    except MultipleHeads as exc:
+        raise BadRequest(f"'{revision_id}' is ambiguous: {exc}") from exc
+    except ResolutionError as exc:
+        message = str(exc)
+        if "Multiple revisions start with" in message:
+            raise BadRequest(f"Ambiguous revision id '{revision_id}': {message}") from exc
+        raise NotFound(f"No revision '{revision_id}' in this project: {message}") from exc
+    except RevisionError as exc:
+        raise BadRequest(f"Invalid revision '{revision_id}': {exc}") from exc
+    if found is None:
+        raise BadRequest(f"'{revision_id}' names no single revision.")
+    return found  # type: ignore[return-value]
+
+
+def unknown_revisions(history: History, current: Iterable[str]) -> list[str]:
+    return sorted(rev for rev in current if rev not in history.revisions)
+
+
+def pending_revisions(history: History, current: tuple[str, ...]) -> list[ScriptRevision]:
+    """What ``alembic upgrade heads`` would apply, in apply order."""
+    def compute():
+        revs = history.revision_map.iterate_revisions(
+            "heads", tuple(current), implicit_base=True
+        )
+        return list(reversed(list(revs)))
+
+    return history.memo(("pending", tuple(sorted(current))), compute)
+
+
+def applied_revisions(history: History, current: tuple[str, ...]) -> frozenset[str]:
+    """Every revision the database has: the current ones and all they depend on."""
+    def compute():
+        if not current:
+            return frozenset()
+        nodes = history.revision_map._get_ancestor_nodes(
+            history.revision_map.get_revisions(tuple(current))
+        )
+        return frozenset(n.revision for n in nodes)
+
+    return history.memo(("applied", tuple(sorted(current))), compute)
+
+
+def children_of(history: History, revision: ScriptRevision) -> tuple[str, ...]:
+    return tuple(sorted(revision.nextrev))
+
+
+def dependents_of(history: History, revision: ScriptRevision) -> tuple[str, ...]:
+    """Revisions naming this one in depends_on."""
+    return tuple(sorted(set(revision._all_nextrev) - set(revision.nextrev)))
+
+
+def path_relative(project: Project, path: str) -> str:
+    try:
+        return str(Path(path).relative_to(Path(project.ini_path).parent))
+    except ValueError:
+        return path

@@ -1,0 +1,99 @@
+"""Every setting of the dashboard, declared once with its default and help.
+
+The README's settings table is checked against this tuple by a test, so a
+setting cannot exist without documentation.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: object
+    help: str
+    kind: type = str
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "DASHBOARD_ALEMBIC_INI",
+        str(REPO_ROOT / "alembic.ini"),
+        "Path to the project's alembic.ini. Default: the sample application's.",
+    ),
+    Setting(
+        "DASHBOARD_DATABASE_URL",
+        None,
+        "SQLAlchemy URL of the target database. Default: the ini's sqlalchemy.url.",
+    ),
+    Setting(
+        "DASHBOARD_INSTANCE_DIR",
+        str(REPO_ROOT / "instance"),
+        "Folder for the dashboard's own state store and backups.",
+    ),
+    Setting(
+        "DASHBOARD_PYTHON",
+        sys.executable,
+        "Python interpreter of the project whose migrations these are; "
+        "offline SQL and migration runs execute under it. Default: the dashboard's own.",
+    ),
+    Setting(
+        "DASHBOARD_VERSION_TABLE",
+        "alembic_version",
+        "Name of Alembic's version table in the target database.",
+    ),
+    Setting(
+        "DASHBOARD_ALLOWED_HOSTS",
+        "localhost,127.0.0.1,[::1]",
+        "Comma-separated Host header names the dashboard answers (DNS-rebinding guard).",
+    ),
+    Setting(
+        "DASHBOARD_SUBPROCESS_TIMEOUT",
+        60,
+        "Seconds allowed for one offline-SQL or header-import subprocess.",
+        int,
+    ),
+    Setting(
+        "DASHBOARD_SEED_SAMPLE",
+        True,
+        "Create the sample SQLite database with demo rows on first start "
+        "(only when pointed at the sample project and the file is missing).",
+        bool,
+    ),
+    Setting(
+        "DASHBOARD_BACKUP_RETENTION",
+        20,
+        "How many backups to keep; older ones are deleted after each new backup.",
+        int,
+    ),
+    Setting(
+        "DASHBOARD_SECRET_KEY",
+        None,
+        "Secret for session and CSRF signing. Default: a random key kept in the instance folder.",
+    ),
+)
+
+
+def _coerce(setting: Setting, raw: str) -> object:
+    if setting.kind is bool:
+        return raw.strip().lower() not in ("0", "false", "no", "off", "")
+    if setting.kind is int:
+        return int(raw)
+    return raw
+
+
+def settings_from_environ(environ: dict[str, str] | None = None) -> dict[str, object]:
+    """Each setting's value: the environment's when set, else its default."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, object] = {}
+    for setting in SETTINGS:
+        raw = environ.get(setting.name)
+        values[setting.name] = setting.default if raw in (None, "") else _coerce(setting, raw)
+    return values

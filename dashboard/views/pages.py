@@ -1,0 +1,43 @@
+"""HTML pages of the read side: overview, history graph, revision pages."""
+
+from __future__ import annotations
+
+from flask import Blueprint, render_template
+
+from dashboard.services import inspection
+from dashboard.services.revisions import resolve_revision
+from dashboard.views import current_dashboard
+
+bp = Blueprint("pages", __name__)
+
+
+def _read_state():
+    dashboard = current_dashboard()
+    return (dashboard, *dashboard.read_state())
+
+
+@bp.get("/")
+def overview():
+    _, project, history, status = _read_state()
+    return render_template("overview.html", project=project, history=history, status=status)
+
+
+@bp.get("/history")
+def history_page():
+    _, project, history, status = _read_state()
+    summaries = inspection.revision_summaries(history, status)
+    layout = inspection.graph_layout(summaries)
+    return render_template(
+        "history.html", project=project, history=history, status=status,
+        summaries=summaries, layout=layout,
+    )
+
+
+@bp.get("/revisions/<path:revision_id>")
+def revision(revision_id: str):
+    dashboard, project, history, status = _read_state()
+    script = resolve_revision(history, revision_id)
+    detail = inspection.revision_detail(
+        project, history, script, status, dashboard.offline_sql(project, script)
+    )
+    return render_template("revision.html", project=project, status=status, detail=detail)
