@@ -1,0 +1,137 @@
+"""The dashboard's own state: backups, runs and their steps, the audit log.
+
+It lives in its own SQLite file in the instance folder, never in the target
+database, so restoring the target cannot erase the record of having done
+so. Web requests, the run monitor and the command line all read and write
+it; WAL mode lets readers go on while a run records its progress.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+)
+from sqlalchemy.engine import Engine
+
+metadata = MetaData()
+
+backups = Table(
+    "backups", metadata,
+    Column("id", String(64), primary_key=True),
+    Column("created_at", Float, nullable=False),
+    Column("database", Text, nullable=False),  # masked URL
+    Column("dialect", String(32), nullable=False),
+    Column("revisions", Text, nullable=False, default="[]"),  # JSON list
+    Column("action", String(200), nullable=False),  # what it precedes
+    Column("path", Text, nullable=False),
+    Column("size", Integer, nullable=False, default=0),
+    Column("sha256", String(64), nullable=False, default=""),
+    Column("verified", Boolean, nullable=False, default=False),
+    Column("verification", Text, nullable=False, default=""),
+    Column("verify_seconds", Float),
+    Column("copy_seconds", Float),
+)
+
+runs = Table(
+    "runs", metadata,
+    Column("id", String(64), primary_key=True),
+    Column("action", String(32), nullable=False),
+    Column("target", Text, nullable=False),
+    Column("status", String(32), nullable=False),
+    Column("from_revs", Text, nullable=False, default="[]"),
+    Column("to_revs", Text, nullable=False, default="[]"),
+    Column("backup_id", String(64)),
+    Column("restore_backup_id", String(64)),  # for restores: the backup being restored
+    Column("error", Text),
+    Column("failed_step", String(64)),
+    Column("user", String(200), nullable=False, default=""),
+    Column("pid", Integer),
+    Column("created_at", Float, nullable=False),
+    Column("started_at", Float),
+    Column("finished_at", Float),
+    Column("backup_seconds", Float),
+)
+
+run_steps = Table(
+    "run_steps", metadata,
+    Column("run_id", String(64), primary_key=True),
+    Column("idx", Integer, primary_key=True),
+    Column("revision", String(200), nullable=False),
+    Column("direction", String(16), nullable=False),
+    Column("status", String(16), nullable=False),  # planned, running, succeeded, failed
+    Column("started_at", Float),
+    Column("finished_at", Float),
+)
+
+run_logs = Table(
+    "run_logs", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("run_id", String(64), nullable=False, index=True),
+    Column("ts", Float, nullable=False),
+    Column("level", String(16), nullable=False),
+    Column("message", Text, nullable=False),
+)
+
+audit = Table(
+    "audit", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", Float, nullable=False),
+    Column("event", String(64), nullable=False),
+    Column("user", String(200), nullable=False),
+    Column("database", Text, nullable=False),  # masked URL
+    Column("action", String(32)),
+    Column("target", Text),
+    Column("from_revs", Text, nullable=False, default="[]"),
+    Column("to_revs", Text, nullable=False, default="[]"),
+    Column("backup_id", String(64)),
+    Column("run_id", String(64)),
+    Column("duration", Float),
+    Column("outcome", String(32), nullable=False),
+    Column("error", Text),
+)
+
+
+def dumps(value) -> str:
+    return json.dumps(list(value) if isinstance(value, (tuple, set, frozenset)) else value)
+
+
+def loads(value: str | None):
+    return json.loads(value) if value else []
+
+
+_engines: dict[str, Engine] = {}
+_engines_lock = threading.Lock()
+
+
+def store_engine(instance_dir: str) -> Engine:
+    """One engine per store file per process; creates the schema once."""
+    path = os.path.abspath(os.path.join(instance_dir, "dashboard.db"))
+    with _engines_lock:
+        engine = _engines.get(path)
+        if engine is None:
+            os.makedirs(instance_dir, exist_ok=True)
+            engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": 30})
+
+            @event.listens_for(engine, "connect")
+            def _pragmas(dbapi_connection, _record):
+                cursor = dbapi_connection.cursor()
+                cursor.execute("PRAGMA journal_mode=WAL")
+                cursor.execute("PRAGMA busy_timeout=30000")
+                cursor.close()
+
+            metadata.create_all(engine)
+            _engines[path] = engine
+        return engine

@@ -1,0 +1,90 @@
+"""Fixtures over real things: a scratch copy of the sample project, real SQLite files."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+from alembic.config import Config
+
+from alembic import command
+from dashboard import create_app
+
+REPO = Path(__file__).resolve().parent.parent
+
+# The sample history, by name (see alembic/versions).
+USERS = "c6736c07319a"
+SETTINGS = "65d34ee9c6d7"
+CHATS = "d86069f3a9e2"
+DOCUMENTS = "987a8e514080"
+ATTACH_DOCUMENTS = "32eddb8b3fcb"
+DOCUMENT_UPLOADER = "fd1ebc85cf60"
+LOGIN_SESSIONS = "51b124a2d402"
+LOGIN_REVOCATION = "47039f9eed57"
+MERGE = "590e5fac8d96"
+UNIFIED_REASONING = "c2756f59bd25"
+
+
+def copy_sample_project(dest: Path) -> Path:
+    """A scratch copy of the sample Alembic project; returns its alembic.ini."""
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO / "alembic.ini", dest / "alembic.ini")
+    shutil.copytree(REPO / "alembic", dest / "alembic",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "app_models", dest / "app_models",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    return dest / "alembic.ini"
+
+
+def alembic_config(ini: Path, url: str) -> Config:
+    config = Config(str(ini))
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return config
+
+
+def migrate(ini: Path, url: str, revision: str, direction: str = "upgrade") -> None:
+    getattr(command, direction)(alembic_config(ini, url), revision)
+
+
+def db_revisions(path: Path) -> list[str]:
+    with sqlite3.connect(path) as conn:
+        return sorted(r[0] for r in conn.execute("SELECT version_num FROM alembic_version"))
+
+
+@pytest.fixture
+def sample_ini(tmp_path) -> Path:
+    return copy_sample_project(tmp_path / "project")
+
+
+@pytest.fixture
+def db_path(tmp_path) -> Path:
+    return tmp_path / "target.db"
+
+
+@pytest.fixture
+def db_url(db_path) -> str:
+    return f"sqlite:///{db_path}"
+
+
+@pytest.fixture
+def instance_dir(tmp_path) -> Path:
+    return tmp_path / "instance"
+
+
+@pytest.fixture
+def app_config(sample_ini, db_url, instance_dir) -> dict:
+    return {
+        "TESTING": True,
+        "DASHBOARD_ALEMBIC_INI": str(sample_ini),
+        "DASHBOARD_DATABASE_URL": db_url,
+        "DASHBOARD_INSTANCE_DIR": str(instance_dir),
+        "DASHBOARD_SEED_SAMPLE": False,
+        "DASHBOARD_SECRET_KEY": "test-secret",
+    }
+
+
+@pytest.fixture
+def app(app_config):
+    return create_app(app_config)
