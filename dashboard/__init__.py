@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import time
 
 from flask import Flask
 from flask_wtf.csrf import CSRFProtect
@@ -32,14 +33,27 @@ def create_app(test_config: dict | None = None) -> Flask:
     csrf.init_app(app)
 
     from dashboard import security
-    from dashboard.views import api, errors, pages
+    from dashboard.views import actions, api, errors, pages
 
     security.init_app(app)
     errors.init_app(app)
     app.register_blueprint(pages.bp)
+    app.register_blueprint(actions.bp)
     app.register_blueprint(api.bp)
+    # The API is JSON-only and refuses foreign origins (see views/api.py), which
+    # is what CSRF protection is for; HTML forms keep their CSRF token.
+    csrf.exempt(api.bp)
+
+    @app.template_filter("datetime")
+    def format_datetime(epoch: float | None) -> str:
+        if epoch is None:
+            return ""
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
+
+    app.jinja_env.globals["now"] = time.time
 
     dashboard.ensure_sample_database()
+    dashboard.reap_interrupted_runs()
     return app
 
 

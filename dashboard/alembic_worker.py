@@ -177,7 +177,7 @@ def _step_revision(step) -> str:
     return ",".join(getattr(step, "to_revisions", ()) or getattr(step, "from_revisions", ()) or ())
 
 
-def run_action(ini: str, url: str, action: str, target: str) -> None:
+def run_action(ini: str, url: str, action: str, target: str, purge: bool = False) -> None:
     from alembic.runtime.environment import EnvironmentContext
     from alembic.runtime.migration import MigrationContext
     from alembic.script import ScriptDirectory
@@ -205,8 +205,8 @@ def run_action(ini: str, url: str, action: str, target: str) -> None:
     try:
         with engine.begin() as connection:
             config.attributes["connection"] = connection
-            with EnvironmentContext(config, script, fn=fn, as_sql=False,
-                                    starting_rev=None, destination_rev=target):
+            with EnvironmentContext(config, script, fn=fn, as_sql=False, starting_rev=None,
+                                    destination_rev=target, purge=purge):
                 script.run_env()
         with engine.connect() as connection:
             heads = MigrationContext.configure(connection).get_current_heads()
@@ -229,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     p_run.add_argument("--ini", required=True)
     p_run.add_argument("--action", choices=("upgrade", "downgrade", "stamp"), required=True)
     p_run.add_argument("--target", required=True)
+    p_run.add_argument("--purge", action="store_true")
     args = parser.parse_args(argv)
     url = os.environ.get(URL_ENV, "")
     try:
@@ -237,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.mode == "sql":
             offline_sql(args.ini, url, args.revision)
         else:
-            run_action(args.ini, url, args.action, args.target)
+            run_action(args.ini, url, args.action, args.target, args.purge)
     except BaseException as exc:
         emit("error", error=f"{type(exc).__name__}: {exc}".strip(),
              traceback=traceback.format_exc(limit=8))

@@ -50,6 +50,22 @@ class Dashboard:
         history = self.history(project)
         return project, history, migration_status(project, history)
 
+    def target(self, project: Project | None = None):
+        """What the guard needs to change this project's database."""
+        from dashboard.services.operations import Target
+
+        return Target(project or self.project(), self.instance_dir,
+                      int(self.settings.get("DASHBOARD_BACKUP_RETENTION", 20)))
+
+    def reap_interrupted_runs(self) -> list[str]:
+        """Mark runs whose process died as failed; at start-up and before actions."""
+        from dashboard.services.operations import reap_interrupted_runs
+
+        try:
+            return reap_interrupted_runs(self.target())
+        except ConfigurationError:
+            return []
+
     def _import_headers(self, project: Project, paths):
         return alembic_process.import_headers(project, paths, self.timeout)
 

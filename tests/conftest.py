@@ -82,6 +82,7 @@ def app_config(sample_ini, db_url, instance_dir) -> dict:
         "DASHBOARD_INSTANCE_DIR": str(instance_dir),
         "DASHBOARD_SEED_SAMPLE": False,
         "DASHBOARD_SECRET_KEY": "test-secret",
+        "WTF_CSRF_ENABLED": False,
     }
 
 

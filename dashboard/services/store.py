@@ -23,6 +23,7 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    text,
 )
 from sqlalchemy.engine import Engine
 
@@ -104,6 +105,15 @@ audit = Table(
 )
 
 
+# The audit log is append-only, enforced where it is stored.
+_APPEND_ONLY = (
+    "CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit "
+    "BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END",
+    "CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit "
+    "BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END",
+)
+
+
 def dumps(value) -> str:
     return json.dumps(list(value) if isinstance(value, (tuple, set, frozenset)) else value)
 
@@ -133,5 +143,8 @@ def store_engine(instance_dir: str) -> Engine:
                 cursor.close()
 
             metadata.create_all(engine)
+            with engine.begin() as conn:
+                for statement in _APPEND_ONLY:
+                    conn.execute(text(statement))
             _engines[path] = engine
         return engine

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, jsonify
+from urllib.parse import urlsplit
 
-from dashboard.services import inspection
+from flask import Blueprint, current_app, jsonify, request, url_for
+from werkzeug.exceptions import Forbidden, UnsupportedMediaType
+
+from dashboard import security
+from dashboard.errors import BadRequest, NotFound
+from dashboard.services import audit, backups, inspection, operations, runs
+from dashboard.services.audit import current_user
 from dashboard.services.revisions import resolve_revision
 from dashboard.views import current_dashboard
 
@@ -40,3 +46,113 @@ def revision(revision_id: str):
         project, history, script, state, dashboard.offline_sql(project, script)
     )
     return jsonify(detail.as_json())
+
+
+# ------------------------------------------------------------------ changes
+
+def _json_body() -> dict:
+    """API POSTs are JSON: a cross-site HTML form cannot send that content type."""
+    if not request.is_json:
+        raise UnsupportedMediaType("API requests that change something must be "
+                                   "Content-Type: application/json.")
+    body = request.get_json(silent=True)
+    if body is None:
+        body = {} if not request.get_data() else None
+    if not isinstance(body, dict):
+        raise BadRequest("The request body must be a JSON object.")
+    return body
+
+
+@bp.before_request
+def refuse_foreign_origin():
+    if request.method in ("GET", "HEAD", "OPTIONS"):
+        return None
+    origin = request.headers.get("Origin")
+    if origin and origin != "null":
+        host = security.host_name(urlsplit(origin).netloc)
+        if host not in security.allowed_hosts(current_app):
+            raise Forbidden(f"Requests from origin {origin} are refused.")
+    elif origin == "null":
+        raise Forbidden("Requests from an opaque origin are refused.")
+    return None
+
+
+def _run_created(run):
+    body = run.as_json()
+    body["url"] = url_for("api.run", run_id=run.id)
+    response = jsonify(body)
+    response.status_code = 202
+    response.headers["Location"] = body["url"]
+    return response
+
+
+@bp.post("/runs")
+def create_run():
+    body = _json_body()
+    action, target = body.get("action"), body.get("target")
+    if not isinstance(action, str) or not isinstance(target, str):
+        raise BadRequest('Send {"action": "upgrade"|"downgrade"|"stamp", "target": "..."}.')
+    dashboard = current_dashboard()
+    project, history, state = dashboard.read_state()
+    run = operations.start_action(dashboard.target(project), history, state.state,
+                                  action, target, current_user())
+    return _run_created(run)
+
+
+@bp.get("/runs")
+def list_runs():
+    records = runs.list_runs(current_dashboard().instance_dir)
+    return jsonify({"runs": [r.as_json() for r in records]})
+
+
+@bp.get("/runs/<run_id>")
+def run(run_id: str):
+    record = runs.get_run(current_dashboard().instance_dir, run_id)
+    if record is None:
+        raise NotFound(f"No run '{run_id}'.")
+    return jsonify(record.as_json())
+
+
+@bp.get("/backups")
+def list_backups():
+    records = backups.list_backups(current_dashboard().instance_dir)
+    return jsonify({"backups": [r.as_json() for r in records]})
+
+
+@bp.post("/backups")
+def create_backup():
+    _json_body()
+    dashboard = current_dashboard()
+    record = operations.backup_now(dashboard.target(), current_user())
+    return jsonify(record.as_json()), 201
+
+
+@bp.get("/backups/<backup_id>")
+def backup(backup_id: str):
+    return jsonify(backups.get_backup(current_dashboard().instance_dir, backup_id).as_json())
+
+
+@bp.post("/backups/<backup_id>/verify")
+def verify_backup(backup_id: str):
+    _json_body()
+    return jsonify(backups.verify_backup(current_dashboard().instance_dir, backup_id).as_json())
+
+
+@bp.post("/backups/<backup_id>/restore")
+def restore_backup(backup_id: str):
+    _json_body()
+    dashboard = current_dashboard()
+    return _run_created(operations.start_restore(dashboard.target(), backup_id, current_user()))
+
+
+@bp.delete("/backups/<backup_id>")
+def delete_backup(backup_id: str):
+    dashboard = current_dashboard()
+    operations.delete_backup(dashboard.target(), backup_id, current_user())
+    return "", 204
+
+
+@bp.get("/audit")
+def audit_log():
+    entries = audit.list_entries(current_dashboard().instance_dir)
+    return jsonify({"entries": [e.as_json() for e in entries]})

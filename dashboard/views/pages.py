@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, render_template
 
-from dashboard.services import inspection
+from dashboard.services import inspection, runs
 from dashboard.services.revisions import resolve_revision
 from dashboard.views import current_dashboard
 
@@ -18,8 +18,13 @@ def _read_state():
 
 @bp.get("/")
 def overview():
-    _, project, history, status = _read_state()
-    return render_template("overview.html", project=project, history=history, status=status)
+    dashboard, project, history, status = _read_state()
+    recent = runs.list_runs(dashboard.instance_dir, limit=1)
+    return render_template(
+        "overview.html", project=project, history=history, status=status,
+        summaries=inspection.revision_summaries(history, status),
+        run=recent[0] if recent else None,
+    )
 
 
 @bp.get("/history")

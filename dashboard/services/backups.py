@@ -1,0 +1,692 @@
+"""Verified backups of the target database, taken before anything changes it.
+
+A migration runs only after ``take_backup`` has returned: the copy was made
+online, checked (integrity, revisions, checksum), renamed into place,
+described by a manifest beside it and recorded in the dashboard's store.
+Whatever fails on the way leaves no partial file and raises ``BackupError``.
+
+How a database is copied, checked and restored depends on its dialect and
+sits behind ``BackupFormat``; only SQLite exists so far (PostgreSQL and
+MariaDB would add a format built on their dump tools).
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import sqlite3
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Protocol
+
+from sqlalchemy import select
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+
+from dashboard.errors import BackupError, BadRequest, NotFound
+from dashboard.services import store
+from dashboard.services.project import Project
+
+log = logging.getLogger(__name__)
+
+BACKUP_ID = re.compile(r"\d{8}T\d{6}Z-[0-9a-f]{8}")
+READ_CHUNK = 1 << 20
+# Room to leave on the backup disk beyond the copy itself.
+FREE_SPACE_MARGIN_BYTES = 16 << 20
+FREE_SPACE_MARGIN_RATIO = 0.05
+# SQLite copy steps: see SqliteFormat.copy for the tradeoff.
+COPY_STEP_BYTES = 64 << 20
+MAX_COPY_RESTARTS = 2
+LOCK_WAIT_SECONDS = 30.0
+NOT_RUN = "Nothing was run."
+
+
+@dataclass(frozen=True)
+class BackupRecord:
+    id: str
+    created_at: float  # epoch seconds
+    database: str  # masked URL
+    dialect: str
+    revisions: tuple[str, ...]
+    action: str  # what the backup precedes: "upgrade heads", "restore of <id>", "manual"
+    path: str  # absolute
+    file_name: str
+    size: int
+    sha256: str
+    verified: bool
+    verification: str  # what was checked, or why it failed
+    copy_seconds: float | None
+    verify_seconds: float | None
+
+    @property
+    def created_at_iso(self) -> str:
+        return _iso(self.created_at)
+
+    def as_json(self) -> dict:
+        """The manifest written beside the file, and the API's view of a backup."""
+        data = asdict(self)
+        data["revisions"] = list(self.revisions)
+        data["created_at_iso"] = self.created_at_iso
+        return data
+
+
+@dataclass(frozen=True)
+class FileCheck:
+    ok: bool
+    detail: str  # what was checked, or what is wrong
+    revisions: tuple[str, ...]
+
+
+class BackupFormat(Protocol):
+    """What one dialect needs: copy, check and restore a database file."""
+
+    extension: str
+
+    def source_name(self, project: Project) -> str: ...
+
+    def source_size(self, project: Project) -> int: ...
+
+    def live_revisions(self, project: Project) -> tuple[str, ...]: ...
+
+    def copy(self, project: Project, destination: str) -> None: ...
+
+    def check(self, path: str, version_table: str) -> FileCheck: ...
+
+    def check_live(self, project: Project) -> FileCheck: ...
+
+    def restore(self, project: Project, backup_path: str) -> None: ...
+
+
+# ---------------------------------------------------------------- the verbs
+
+
+def take_backup(
+    project: Project,
+    instance_dir: str,
+    backup_dir: str,
+    action: str,
+    expected_revisions: tuple[str, ...] | list[str] | None = None,
+) -> BackupRecord:
+    """Copy the target database, verify the copy and record it; or raise BackupError.
+
+    ``expected_revisions`` are the revisions the caller read from the live
+    database just before; the copy must hold exactly those.
+    """
+    fmt = _format_for(project.dialect)
+    backup_dir = os.path.abspath(backup_dir)
+    created_at = time.time()
+    backup_id = _new_id(created_at)
+
+    try:
+        os.makedirs(backup_dir, exist_ok=True)
+    except OSError as exc:
+        raise _failed(f"the backup folder {backup_dir} cannot be created", exc) from exc
+    if not os.access(backup_dir, os.W_OK | os.X_OK):
+        raise BackupError(f"The backup folder {backup_dir} is not writable. {NOT_RUN}")
+    _check_free_space(backup_dir, fmt.source_size(project))
+
+    if expected_revisions is None:
+        expected_revisions = fmt.live_revisions(project)
+    expected = tuple(sorted(expected_revisions))
+
+    file_name = _file_name(fmt, project, expected, created_at, backup_id)
+    final = os.path.join(backup_dir, file_name)
+    temp = os.path.join(backup_dir, f".{file_name}.partial")
+    manifest = _manifest_path(final)
+    stage = "copying the database"
+    try:
+        started = time.perf_counter()
+        fmt.copy(project, temp)
+        _fsync_path(temp)
+        copy_seconds = time.perf_counter() - started
+
+        stage = "verifying the copy"
+        started = time.perf_counter()
+        # sha256 and integrity_check both release the GIL: read the file twice at once.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            digest = pool.submit(sha256_file, temp)
+            check = fmt.check(temp, project.version_table)
+            sha256 = digest.result()
+        verify_seconds = time.perf_counter() - started
+        if not check.ok:
+            raise BackupError(
+                f"The copy failed verification: {check.detail}. The database itself may be "
+                f"damaged: run PRAGMA integrity_check on it. {NOT_RUN}"
+            )
+        if check.revisions != expected:
+            raise BackupError(
+                f"The copy is at {_revs(check.revisions)} but the database was expected at "
+                f"{_revs(expected)}: it changed while the backup was taken. {NOT_RUN}"
+            )
+
+        stage = "saving the backup"
+        size = os.path.getsize(temp)
+        os.replace(temp, final)
+        record = BackupRecord(
+            id=backup_id,
+            created_at=created_at,
+            database=project.masked_url,
+            dialect=project.dialect,
+            revisions=expected,
+            action=action,
+            path=final,
+            file_name=file_name,
+            size=size,
+            sha256=sha256,
+            verified=True,
+            verification=(
+                f"{check.detail}; {project.version_table} at {_revs(expected)} as expected; "
+                f"sha256 over {size} bytes"
+            ),
+            copy_seconds=copy_seconds,
+            verify_seconds=verify_seconds,
+        )
+        _write_json(manifest, {**record.as_json(), "version_table": project.version_table})
+        _fsync_path(backup_dir)
+
+        stage = "recording the backup"
+        with store.store_engine(instance_dir).begin() as conn:
+            conn.execute(store.backups.insert().values(**_row(record)))
+    except BaseException as exc:
+        _remove(temp, final, manifest, manifest + ".partial")
+        if isinstance(exc, BackupError):
+            raise
+        if isinstance(exc, (OSError, sqlite3.Error, SQLAlchemyError)):
+            raise _failed(f"{stage} failed", exc, backup_dir) from exc
+        raise
+    log.info("backup %s of %s taken in %.2fs, verified in %.2fs",
+             backup_id, record.database, copy_seconds, verify_seconds)
+    return record
+
+
+def verify_backup(instance_dir: str, backup_id: str) -> BackupRecord:
+    """Check an existing backup again against its manifest; record the outcome."""
+    record = get_backup(instance_dir, backup_id)
+    started = time.perf_counter()
+    problem, checked = _reverify(record)
+    verified = problem is None
+    updated = replace(
+        record,
+        verified=verified,
+        verification=checked if verified else problem,
+        verify_seconds=time.perf_counter() - started,
+    )
+    with store.store_engine(instance_dir).begin() as conn:
+        conn.execute(
+            store.backups.update()
+            .where(store.backups.c.id == record.id)
+            .values(verified=updated.verified, verification=updated.verification,
+                    verify_seconds=updated.verify_seconds)
+        )
+    return updated
+
+
+def list_backups(instance_dir: str) -> list[BackupRecord]:
+    """Every recorded backup, newest first."""
+    table = store.backups
+    with store.store_engine(instance_dir).connect() as conn:
+        rows = conn.execute(select(table).order_by(table.c.created_at.desc(), table.c.id.desc()))
+        return [_record(row) for row in rows]
+
+
+def get_backup(instance_dir: str, backup_id: str) -> BackupRecord:
+    if not isinstance(backup_id, str) or not BACKUP_ID.fullmatch(backup_id):
+        raise BadRequest(f"{backup_id!r} is not a backup id (like 20240131T235959Z-0a1b2c3d).")
+    with store.store_engine(instance_dir).connect() as conn:
+        row = conn.execute(
+            select(store.backups).where(store.backups.c.id == backup_id)
+        ).first()
+    if row is None:
+        raise NotFound(f"There is no backup {backup_id}.")
+    return _record(row)
+
+
+def delete_backup(instance_dir: str, backup_id: str) -> None:
+    """Remove the file, its manifest and its record."""
+    record = get_backup(instance_dir, backup_id)
+    for path in (record.path, _manifest_path(record.path)):
+        try:
+            os.remove(path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise BackupError(f"Backup {backup_id} cannot be deleted: {exc.strerror}: {path}",
+                              detail=str(exc)) from exc
+    with store.store_engine(instance_dir).begin() as conn:
+        conn.execute(store.backups.delete().where(store.backups.c.id == backup_id))
+
+
+def apply_retention(instance_dir: str, keep: int) -> list[str]:
+    """Delete all but the newest ``keep`` backups; returns the deleted ids."""
+    if keep < 0:
+        raise BadRequest(f"Cannot keep {keep} backups.")
+    deleted = []
+    for record in list_backups(instance_dir)[keep:]:
+        delete_backup(instance_dir, record.id)
+        deleted.append(record.id)
+    return deleted
+
+
+def restore_backup_file(project: Project, record: BackupRecord) -> None:
+    """Write the backup's content into the live database in place, then check it.
+
+    The caller holds the lock and has taken a backup of the current state.
+    """
+    fmt = _format_for(project.dialect)
+    if record.dialect != project.dialect:
+        raise BackupError(
+            f"Backup {record.id} is of a {record.dialect} database, not {project.dialect}."
+        )
+    if not os.path.isfile(record.path):
+        raise BackupError(f"The file of backup {record.id} is missing: {record.path}. "
+                          "The database was not changed.")
+    sha256 = sha256_file(record.path)
+    if sha256 != record.sha256:
+        raise BackupError(
+            f"The file of backup {record.id} changed since it was taken (sha256 {sha256[:12]}, "
+            f"expected {record.sha256[:12]}). The database was not changed."
+        )
+    fmt.restore(project, record.path)
+    check = fmt.check_live(project)
+    if not check.ok:
+        raise BackupError(f"After restoring backup {record.id} the database fails its "
+                          f"check: {check.detail}.")
+    if check.revisions != tuple(sorted(record.revisions)):
+        raise BackupError(
+            f"After restoring backup {record.id} the database is at {_revs(check.revisions)}, "
+            f"not at {_revs(record.revisions)} as the backup says."
+        )
+
+
+def iter_backup_file(record: BackupRecord, chunk: int = READ_CHUNK) -> Iterator[bytes]:
+    """The file's bytes in chunks, for a streamed download.
+
+    The file is opened now, so a missing file is a NotFound before any byte is sent.
+    """
+    try:
+        handle = open(record.path, "rb")
+    except FileNotFoundError as exc:
+        raise NotFound(f"The file of backup {record.id} is missing.") from exc
+
+    def chunks() -> Iterator[bytes]:
+        with handle:
+            while block := handle.read(chunk):
+                yield block
+
+    return chunks()
+
+
+def download_name(record: BackupRecord) -> str:
+    return record.file_name
+
+
+def sha256_file(path: str) -> str:
+    digest = hashlib.sha256()
+    buffer = bytearray(READ_CHUNK)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as handle:
+        while count := handle.readinto(buffer):
+            digest.update(view[:count])
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------- SQLite
+
+
+class SqliteFormat:
+    extension = ".sqlite3"
+
+    def source_name(self, project: Project) -> str:
+        return Path(_sqlite_path(project)).stem
+
+    def source_size(self, project: Project) -> int:
+        with closing(_open_live(project)) as source:
+            try:
+                pages = source.execute("PRAGMA page_count").fetchone()[0]
+                page_size = source.execute("PRAGMA page_size").fetchone()[0]
+            except sqlite3.Error as exc:
+                raise _failed("the database cannot be read", exc) from exc
+        return pages * page_size
+
+    def live_revisions(self, project: Project) -> tuple[str, ...]:
+        # Not status.read_database_revisions: its 2 s lock timeout is too short
+        # for a busy database, and a backup may wait for a lock.
+        with closing(_open_live(project)) as source:
+            try:
+                return _read_revisions(source, project.version_table)
+            except sqlite3.Error as exc:
+                raise _failed("the database's revisions cannot be read", exc) from exc
+
+    def copy(self, project: Project, destination: str) -> None:
+        """An online, consistent copy through SQLite's backup API.
+
+        Copying in steps releases the source's read lock between steps, so
+        in rollback-journal mode the application's writers wait at most one
+        step (64 MiB); but a write from another connection restarts the
+        copy from page 1. So a few chunked attempts are made, then one
+        single step, which holds the read lock until done and therefore
+        always finishes (writers wait for it, with their busy timeout).
+        Step size barely changes throughput (measured: 64 MiB steps and
+        one step both copy 1 GiB in about 1.5 s here; per-page writes are
+        the cost). In WAL mode readers never block writers, so one step
+        is used from the start.
+        """
+        with closing(_open_live(project)) as source:
+            try:
+                page_size = source.execute("PRAGMA page_size").fetchone()[0]
+                wal = source.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+            except sqlite3.Error as exc:
+                raise _failed("the database cannot be read", exc) from exc
+            if not wal:
+                step = max(1, COPY_STEP_BYTES // page_size)
+                try:
+                    _backup_into(source, destination, step, MAX_COPY_RESTARTS)
+                    return
+                except _TooManyRestarts:
+                    log.info("backup kept restarting under writes: copying in one step")
+            _backup_into(source, destination, -1, None)
+
+    def check(self, path: str, version_table: str) -> FileCheck:
+        # A backup file is opened immutable: no locks, no -wal/-shm beside it.
+        return _check_file(path, version_table, immutable=True)
+
+    def check_live(self, project: Project) -> FileCheck:
+        return _check_file(_sqlite_path(project), project.version_table, immutable=False)
+
+    def restore(self, project: Project, backup_path: str) -> None:
+        live = _sqlite_path(project)
+        if not os.path.isfile(live):
+            raise BackupError(f"The database file does not exist: {live}. Nothing was restored.")
+        # Through the backup API, not a file copy: the live file keeps its inode
+        # and the application's open connections see the new content. The
+        # destination is written in one transaction, so a failure leaves it as it was.
+        try:
+            with closing(_connect(backup_path, "ro", immutable=True)) as source, \
+                    closing(_connect(live, "rw", timeout=LOCK_WAIT_SECONDS)) as target:
+                source.backup(target, pages=-1, progress=_CopyWatch(None), sleep=0.05)
+        except _Locked as exc:
+            raise BackupError(f"The database stayed locked for {LOCK_WAIT_SECONDS:g} s; "
+                              "it was not changed.") from exc
+        except sqlite3.Error as exc:
+            raise BackupError(f"The restore could not write the database: {exc}. "
+                              "It was left as it was.", detail=str(exc)) from exc
+
+
+FORMATS: dict[str, BackupFormat] = {"sqlite": SqliteFormat()}
+
+
+class _TooManyRestarts(Exception):
+    pass
+
+
+class _Locked(Exception):
+    pass
+
+
+class _CopyWatch:
+    """Progress callback of ``Connection.backup``: bounds restarts and lock waits.
+
+    Python's backup loop retries a busy source forever and cannot be told to
+    stop except by the callback raising.
+    """
+
+    def __init__(self, max_restarts: int | None):
+        self.max_restarts = max_restarts
+        self.restarts = 0
+        self.remaining: int | None = None
+        self.busy_since: float | None = None
+
+    def __call__(self, status: int, remaining: int, total: int) -> None:
+        if status in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+            self.busy_since = self.busy_since or time.monotonic()
+            if time.monotonic() - self.busy_since > LOCK_WAIT_SECONDS:
+                raise _Locked()
+            return
+        self.busy_since = None
+        if self.remaining is not None and remaining >= self.remaining:
+            self.restarts += 1  # another connection wrote: SQLite started over
+            if self.max_restarts is not None and self.restarts > self.max_restarts:
+                raise _TooManyRestarts()
+        self.remaining = remaining
+
+
+def _backup_into(
+    source: sqlite3.Connection, destination: str, pages: int, max_restarts: int | None
+) -> None:
+    _remove(destination)
+    try:
+        with closing(_connect(destination, "rwc")) as target:
+            # The file is fsynced and verified before it counts; no journal needed.
+            target.execute("PRAGMA journal_mode=OFF")
+            target.execute("PRAGMA synchronous=OFF")
+            source.backup(target, pages=pages, progress=_CopyWatch(max_restarts), sleep=0.05)
+    except _Locked as exc:
+        raise BackupError(
+            f"The database stayed locked for {LOCK_WAIT_SECONDS:g} s and could not be copied. "
+            f"{NOT_RUN}"
+        ) from exc
+
+
+def _sqlite_path(project: Project) -> str:
+    database = make_url(project.database_url).database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        raise BackupError(f"Only SQLite database files can be backed up, not {project.masked_url}.")
+    return os.path.abspath(database)
+
+
+def _open_live(project: Project) -> sqlite3.Connection:
+    path = _sqlite_path(project)
+    if not os.path.isfile(path):
+        raise BackupError(f"The database file does not exist: {path}. {NOT_RUN}")
+    try:
+        return _connect(path, "ro", timeout=LOCK_WAIT_SECONDS)
+    except sqlite3.Error as exc:
+        raise _failed("the database cannot be opened", exc) from exc
+
+
+def _connect(path: str, mode: str, *, immutable: bool = False,
+             timeout: float = 5.0) -> sqlite3.Connection:
+    uri = f"{Path(path).as_uri()}?mode={mode}" + ("&immutable=1" if immutable else "")
+    return sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None,
+                           check_same_thread=False)
+
+
+def _check_file(path: str, version_table: str, *, immutable: bool) -> FileCheck:
+    try:
+        with closing(_connect(path, "ro", immutable=immutable)) as conn:
+            rows = [row[0] for row in conn.execute("PRAGMA integrity_check")]
+            if rows != ["ok"]:
+                return FileCheck(False, "integrity_check: " + "; ".join(rows[:5]), ())
+            return FileCheck(True, "integrity_check ok", _read_revisions(conn, version_table))
+    except sqlite3.Error as exc:
+        return FileCheck(False, f"the file cannot be read as SQLite: {exc}", ())
+
+
+def _read_revisions(conn: sqlite3.Connection, version_table: str) -> tuple[str, ...]:
+    exists = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (version_table,)
+    ).fetchone()
+    if not exists:
+        return ()
+    quoted = '"' + version_table.replace('"', '""') + '"'
+    return tuple(sorted(row[0] for row in conn.execute(f"SELECT version_num FROM {quoted}")))
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _format_for(dialect: str) -> BackupFormat:
+    fmt = FORMATS.get(dialect)
+    if fmt is None:
+        raise BackupError(f"Backups of {dialect} databases are not supported yet",
+                          detail=NOT_RUN)
+    return fmt
+
+
+def _reverify(record: BackupRecord) -> tuple[str | None, str]:
+    """(what is wrong or None, what was checked)."""
+    if not os.path.isfile(record.path):
+        return f"The backup file is missing: {record.path}", ""
+    manifest_path = _manifest_path(record.path)
+    try:
+        with open(manifest_path, encoding="utf-8") as handle:
+            manifest = json.load(handle)
+        manifest_sha, manifest_revs = manifest["sha256"], tuple(sorted(manifest["revisions"]))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"The manifest {manifest_path} is missing or unreadable: {exc}", ""
+    sha256 = sha256_file(record.path)
+    if sha256 != manifest_sha:
+        return (f"sha256 {sha256[:12]}… does not match the manifest's {manifest_sha[:12]}…: "
+                "the file changed after the backup was taken"), ""
+    if sha256 != record.sha256:
+        return "The manifest's sha256 differs from the recorded one", ""
+    try:
+        fmt = _format_for(record.dialect)
+    except BackupError as exc:
+        return exc.message, ""
+    check = fmt.check(record.path, manifest.get("version_table", "alembic_version"))
+    if not check.ok:
+        return check.detail, ""
+    if check.revisions != manifest_revs:
+        return (f"The file is at {_revs(check.revisions)}, the manifest says "
+                f"{_revs(manifest_revs)}"), ""
+    return None, (f"file present; sha256 matches the manifest; {check.detail}; "
+                  f"revisions {_revs(check.revisions)} match the manifest")
+
+
+def _check_free_space(backup_dir: str, size: int) -> None:
+    needed = size + FREE_SPACE_MARGIN_BYTES + int(size * FREE_SPACE_MARGIN_RATIO)
+    free = shutil.disk_usage(backup_dir).free
+    if free < needed:
+        raise BackupError(
+            f"Not enough free space in {backup_dir}: the backup needs about "
+            f"{_size(needed)} (the database is {_size(size)}, plus a safety margin) "
+            f"and {_size(free)} is free. {NOT_RUN}"
+        )
+
+
+def _failed(what: str, exc: BaseException, backup_dir: str | None = None) -> BackupError:
+    """A BackupError saying what failed, in words, for OS and SQLite errors."""
+    exc = getattr(exc, "orig", None) or exc  # SQLAlchemy's wrapper around the driver's error
+    code = getattr(exc, "sqlite_errorcode", None)
+    if (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)) or \
+            code == sqlite3.SQLITE_FULL:
+        reason = f"the disk holding {backup_dir or 'the backup'} is full"
+    elif isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        reason = f"permission denied ({exc.strerror})"
+    elif isinstance(exc, OSError):
+        reason = exc.strerror or str(exc)
+    elif code == sqlite3.SQLITE_CORRUPT or code == sqlite3.SQLITE_NOTADB:
+        reason = f"the database file is damaged ({exc})"
+    elif code == sqlite3.SQLITE_BUSY or code == sqlite3.SQLITE_LOCKED:
+        reason = f"the database is locked ({exc})"
+    else:
+        reason = str(exc)
+    filename = getattr(exc, "filename", None)
+    where = f" ({filename})" if filename else ""
+    return BackupError(f"Backup failed: {what}: {reason}{where}. {NOT_RUN}", detail=str(exc))
+
+
+def _new_id(created_at: float) -> str:
+    return f"{_stamp(created_at)}-{secrets.token_hex(4)}"
+
+
+def _file_name(fmt: BackupFormat, project: Project, revisions: tuple[str, ...],
+               created_at: float, backup_id: str) -> str:
+    # Built only from the database's file stem and revision ids: no credentials.
+    stem = _safe(fmt.source_name(project), 60) or "database"
+    revision = _safe(revisions[0], 32) if revisions else "base"
+    if len(revisions) > 1:
+        revision += f"+{len(revisions) - 1}"
+    short = backup_id.rsplit("-", 1)[1]
+    return f"{stem}__{revision}__{_stamp(created_at)}__{short}{fmt.extension}"
+
+
+def _safe(text: str, limit: int) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._")[:limit]
+
+
+def _stamp(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y%m%dT%H%M%SZ")
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds").replace(
+        "+00:00", "Z")
+
+
+def _revs(revisions) -> str:
+    return ", ".join(revisions) if revisions else "no revision"
+
+
+def _size(count: int) -> str:
+    return f"{count / (1 << 20):,.1f} MiB"
+
+
+def _manifest_path(path: str) -> str:
+    return path + ".json"
+
+
+def _write_json(path: str, data: dict) -> None:
+    temp = path + ".partial"
+    with open(temp, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=2, sort_keys=True)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temp, path)
+
+
+def _fsync_path(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove(*paths: str) -> None:
+    for path in paths:
+        try:
+            os.remove(path)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            log.warning("could not remove %s", path)
+
+
+def _row(record: BackupRecord) -> dict:
+    data = asdict(record)
+    del data["file_name"]
+    data["revisions"] = store.dumps(record.revisions)
+    return data
+
+
+def _record(row) -> BackupRecord:
+    return BackupRecord(
+        id=row.id,
+        created_at=row.created_at,
+        database=row.database,
+        dialect=row.dialect,
+        revisions=tuple(store.loads(row.revisions)),
+        action=row.action,
+        path=row.path,
+        file_name=os.path.basename(row.path),
+        size=row.size,
+        sha256=row.sha256,
+        verified=bool(row.verified),
+        verification=row.verification,
+        copy_seconds=row.copy_seconds,
+        verify_seconds=row.verify_seconds,
+    )
+

@@ -1,0 +1,113 @@
+"""One action at a time per target database, across processes.
+
+An ``flock`` on a file in the instance folder: the kernel releases it when
+the last process holding it dies, so a lock left by a dead server or worker
+is released by construction, never by guessing from a PID. The worker
+subprocess inherits the descriptor, so the lock stays held while a
+migration runs even if the process that started it is gone. Who holds it is
+written into the file for the "already running" message.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+
+from dashboard.errors import Conflict
+
+
+@dataclass(frozen=True)
+class LockHolder:
+    pid: int
+    action: str
+    run_id: str
+    user: str
+    started_at: float
+
+    def describe(self) -> str:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.started_at))
+        return (f"A migration is already running (started at {when}, action {self.action}, "
+                f"by {self.user}, run {self.run_id}).")
+
+
+class ActionLock:
+    """A held lock; ``release()`` (or process exit) frees it."""
+
+    def __init__(self, fd: int, path: str):
+        self.fd = fd
+        self.path = path
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            try:
+                os.ftruncate(self.fd, 0)
+            except OSError:
+                pass
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def lock_path(instance_dir: str, target_key: str) -> str:
+    digest = hashlib.sha256(target_key.encode()).hexdigest()[:16]
+    folder = os.path.join(instance_dir, "locks")
+    os.makedirs(folder, exist_ok=True)
+    return os.path.join(folder, f"target-{digest}.lock")
+
+
+def acquire(instance_dir: str, target_key: str, holder: LockHolder,
+            wait: float = 1.0) -> ActionLock:
+    """Take the lock, waiting at most ``wait`` seconds (a run that has just
+    recorded its result is still letting go), or raise ``Conflict`` naming
+    who holds it."""
+    path = lock_path(instance_dir, target_key)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() < deadline:
+                time.sleep(0.05)
+                continue
+            os.close(fd)
+            current = read_holder(instance_dir, target_key)
+            message = current.describe() if current else "A migration is already running."
+            raise Conflict(message) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps(holder.__dict__).encode(), 0)
+    return ActionLock(fd, path)
+
+
+def read_holder(instance_dir: str, target_key: str) -> LockHolder | None:
+    """Who holds the lock, or None when nobody does."""
+    path = lock_path(instance_dir, target_key)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pass  # held: read who by
+        else:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        raw = os.pread(fd, 4096, 0)
+    finally:
+        os.close(fd)
+    try:
+        return LockHolder(**json.loads(raw.decode()))
+    except (ValueError, TypeError):
+        return LockHolder(pid=0, action="unknown", run_id="?", user="?", started_at=time.time())

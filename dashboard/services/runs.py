@@ -1,0 +1,203 @@
+"""Run records: an action's state and per-step progress, in the dashboard's store.
+
+The process that supervises a worker writes here as the worker reports;
+pages and the API read from here, so progress survives a page reload and is
+visible from any server process.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass, field
+
+from sqlalchemy import func, insert, select, update
+
+from dashboard.services import store
+
+QUEUED = "queued"
+BACKING_UP = "backing_up"
+RUNNING = "running"
+RESTORING = "restoring"
+SUCCEEDED = "succeeded"
+FAILED = "failed"
+RESTORED = "restored"
+FINISHED = (SUCCEEDED, FAILED, RESTORED)
+
+
+@dataclass(frozen=True)
+class RunStep:
+    index: int
+    revision: str
+    direction: str
+    status: str  # planned, running, succeeded, failed
+    started_at: float | None
+    finished_at: float | None
+
+    @property
+    def elapsed(self) -> float | None:
+        if self.started_at is None:
+            return None
+        return (self.finished_at or time.time()) - self.started_at
+
+    def as_json(self) -> dict:
+        return {
+            "revision": self.revision, "direction": self.direction, "status": self.status,
+            "started_at": self.started_at, "finished_at": self.finished_at,
+            "elapsed": self.elapsed,
+        }
+
+
+@dataclass(frozen=True)
+class RunLog:
+    ts: float
+    level: str
+    message: str
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    id: str
+    action: str
+    target: str
+    status: str
+    from_revs: tuple[str, ...]
+    to_revs: tuple[str, ...]
+    backup_id: str | None
+    restore_backup_id: str | None
+    error: str | None
+    failed_step: str | None
+    user: str
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    backup_seconds: float | None
+    steps: tuple[RunStep, ...] = ()
+    logs: tuple[RunLog, ...] = field(default=(), repr=False)
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
+
+    @property
+    def current_step(self) -> RunStep | None:
+        return next((s for s in self.steps if s.status == "running"), None)
+
+    @property
+    def done_steps(self) -> int:
+        return sum(1 for s in self.steps if s.status == "succeeded")
+
+    @property
+    def duration(self) -> float | None:
+        if self.started_at is None:
+            return None
+        return (self.finished_at or time.time()) - self.started_at
+
+    def as_json(self) -> dict:
+        return {
+            "id": self.id, "action": self.action, "target": self.target,
+            "status": self.status, "from": list(self.from_revs), "to": list(self.to_revs),
+            "backup_id": self.backup_id, "restore_backup_id": self.restore_backup_id,
+            "steps": [s.as_json() for s in self.steps], "error": self.error,
+            "failed_step": self.failed_step, "user": self.user,
+            "created_at": self.created_at, "started_at": self.started_at,
+            "finished_at": self.finished_at, "backup_seconds": self.backup_seconds,
+            "logs": [{"ts": log.ts, "level": log.level, "message": log.message}
+                     for log in self.logs[-200:]],
+        }
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(4)
+
+
+def create_run(instance_dir: str, *, run_id: str, action: str, target: str, user: str,
+               from_revs: tuple[str, ...], restore_backup_id: str | None = None) -> None:
+    with store.store_engine(instance_dir).begin() as conn:
+        conn.execute(insert(store.runs).values(
+            id=run_id, action=action, target=target, status=QUEUED,
+            from_revs=store.dumps(from_revs), to_revs="[]", user=user,
+            created_at=time.time(), restore_backup_id=restore_backup_id,
+        ))
+
+
+def update_run(instance_dir: str, run_id: str, **values) -> None:
+    for key in ("from_revs", "to_revs"):
+        if key in values:
+            values[key] = store.dumps(values[key])
+    with store.store_engine(instance_dir).begin() as conn:
+        conn.execute(update(store.runs).where(store.runs.c.id == run_id).values(**values))
+
+
+def plan_steps(instance_dir: str, run_id: str, steps: list[dict]) -> None:
+    with store.store_engine(instance_dir).begin() as conn:
+        conn.execute(store.run_steps.delete().where(store.run_steps.c.run_id == run_id))
+        if steps:
+            conn.execute(insert(store.run_steps), [
+                {"run_id": run_id, "idx": i, "revision": s["revision"] or "",
+                 "direction": s["direction"], "status": "planned"}
+                for i, s in enumerate(steps, start=1)
+            ])
+
+
+def update_step(instance_dir: str, run_id: str, index: int, **values) -> None:
+    with store.store_engine(instance_dir).begin() as conn:
+        conn.execute(update(store.run_steps).where(
+            store.run_steps.c.run_id == run_id, store.run_steps.c.idx == index
+        ).values(**values))
+
+
+def add_log(instance_dir: str, run_id: str, level: str, message: str,
+            ts: float | None = None) -> None:
+    with store.store_engine(instance_dir).begin() as conn:
+        conn.execute(insert(store.run_logs).values(
+            run_id=run_id, ts=ts or time.time(), level=level, message=message[:4000]
+        ))
+
+
+def get_run(instance_dir: str, run_id: str) -> RunRecord | None:
+    engine = store.store_engine(instance_dir)
+    with engine.connect() as conn:
+        row = conn.execute(select(store.runs).where(store.runs.c.id == run_id)).mappings().first()
+        if row is None:
+            return None
+        steps = conn.execute(select(store.run_steps).where(
+            store.run_steps.c.run_id == run_id).order_by(store.run_steps.c.idx)).mappings().all()
+        logs = conn.execute(select(store.run_logs).where(
+            store.run_logs.c.run_id == run_id).order_by(store.run_logs.c.id)).mappings().all()
+    return _record(row, steps, logs)
+
+
+def _record(row, steps=(), logs=()) -> RunRecord:
+    return RunRecord(
+        id=row["id"], action=row["action"], target=row["target"], status=row["status"],
+        from_revs=tuple(store.loads(row["from_revs"])), to_revs=tuple(store.loads(row["to_revs"])),
+        backup_id=row["backup_id"], restore_backup_id=row["restore_backup_id"],
+        error=row["error"], failed_step=row["failed_step"], user=row["user"],
+        created_at=row["created_at"], started_at=row["started_at"],
+        finished_at=row["finished_at"], backup_seconds=row["backup_seconds"],
+        steps=tuple(RunStep(s["idx"], s["revision"], s["direction"], s["status"],
+                            s["started_at"], s["finished_at"]) for s in steps),
+        logs=tuple(RunLog(entry["ts"], entry["level"], entry["message"]) for entry in logs),
+    )
+
+
+def list_runs(instance_dir: str, limit: int = 50) -> list[RunRecord]:
+    engine = store.store_engine(instance_dir)
+    with engine.connect() as conn:
+        rows = conn.execute(select(store.runs).order_by(
+            store.runs.c.created_at.desc()).limit(limit)).mappings().all()
+    return [_record(row) for row in rows]
+
+
+def unfinished_runs(instance_dir: str) -> list[RunRecord]:
+    engine = store.store_engine(instance_dir)
+    with engine.connect() as conn:
+        rows = conn.execute(select(store.runs).where(
+            store.runs.c.status.not_in(FINISHED))).mappings().all()
+    return [_record(row) for row in rows]
+
+
+def count_runs(instance_dir: str) -> int:
+    with store.store_engine(instance_dir).connect() as conn:
+        return conn.execute(select(func.count()).select_from(store.runs)).scalar_one()

@@ -1,0 +1,138 @@
+"""Pages that change the database: actions, runs, backups, and the audit log."""
+
+from __future__ import annotations
+
+from flask import (
+    Blueprint,
+    Response,
+    make_response,
+    redirect,
+    render_template,
+    request,
+    stream_with_context,
+    url_for,
+)
+
+from dashboard.errors import BadRequest, NotFound
+from dashboard.services import audit, backups, operations, runs
+from dashboard.services.audit import current_user
+from dashboard.services.impact import preview_action
+from dashboard.views import current_dashboard
+
+bp = Blueprint("actions", __name__)
+
+
+def _form_value(name: str) -> str:
+    value = request.form.get(name, "").strip()
+    if not value:
+        raise BadRequest(f"The form is missing '{name}'.")
+    return value
+
+
+@bp.get("/actions/preview")
+def preview():
+    dashboard = current_dashboard()
+    action = request.args.get("action", "")
+    target = request.args.get("target", "").strip()
+    project, history, status = dashboard.read_state()
+    plan, drops, sql_errors = preview_action(dashboard, project, history, status, action, target)
+    return render_template("preview.html", project=project, status=status, plan=plan,
+                           drops=drops, sql_errors=sql_errors, history=history)
+
+
+@bp.post("/actions")
+def start():
+    dashboard = current_dashboard()
+    action, target = _form_value("action"), _form_value("target")
+    project, history, status = dashboard.read_state()
+    run = operations.start_action(dashboard.target(project), history, status.state,
+                                  action, target, current_user())
+    return redirect(url_for("actions.run_page", run_id=run.id), code=303)
+
+
+@bp.get("/runs")
+def runs_page():
+    dashboard = current_dashboard()
+    return render_template("runs.html", runs=runs.list_runs(dashboard.instance_dir),
+                           project=dashboard.project())
+
+
+@bp.get("/runs/<run_id>")
+def run_page(run_id: str):
+    dashboard = current_dashboard()
+    run = runs.get_run(dashboard.instance_dir, run_id)
+    if run is None:
+        raise NotFound(f"No run '{run_id}'.")
+    if request.headers.get("HX-Request"):
+        response = make_response(render_template("_run.html", run=run))
+    else:
+        response = make_response(render_template("run.html", run=run,
+                                                 project=dashboard.project()))
+    response.headers["Vary"] = "HX-Request"
+    return response
+
+
+@bp.get("/backups")
+def backups_page():
+    dashboard = current_dashboard()
+    return render_template("backups.html", backups=backups.list_backups(dashboard.instance_dir),
+                           project=dashboard.project(),
+                           retention=dashboard.settings.get("DASHBOARD_BACKUP_RETENTION"))
+
+
+@bp.post("/backups")
+def backup_now():
+    dashboard = current_dashboard()
+    record = operations.backup_now(dashboard.target(), current_user())
+    return redirect(url_for("actions.backups_page", taken=record.id) + f"#b-{record.id}",
+                    code=303)
+
+
+@bp.get("/backups/<backup_id>/download")
+def download(backup_id: str):
+    record = backups.get_backup(current_dashboard().instance_dir, backup_id)
+    response = Response(stream_with_context(backups.iter_backup_file(record)),
+                        mimetype="application/vnd.sqlite3")
+    response.headers["Content-Disposition"] = (
+        f'attachment; filename="{backups.download_name(record)}"'
+    )
+    response.headers["Content-Length"] = str(record.size)
+    response.headers["X-Backup-SHA256"] = record.sha256
+    return response
+
+
+@bp.post("/backups/<backup_id>/verify")
+def verify(backup_id: str):
+    dashboard = current_dashboard()
+    record = backups.verify_backup(dashboard.instance_dir, backup_id)
+    return redirect(url_for("actions.backups_page", verified=record.id) + f"#b-{record.id}",
+                    code=303)
+
+
+@bp.get("/backups/<backup_id>/restore")
+def restore_preview(backup_id: str):
+    dashboard = current_dashboard()
+    record = backups.get_backup(dashboard.instance_dir, backup_id)
+    project, history, status = dashboard.read_state()
+    return render_template("restore.html", backup=record, project=project, status=status)
+
+
+@bp.post("/backups/<backup_id>/restore")
+def restore(backup_id: str):
+    dashboard = current_dashboard()
+    run = operations.start_restore(dashboard.target(), backup_id, current_user())
+    return redirect(url_for("actions.run_page", run_id=run.id), code=303)
+
+
+@bp.post("/backups/<backup_id>/delete")
+def delete(backup_id: str):
+    dashboard = current_dashboard()
+    operations.delete_backup(dashboard.target(), backup_id, current_user())
+    return redirect(url_for("actions.backups_page"), code=303)
+
+
+@bp.get("/audit")
+def audit_page():
+    dashboard = current_dashboard()
+    return render_template("audit.html", entries=audit.list_entries(dashboard.instance_dir),
+                           project=dashboard.project())
