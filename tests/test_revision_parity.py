@@ -438,9 +438,8 @@ def test_history_page_of_a_large_history_links_each_revision_once(projects, tmp_
     )
 
 
-# ---------------------------------------------------------------- known bugs
-# Each fails today; strict xfail turns the suite red once the bug is fixed, so
-# the marker is removed together with the fix.
+# ---------------------------------------------------------------- found bugs
+# Each failed before its fix in revisions.py.
 
 
 def _write(folder: Path, rev: hf.RevisionSpec, source: str | None = None) -> Path:
@@ -449,10 +448,6 @@ def _write(folder: Path, rev: hf.RevisionSpec, source: str | None = None) -> Pat
     return path
 
 
-@pytest.mark.xfail(strict=True, raises=KeyError, reason=(
-    "build_history catches only RevisionError; RevisionMap raises KeyError for a "
-    "down_revision or depends_on naming a revision that is not loaded"
-))
 @pytest.mark.parametrize("child", [
     # The parent file is unreadable (computed header + missing import).
     hf.RevisionSpec("c41d00000001", (hf.BROKEN,), message="child of the unreadable file"),
@@ -470,10 +465,6 @@ def test_reference_to_a_missing_revision_is_a_history_error_not_a_crash(tmp_path
     )
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a file in the encoding its coding cookie declares (Alembic's output_encoding) is "
-    "opened as UTF-8 and reported unreadable, with no import fallback"
-))
 def test_revision_file_in_a_declared_non_utf8_encoding(tmp_path):
     spec = hf.linear(2)
     ini = hf.make_project(tmp_path, spec)
@@ -489,10 +480,6 @@ def test_revision_file_in_a_declared_non_utf8_encoding(tmp_path):
     assert history.revisions[rev.revision].doc == "café prices"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the docstring is cut out of the source with a regex: escapes are not decoded, "
-    "a BOM or a one-quote docstring gives an empty message"
-))
 @pytest.mark.parametrize("prefix, doc_line", [
     ("", '"""Rename C:\\\\temp\\\\new paths'),  # backslash escapes
     ("\ufeff", '"""with a byte-order mark'),

@@ -102,10 +102,15 @@ def revision_summaries(history: History, status: MigrationStatus | None
     """Every revision, newest first (Alembic's walk order from the heads)."""
     if history.error:
         return []
-    ordered = history.revision_map.iterate_revisions(
-        "heads", "base", inclusive=True, implicit_base=True, assert_relative_length=False
-    )
-    return [summarize(history, rev, status) for rev in ordered]  # type: ignore[arg-type]
+
+    def compute():
+        ordered = history.revision_map.iterate_revisions(
+            "heads", "base", inclusive=True, implicit_base=True, assert_relative_length=False
+        )
+        return [summarize(history, rev, status) for rev in ordered]  # type: ignore[arg-type]
+
+    key = ("summaries", tuple(status.current) if status else None, status.state if status else None)
+    return history.memo(key, compute)
 
 
 def function_source(source: str, name: str) -> str:

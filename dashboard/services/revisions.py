@@ -15,6 +15,7 @@ import ast
 import os
 import re
 import threading
+import tokenize
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -39,7 +40,10 @@ _HEADER = re.compile(
     r"^(revision|down_revision|branch_labels|depends_on)[ \t]*(?::[^=\n]*)?=(?!=)[ \t]*", re.M
 )
 _DOCSTRING = re.compile(
-    r"\A(?:\s*#[^\n]*\n|\s)*[rRuU]?(\"\"\"|''')(.*?)\1", re.S
+    r"\A\ufeff?(?:[ \t]*(?:#[^\n]*)?\n|\s)*"
+    r"([rRuU]?(?:\"\"\"(?:\\.|[^\\])*?\"\"\"|'''(?:\\.|[^\\])*?'''"
+    r"|\"(?:\\.|[^\\\"\n])*\"|'(?:\\.|[^\\'\n])*'))",
+    re.S,
 )
 _CREATE_DATE = re.compile(r"^\s*Create Date:\s*(.+?)\s*$", re.M)
 
@@ -139,16 +143,20 @@ def _literal(expr_source: str):
 _INCOMPLETE = object()
 
 
-def _expression_after(text: str, start: int) -> str:
-    """The source of the expression that starts at ``start``: grows line by
-    line until it parses, so tuples spread over several lines work."""
-    lines = text[start:].splitlines()
-    for count in range(1, min(len(lines), 200) + 1):
-        candidate = "\n".join(lines[:count])
-        value = _literal(candidate)
+def _value_after(text: str, start: int):
+    """The literal value of the expression that starts at ``start``: grows
+    line by line until it parses, so tuples spread over several lines work."""
+    end = start
+    for _ in range(200):
+        newline = text.find("\n", end)
+        end = len(text) if newline == -1 else newline
+        value = _literal(text[start:end])
         if value is not _INCOMPLETE:
-            return candidate
-    raise NotLiteral(lines[0] if lines else "")
+            return value
+        if newline == -1:
+            break
+        end += 1
+    raise NotLiteral(text[start:text.find("\n", start)])
 
 
 def _as_ids(value, name: str) -> tuple[str, ...]:
@@ -169,8 +177,7 @@ def parse_header_text(text: str, path: str) -> RevisionHeader:
         name = match.group(1)
         if name in found:
             raise NotLiteral(f"{name} is assigned more than once")
-        found[name] = ast.literal_eval(ast.parse(_expression_after(text, match.end()).strip(),
-                                                 mode="eval"))
+        found[name] = _value_after(text, match.end())
     if "revision" in found:
         if not isinstance(found["revision"], str):
             raise NotLiteral(f"revision = {found['revision']!r}")
@@ -182,41 +189,65 @@ def parse_header_text(text: str, path: str) -> RevisionHeader:
         revision = legacy.group(1)
     if "down_revision" not in found:
         raise NotLiteral("no down_revision assignment found")
-    doc = _DOCSTRING.match(text)
     return RevisionHeader(
         path=path,
         revision=revision,
         down_revision=_as_ids(found["down_revision"], "down_revision"),
         branch_labels=_as_ids(found.get("branch_labels"), "branch_labels"),
         depends_on=_as_ids(found.get("depends_on"), "depends_on"),
-        docstring=doc.group(2).strip() if doc else "",
+        docstring=_docstring(text),
     )
 
 
+def _docstring(text: str) -> str:
+    """The module docstring as Python sees it: the first statement's string,
+    escapes decoded; without parsing the rest of the file."""
+    match = _DOCSTRING.match(text)
+    if not match:
+        return ""
+    try:
+        value = ast.literal_eval(match.group(1))
+    except (ValueError, SyntaxError):
+        return ""
+    return value.strip() if isinstance(value, str) else ""
+
+
 def revision_files(project: Project) -> list[tuple[str, int, int]]:
-    """(path, mtime_ns, size) of every revision file, in Alembic's order."""
+    """(path, mtime_ns, size) of every revision file, in Alembic's order.
+
+    One ``scandir`` per folder; paths are resolved only for symlinks, which
+    is what lets a warm status request cost a stat per file and no more."""
     files: list[tuple[str, int, int]] = []
-    seen: set[str] = set()
+    seen: set[tuple[int, int]] = set()
     for location in project.version_locations:
         if not os.path.isdir(location):
             continue
-        for root, dirs, names in os.walk(location):
-            if os.path.basename(root).endswith("__pycache__"):
-                dirs[:] = []
+        folders = [os.path.realpath(location)]
+        while folders:
+            folder = folders.pop(0)
+            try:
+                entries = sorted(os.scandir(folder), key=lambda e: e.name)
+            except OSError:
                 continue
-            for name in sorted(names):
-                if not _REVISION_FILE.match(name):
+            subfolders = []
+            for entry in entries:
+                if entry.is_dir():
+                    if not entry.name.endswith("__pycache__"):
+                        subfolders.append(entry.path)
                     continue
-                path = os.path.join(root, name)
-                real = os.path.realpath(path)
-                if real in seen:
+                if not _REVISION_FILE.match(entry.name):
                     continue
-                seen.add(real)
-                stat = os.stat(real)
-                files.append((real, stat.st_mtime_ns, stat.st_size))
-            if not project.recursive_version_locations:
-                break
-            dirs.sort()
+                try:
+                    stat = entry.stat()
+                except OSError:
+                    continue
+                if (stat.st_dev, stat.st_ino) in seen:
+                    continue
+                seen.add((stat.st_dev, stat.st_ino))
+                path = os.path.realpath(entry.path) if entry.is_symlink() else entry.path
+                files.append((path, stat.st_mtime_ns, stat.st_size))
+            if project.recursive_version_locations:
+                folders[:0] = subfolders
     return files
 
 
@@ -257,7 +288,7 @@ class HistoryCache:
                 continue
             path = entry[0]
             try:
-                with open(path, encoding="utf-8") as handle:
+                with tokenize.open(path) as handle:  # honours coding cookies and BOMs
                     text = handle.read()
                 parsed[entry] = parse_header_text(text, path)
             except NotLiteral:
@@ -297,6 +328,11 @@ def build_history(items: Iterable[RevisionHeader | UnreadableFile]) -> History:
                     revisions[script.revision] = script
         except RevisionError as exc:
             error = str(exc)
+        except KeyError as exc:
+            # RevisionMap raises a bare KeyError for a parent or dependency it
+            # does not have (a partial id, or the file of it is unreadable).
+            error = (f"A revision refers to {exc.args[0]!r}, which no readable revision file "
+                     "defines (a missing or unreadable file, or a partial id in depends_on).")
     problems.extend(str(w.message) for w in caught)
     ordered = {s.revision: s for s in scripts if s.revision in revisions}
     return History(
