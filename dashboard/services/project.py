@@ -50,6 +50,21 @@ def mask_url(url: str) -> str:
         return url.split(":", 1)[0] + ":<unparseable URL>"
 
 
+def absolute_sqlite_url(url: str, base: str) -> str:
+    """A relative SQLite path made absolute once, so status, backup, lock and
+    the worker (which runs in the ini's folder) all name the same file."""
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        return url
+    database = parsed.database
+    if (parsed.get_backend_name() != "sqlite" or not database or database == ":memory:"
+            or database.startswith("file:") or os.path.isabs(database)):
+        return url
+    absolute = parsed.set(database=os.path.normpath(os.path.join(base, database)))
+    return absolute.render_as_string(hide_password=False)
+
+
 def load_project(
     ini_path: str,
     database_url: str | None,
@@ -71,7 +86,12 @@ def load_project(
             str(coerce_resource_to_filename(v)) for v in (config.get_version_locations_list() or ())
         ) or (str(Path(script_location, "versions")),)
         recursive = config.get_alembic_boolean_option("recursive_version_locations")
-        url = database_url or config.get_main_option("sqlalchemy.url")
+        if database_url:
+            url = absolute_sqlite_url(database_url, os.getcwd())
+        else:
+            url = config.get_main_option("sqlalchemy.url")
+            if url:
+                url = absolute_sqlite_url(url, os.path.dirname(os.path.abspath(ini_path)))
     except CommandError as exc:
         raise ConfigurationError(f"Cannot read {ini_path}: {exc}") from exc
     except Exception as exc:  # configparser errors and the like

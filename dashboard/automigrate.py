@@ -1,0 +1,143 @@
+"""Apply pending migrations when a host application starts, behind the guard.
+
+The seed backend ran ``alembic upgrade head`` bare at start-up. Here the
+same switch (``AUTO_MIGRATE``, on unless set to false) runs the upgrade
+through the dashboard's guard: the shared lock, a verified backup first, a
+restore when a step fails, an audit entry. A failed run raises, so the host
+fails to start loudly instead of serving a database its code does not match.
+Library code: it logs, never prints or exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from dashboard.core import Dashboard
+from dashboard.errors import ConfigurationError, DashboardError
+from dashboard.services import operations
+from dashboard.services.audit import current_user
+from dashboard.services.runs import SUCCEEDED, RunRecord
+from dashboard.services.status import PENDING, UNINITIALIZED, UP_TO_DATE
+from dashboard.settings import settings_from_environ
+
+log = logging.getLogger("dashboard.automigrate")
+
+SWITCH = "AUTO_MIGRATE"
+_ON = ("true", "1", "yes", "on")
+_OFF = ("false", "0", "no", "off")
+
+
+class AutoMigrateFailed(DashboardError):
+    """The start-up migration did not succeed; the host should not start."""
+
+    status_code = 503
+    title = "Automatic migration failed"
+
+    def __init__(self, message: str, *, detail: str | None = None,
+                 run: RunRecord | None = None):
+        super().__init__(message, detail=detail)
+        self.run = run
+
+
+def auto_migrate_enabled(environ: Mapping[str, str] | None = None) -> bool:
+    """``AUTO_MIGRATE``: on when unset or true/1/yes/on, off when false/0/no/off."""
+    environ = os.environ if environ is None else environ
+    raw = (environ.get(SWITCH) or "").strip().lower()
+    if raw in ("", *_ON):
+        return True
+    if raw in _OFF:
+        return False
+    raise ConfigurationError(
+        f"{SWITCH}={environ.get(SWITCH)!r} is neither on nor off.",
+        detail=f"Use one of {', '.join(_ON)} or {', '.join(_OFF)}.",
+    )
+
+
+def dashboard_for(alembic_ini: str | None = None, database_url: str | None = None,
+                  instance_dir: str | None = None,
+                  environ: Mapping[str, str] | None = None) -> Dashboard:
+    """A Dashboard from the DASHBOARD_* settings of ``environ``, overridden by the arguments.
+
+    Shared with migrate_db.py, so the command line and the start-up hook
+    resolve the same database, lock and instance folder as the dashboard."""
+    settings = settings_from_environ(dict(os.environ if environ is None else environ))
+    overrides = {
+        "DASHBOARD_ALEMBIC_INI": alembic_ini,
+        "DASHBOARD_DATABASE_URL": database_url,
+        "DASHBOARD_INSTANCE_DIR": instance_dir,
+    }
+    settings.update({name: value for name, value in overrides.items() if value})
+    if settings.get("DASHBOARD_DATABASE_URL"):
+        settings["DASHBOARD_DATABASE_URL"] = absolute_sqlite_url(
+            str(settings["DASHBOARD_DATABASE_URL"]))
+    return Dashboard(settings)
+
+
+def absolute_sqlite_url(url: str) -> str:
+    """A relative SQLite path made absolute against the current directory.
+
+    The migration worker runs in the alembic.ini's folder while status and
+    backups resolve paths here; an absolute path names one file for all."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return url  # status reports it as unparseable
+    database = parsed.database
+    if (parsed.get_backend_name() != "sqlite" or not database or database == ":memory:"
+            or database.startswith("file:") or os.path.isabs(database)):
+        return url
+    return parsed.set(database=os.path.abspath(database)).render_as_string(hide_password=False)
+
+
+def auto_migrate(alembic_ini: str | None = None, database_url: str | None = None,
+                 instance_dir: str | None = None,
+                 environ: Mapping[str, str] | None = None) -> RunRecord | None:
+    """Upgrade to the heads if anything is pending; the run, or None if nothing ran.
+
+    Settings come from the DASHBOARD_* variables of ``environ`` (default:
+    ``os.environ``), overridden by the arguments. Raises ``AutoMigrateFailed``
+    when the database cannot be read or the run did not succeed (the guard
+    has then restored the pre-migration backup)."""
+    environ = os.environ if environ is None else environ
+    if not auto_migrate_enabled(environ):
+        log.info("%s is off: not running database migrations", SWITCH)
+        return None
+    dashboard = dashboard_for(alembic_ini, database_url, instance_dir, environ)
+
+    project, history, status = dashboard.read_state()
+    if status.state == UP_TO_DATE:
+        log.info("Database is up to date at %s", ", ".join(status.current))
+        return None
+    if status.state not in (PENDING, UNINITIALIZED):
+        log.error("Database migrations cannot run: %s", status.explanation)
+        raise AutoMigrateFailed(f"Database migrations cannot run: {status.explanation}")
+
+    log.info("Running database migrations... (%d pending, database %s)",
+             len(status.pending), status.database.url)
+    try:
+        run = operations.start_action(dashboard.target(project), history, status.state,
+                                      "upgrade", "heads", current_user(), background=False)
+    except operations.NothingToDo:  # another process applied them since we looked
+        log.info("Database migrations were applied by another process")
+        return None
+    except DashboardError as exc:  # the lock is held, the target is refused...
+        log.error("Database migrations could not start: %s", exc.message)
+        raise AutoMigrateFailed(f"Database migrations could not start: {exc.message}",
+                                detail=exc.detail) from exc
+
+    for step in run.steps:
+        log.info("Migration step %s %s: %s", step.direction, step.revision, step.status)
+    if run.status != SUCCEEDED:
+        log.error("Database migrations failed (run %s, %s): %s", run.id, run.status, run.error)
+        raise AutoMigrateFailed(
+            f"Database migrations failed (run {run.id}, {run.status}): {run.error}",
+            run=run,
+        )
+    log.info("Database migrations completed successfully: now at %s (backup %s)",
+             ", ".join(run.to_revs), run.backup_id)
+    return run
