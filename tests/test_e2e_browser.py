@@ -1,0 +1,125 @@
+"""The dashboard in a real browser: the real server, htmx polling, downloads, and the CSP.
+
+Needs Debian's Chromium at /usr/bin/chromium and the playwright package. Without
+them the module is skipped, except under CI=true, where that is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+
+import pytest
+
+from app_models.seed import DEMO_USERS, SAMPLE_START_REVISION
+from tests.e2e_server import CHROMIUM, VIEWPORT, launch_chromium, running_dashboard, wait_for_run
+
+try:
+    from playwright.sync_api import expect, sync_playwright
+except ImportError:
+    sync_playwright = None
+
+if sync_playwright is None:
+    MISSING = "the playwright package is not installed"
+elif not CHROMIUM.exists():
+    MISSING = f"no Chromium at {CHROMIUM} (apt-get install chromium)"
+else:
+    MISSING = None
+
+if MISSING and os.environ.get("CI") != "true":
+    pytest.skip(f"browser tests need a browser: {MISSING}", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if MISSING:
+        pytest.fail(f"CI=true, so browser tests may not be skipped: {MISSING}")
+    with sync_playwright() as playwright:
+        browser = launch_chromium(playwright)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def server(tmp_path):
+    with running_dashboard(tmp_path) as server:
+        yield server
+
+
+@pytest.fixture
+def browser_errors() -> list[str]:
+    """Console errors (CSP violations among them) and uncaught exceptions of `page`."""
+    return []
+
+
+@pytest.fixture
+def page(browser, browser_errors):
+    context = browser.new_context(viewport=VIEWPORT, accept_downloads=True)
+    page = context.new_page()
+    page.set_default_timeout(10_000)
+
+    def on_console(message):
+        # Chromium asks for /favicon.ico on its own; the dashboard has none (yet).
+        if message.type == "error" and not message.location.get("url", "").endswith(
+            "/favicon.ico"
+        ):
+            browser_errors.append(f"console: {message.text} ({message.location.get('url')})")
+
+    page.on("console", on_console)
+    page.on("pageerror", lambda error: browser_errors.append(f"pageerror: {error}"))
+    yield page
+    context.close()
+
+
+def test_upgrade_all_heads_then_download_the_backup(server, page, browser_errors, tmp_path):
+    page.goto(server.url + "/")
+    expect(page.locator("#state h2")).to_have_text("Migrations pending")
+    expect(page.locator("#upgrade-target")).to_have_value("heads")
+
+    page.click("#upgrade-button")
+    page.wait_for_url("**/runs/*")
+    wait_for_run(page)
+    steps = page.locator("#run-panel table.steps tbody tr")
+    expect(steps).not_to_have_count(0)
+    statuses = steps.locator("td:nth-child(4)").all_inner_texts()
+    assert statuses == ["succeeded"] * len(statuses)
+
+    with page.expect_download() as download_info:
+        page.click("#run-panel a.download")
+    backup = tmp_path / "downloaded-backup.sqlite3"
+    download_info.value.save_as(backup)
+
+    page.goto(server.url + "/")
+    expect(page.locator("#state h2")).to_have_text("Up to date")
+
+    with sqlite3.connect(backup) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [
+            (SAMPLE_START_REVISION,)
+        ]
+        emails = {row[0] for row in conn.execute("SELECT email FROM users")}
+    conn.close()
+    assert emails == {user["email"] for user in DEMO_USERS}
+    assert browser_errors == []
+
+
+def test_downgrade_through_the_preview_page(server, page, browser_errors):
+    page.goto(server.url + "/")
+    downgrade = page.locator("form.action-form", has=page.locator("input[value=downgrade]"))
+    downgrade.locator("select[name=target]").select_option("-1")
+    downgrade.get_by_role("button", name="Preview downgrade…").click()
+
+    expect(page.locator("h1")).to_contain_text("downgrade")
+    drops = page.locator("ol.plan .drops")
+    expect(drops).to_contain_text("chat_sessions")
+    expect(drops).to_contain_text("chat_messages")
+
+    page.click("#confirm-button")
+    page.wait_for_url("**/runs/*")
+    wait_for_run(page)
+
+    with sqlite3.connect(server.database) as conn:
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    conn.close()
+    assert "chat_sessions" not in tables and "users" in tables
+    assert browser_errors == []
