@@ -8,6 +8,7 @@ import time
 
 from flask import Flask
 from flask_wtf.csrf import CSRFProtect
+from markupsafe import Markup, escape
 
 from dashboard.core import Dashboard
 from dashboard.settings import settings_from_environ
@@ -49,6 +50,11 @@ def create_app(test_config: dict | None = None) -> Flask:
         if epoch is None:
             return ""
         return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
+
+    @app.template_filter("breakable")
+    def breakable(text: str) -> Markup:
+        """Let long paths and URLs wrap after a slash, not mid-word."""
+        return Markup("/<wbr>").join(escape(part) for part in str(text).split("/"))
 
     app.jinja_env.globals["now"] = time.time
 

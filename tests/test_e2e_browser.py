@@ -59,10 +59,7 @@ def page(browser, browser_errors):
     page.set_default_timeout(10_000)
 
     def on_console(message):
-        # Chromium asks for /favicon.ico on its own; the dashboard has none (yet).
-        if message.type == "error" and not message.location.get("url", "").endswith(
-            "/favicon.ico"
-        ):
+        if message.type == "error":
             browser_errors.append(f"console: {message.text} ({message.location.get('url')})")
 
     page.on("console", on_console)
@@ -81,7 +78,7 @@ def test_upgrade_all_heads_then_download_the_backup(server, page, browser_errors
     wait_for_run(page)
     steps = page.locator("#run-panel table.steps tbody tr")
     expect(steps).not_to_have_count(0)
-    statuses = steps.locator("td:nth-child(4)").all_inner_texts()
+    statuses = steps.locator("td.step-status").all_inner_texts()
     assert statuses == ["succeeded"] * len(statuses)
 
     with page.expect_download() as download_info:

@@ -6,8 +6,11 @@ described by a manifest beside it and recorded in the dashboard's store.
 Whatever fails on the way leaves no partial file and raises ``BackupError``.
 
 How a database is copied, checked and restored depends on its dialect and
-sits behind ``BackupFormat``; only SQLite exists so far (PostgreSQL and
-MariaDB would add a format built on their dump tools).
+sits behind ``BackupFormat``: SQLite through its backup API, PostgreSQL
+through pg_dump/pg_restore, MariaDB and MySQL through mariadb-dump and the
+mariadb client (``dbtools`` runs those without exposing the password). A
+server's dump counts as verified only once it has been restored into a
+scratch database that held the expected revisions.
 """
 
 from __future__ import annotations
@@ -30,12 +33,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from dashboard.errors import BackupError, BadRequest, NotFound
-from dashboard.services import store
+from dashboard.services import dbtools, store
+from dashboard.services.dbtools import ServerAddress, Tool
 from dashboard.services.project import Project
 
 log = logging.getLogger(__name__)
@@ -92,6 +96,10 @@ class BackupFormat(Protocol):
     """What one dialect needs: copy, check and restore a database file."""
 
     extension: str
+    damage_hint: str  # what to do when a fresh copy fails its check
+
+    def preflight(self, project: Project) -> None:
+        """Raise BackupError, before anything is written, if the tools or server won't do."""
 
     def source_name(self, project: Project) -> str: ...
 
@@ -101,7 +109,13 @@ class BackupFormat(Protocol):
 
     def copy(self, project: Project, destination: str) -> None: ...
 
-    def check(self, path: str, version_table: str) -> FileCheck: ...
+    def check(self, path: str, version_table: str,
+              project: Project | None = None) -> FileCheck:
+        """Is the file a sound backup, and of which revisions.
+
+        With ``project``, a server format restores the file into a scratch
+        database on that server; without, it checks the file alone.
+        """
 
     def check_live(self, project: Project) -> FileCheck: ...
 
@@ -124,6 +138,7 @@ def take_backup(
     database just before; the copy must hold exactly those.
     """
     fmt = _format_for(project.dialect)
+    fmt.preflight(project)
     backup_dir = os.path.abspath(backup_dir)
     created_at = time.time()
     backup_id = _new_id(created_at)
@@ -156,13 +171,12 @@ def take_backup(
         # sha256 and integrity_check both release the GIL: read the file twice at once.
         with ThreadPoolExecutor(max_workers=1) as pool:
             digest = pool.submit(sha256_file, temp)
-            check = fmt.check(temp, project.version_table)
+            check = fmt.check(temp, project.version_table, project)
             sha256 = digest.result()
         verify_seconds = time.perf_counter() - started
         if not check.ok:
             raise BackupError(
-                f"The copy failed verification: {check.detail}. The database itself may be "
-                f"damaged: run PRAGMA integrity_check on it. {NOT_RUN}"
+                f"The copy failed verification: {check.detail}. {fmt.damage_hint}{NOT_RUN}"
             )
         if check.revisions != expected:
             raise BackupError(
@@ -210,11 +224,16 @@ def take_backup(
     return record
 
 
-def verify_backup(instance_dir: str, backup_id: str) -> BackupRecord:
-    """Check an existing backup again against its manifest; record the outcome."""
+def verify_backup(instance_dir: str, backup_id: str,
+                  project: Project | None = None) -> BackupRecord:
+    """Check an existing backup again against its manifest; record the outcome.
+
+    A PostgreSQL or MariaDB backup is restored into a scratch database on the
+    project's server when ``project`` is given; without it only the file is read.
+    """
     record = get_backup(instance_dir, backup_id)
     started = time.perf_counter()
-    problem, checked = _reverify(record)
+    problem, checked = _reverify(record, project)
     verified = problem is None
     updated = replace(
         record,
@@ -284,7 +303,7 @@ def restore_backup_file(project: Project, record: BackupRecord) -> None:
     The caller holds the lock and has taken a backup of the current state.
     """
     fmt = _format_for(project.dialect)
-    if record.dialect != project.dialect:
+    if FORMATS.get(record.dialect) is not fmt:
         raise BackupError(
             f"Backup {record.id} is of a {record.dialect} database, not {project.dialect}."
         )
@@ -297,6 +316,7 @@ def restore_backup_file(project: Project, record: BackupRecord) -> None:
             f"The file of backup {record.id} changed since it was taken (sha256 {sha256[:12]}, "
             f"expected {record.sha256[:12]}). The database was not changed."
         )
+    fmt.preflight(project)
     fmt.restore(project, record.path)
     check = fmt.check_live(project)
     if not check.ok:
@@ -346,6 +366,10 @@ def sha256_file(path: str) -> str:
 
 class SqliteFormat:
     extension = ".sqlite3"
+    damage_hint = "The database itself may be damaged: run PRAGMA integrity_check on it. "
+
+    def preflight(self, project: Project) -> None:
+        _sqlite_path(project)
 
     def source_name(self, project: Project) -> str:
         return Path(_sqlite_path(project)).stem
@@ -400,7 +424,8 @@ class SqliteFormat:
                     log.info("backup kept restarting under writes: copying in one step")
             _backup_into(source, destination, -1, None)
 
-    def check(self, path: str, version_table: str) -> FileCheck:
+    def check(self, path: str, version_table: str,
+              project: Project | None = None) -> FileCheck:
         # A backup file is opened immutable: no locks, no -wal/-shm beside it.
         return _check_file(path, version_table, immutable=True)
 
@@ -537,7 +562,7 @@ def _format_for(dialect: str) -> BackupFormat:
     return fmt
 
 
-def _reverify(record: BackupRecord) -> tuple[str | None, str]:
+def _reverify(record: BackupRecord, project: Project | None) -> tuple[str | None, str]:
     """(what is wrong or None, what was checked)."""
     if not os.path.isfile(record.path):
         return f"The backup file is missing: {record.path}", ""
@@ -558,7 +583,9 @@ def _reverify(record: BackupRecord) -> tuple[str | None, str]:
         fmt = _format_for(record.dialect)
     except BackupError as exc:
         return exc.message, ""
-    check = fmt.check(record.path, manifest.get("version_table", "alembic_version"))
+    if project is not None and _format_for(project.dialect) is not fmt:
+        project = None  # another server: check the file alone
+    check = fmt.check(record.path, manifest.get("version_table", "alembic_version"), project)
     if not check.ok:
         return check.detail, ""
     if check.revisions != manifest_revs:
@@ -607,7 +634,7 @@ def _new_id(created_at: float) -> str:
 
 def _file_name(fmt: BackupFormat, project: Project, revisions: tuple[str, ...],
                created_at: float, backup_id: str) -> str:
-    # Built only from the database's file stem and revision ids: no credentials.
+    # Built only from the database's name (or file stem) and revision ids: no credentials.
     stem = _safe(fmt.source_name(project), 60) or "database"
     revision = _safe(revisions[0], 32) if revisions else "base"
     if len(revisions) > 1:

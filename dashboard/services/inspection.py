@@ -30,6 +30,7 @@ class RevisionSummary:
     is_base: bool
     applied: bool
     is_current: bool
+    declared_labels: tuple[str, ...] = ()  # in the file; Alembic spreads labels along a branch
 
     def as_json(self) -> dict:
         return {
@@ -94,6 +95,7 @@ def summarize(history: History, revision: ScriptRevision,
         is_base=not revision.down_revisions,
         applied=revision.revision in applied,
         is_current=revision.revision in current,
+        declared_labels=revision.header.branch_labels,
     )
 
 
@@ -157,7 +159,7 @@ def graph_layout(summaries: list[RevisionSummary]):
             revision=s.revision,
             down_revisions=s.down_revisions,
             depends_on=s.depends_on,
-            branch_labels=s.branch_labels,
+            branch_labels=s.declared_labels,
             message=s.message,
             is_head=s.is_head,
             is_current=s.is_current,
@@ -165,3 +167,10 @@ def graph_layout(summaries: list[RevisionSummary]):
         )
         for s in summaries
     ])
+
+
+def revision_messages(history: History) -> dict[str, str]:
+    """Each revision's message, for tables that show only ids."""
+    return history.memo(("messages",), lambda: {
+        rev: script.doc for rev, script in history.revisions.items()
+    })

@@ -180,7 +180,8 @@ def migration_status(project: Project, history: History) -> MigrationStatus:
     return MigrationStatus(
         state, database, current=current, heads=heads, pending=pending,
         applied=applied_revisions(history, tuple(current)),
-        explanation=(f"{len(pending)} revision(s) to apply." if pending
+        explanation=(f"{len(pending)} revision{'s' if len(pending) != 1 else ''} to apply."
+                     if pending
                      else "The database is at the latest revision."),
         table_count=db.table_count,
     )

@@ -13,10 +13,11 @@ from flask import (
     url_for,
 )
 
-from dashboard.errors import BadRequest, NotFound
+from dashboard.errors import BadRequest, DashboardError, NotFound
 from dashboard.services import audit, backups, operations, runs
 from dashboard.services.audit import current_user
 from dashboard.services.impact import preview_action
+from dashboard.services.inspection import revision_messages
 from dashboard.views import current_dashboard
 
 bp = Blueprint("actions", __name__)
@@ -63,13 +64,21 @@ def run_page(run_id: str):
     run = runs.get_run(dashboard.instance_dir, run_id)
     if run is None:
         raise NotFound(f"No run '{run_id}'.")
+    messages = _messages(dashboard)
     if request.headers.get("HX-Request"):
-        response = make_response(render_template("_run.html", run=run))
+        response = make_response(render_template("_run.html", run=run, messages=messages))
     else:
-        response = make_response(render_template("run.html", run=run,
+        response = make_response(render_template("run.html", run=run, messages=messages,
                                                  project=dashboard.project()))
     response.headers["Vary"] = "HX-Request"
     return response
+
+
+def _messages(dashboard) -> dict[str, str]:
+    try:
+        return revision_messages(dashboard.history())
+    except DashboardError:
+        return {}
 
 
 @bp.get("/backups")

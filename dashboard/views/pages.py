@@ -24,6 +24,7 @@ def overview():
         "overview.html", project=project, history=history, status=status,
         summaries=inspection.revision_summaries(history, status),
         run=recent[0] if recent else None,
+        messages=inspection.revision_messages(history),
     )
 
 

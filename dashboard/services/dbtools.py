@@ -1,0 +1,398 @@
+"""The database servers' own client tools, run without showing their password.
+
+pg_dump, pg_restore, psql, mariadb-dump and mariadb take host, port, user
+and database from the project's URL. The password goes into a file that only
+the dashboard's user can read (a ``PGPASSFILE``, or a MariaDB option file
+given as ``--defaults-extra-file``), never onto a command line, where every
+local user sees it in the process list; the file is deleted afterwards.
+Whatever a tool prints is scrubbed of the password before it reaches a
+message. The dashboard's own queries (versions, scratch databases, version
+tables) go through SQLAlchemy with the drivers the dashboard ships.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from urllib.parse import quote, quote_plus
+
+from sqlalchemy import create_engine, inspect, text
+from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.pool import NullPool
+
+from dashboard.errors import BackupError
+
+CONNECT_TIMEOUT_SECONDS = 10
+STDERR_LIMIT = 4000
+COPY_CHUNK = 1 << 20
+
+# URL query parameters the tools can honour, and where each goes.
+POSTGRES_QUERY = {
+    "host": "PGHOST", "port": "PGPORT", "sslmode": "PGSSLMODE",
+    "sslrootcert": "PGSSLROOTCERT", "sslcert": "PGSSLCERT", "sslkey": "PGSSLKEY",
+    "connect_timeout": "PGCONNECT_TIMEOUT", "application_name": "PGAPPNAME",
+}
+MARIADB_QUERY = {
+    "unix_socket": "socket", "charset": "default-character-set",
+    "ssl_ca": "ssl-ca", "ssl_cert": "ssl-cert", "ssl_key": "ssl-key",
+}
+DRIVERS = {"postgresql": "postgresql+psycopg", "mysql": "mysql+pymysql"}
+INSTALL_HINTS = {
+    "postgresql": "Install the PostgreSQL client tools (Debian/Ubuntu: apt-get install "
+                  "postgresql-client-<server major version>) and put them on the PATH.",
+    "mysql": "Install the MariaDB client tools (Debian/Ubuntu: apt-get install "
+             "mariadb-client) and put them on the PATH.",
+}
+
+
+@dataclass(frozen=True)
+class ServerAddress:
+    """Where a PostgreSQL or MariaDB/MySQL database is, read from a project's URL."""
+
+    family: str  # "postgresql" or "mysql" (MariaDB too)
+    database: str
+    host: str | None
+    port: int | None
+    user: str | None
+    password: str | None = field(repr=False)
+    query: tuple[tuple[str, str], ...] = ()  # accepted parameters only
+
+    def describe(self, database: str | None = None) -> str:
+        where = dict(self.query).get("unix_socket") or dict(self.query).get("host") \
+            or self.host or "localhost"
+        port = f":{self.port}" if self.port else ""
+        user = f" as {self.user}" if self.user else ""
+        return f"database {database or self.database} on {where}{port}{user}"
+
+    def scrub(self, message: str) -> str:
+        return scrub(message, self.password)
+
+
+def server_address(url: str, family: str) -> ServerAddress:
+    """Parse the URL, refusing what the client tools could not honour."""
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError) as exc:
+        raise BackupError("The database URL cannot be parsed. Nothing was run.") from exc
+    if not parsed.database:
+        raise BackupError("The database URL names no database; the backup needs one. "
+                          "Nothing was run.")
+    accepted = POSTGRES_QUERY if family == "postgresql" else MARIADB_QUERY
+    query: list[tuple[str, str]] = []
+    for key, value in parsed.query.items():
+        if key not in accepted:
+            raise BackupError(
+                f"The database URL has the parameter ?{key}=, which the backup tools cannot "
+                f"honour. Supported: {', '.join(sorted(accepted))}. Remove it or use one of "
+                "those. Nothing was run.")
+        if not isinstance(value, str):
+            raise BackupError(f"The database URL gives ?{key}= more than once (several hosts "
+                              "are not supported for backups). Nothing was run.")
+        query.append((key, value))
+    params = dict(query)
+    if family == "postgresql":
+        if "host" in params and parsed.host:
+            raise BackupError("The database URL gives a host both before the database name "
+                              "and as ?host=; keep one. Nothing was run.")
+        if "," in params.get("host", "") or "," in params.get("port", ""):
+            raise BackupError("Several hosts in ?host= are not supported for backups; name "
+                              "the primary server. Nothing was run.")
+    return ServerAddress(
+        family=family, database=parsed.database, host=parsed.host, port=parsed.port,
+        user=parsed.username, password=parsed.password, query=tuple(query),
+    )
+
+
+def scrub(message: str, secret: str | None) -> str:
+    """The message without the password, in plain or URL-quoted form."""
+    if not secret:
+        return message
+    for form in {secret, quote(secret, safe=""), quote_plus(secret)}:
+        message = message.replace(form, "***")
+    return message
+
+
+# ---------------------------------------------------------------- SQL connections
+
+
+@contextmanager
+def connect(address: ServerAddress, database: str | None = None,
+            after: str = "Nothing was run.") -> Iterator[Connection]:
+    """An autocommit connection, or BackupError saying the server cannot be reached."""
+    url = URL.create(
+        DRIVERS[address.family], username=address.user, password=address.password,
+        host=address.host, port=address.port, database=database or address.database,
+        query=dict(address.query),
+    )
+    engine = create_engine(url, poolclass=NullPool, isolation_level="AUTOCOMMIT",
+                           connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS})
+    try:
+        try:
+            connection = engine.connect()
+        except SQLAlchemyError as exc:
+            said = driver_message(exc, address)
+            raise BackupError(
+                f"Cannot connect to the {address.describe(database)}: {said}. "
+                f"Check that the server runs and the URL is right. {after}",
+                detail=said) from exc
+        with connection:
+            yield connection
+    finally:
+        engine.dispose()
+
+
+def driver_message(exc: BaseException, address: ServerAddress) -> str:
+    """The driver's own words for an error, without the SQL or the password."""
+    inner = getattr(exc, "orig", None) or exc
+    return address.scrub(" ".join(str(inner).split()))
+
+
+def read_revisions(connection: Connection, version_table: str) -> tuple[str, ...]:
+    if not inspect(connection).has_table(version_table):
+        return ()
+    quoted = connection.dialect.identifier_preparer.quote(version_table)
+    rows = connection.execute(text(f"SELECT version_num FROM {quoted}"))
+    return tuple(sorted(row[0] for row in rows))
+
+
+# ---------------------------------------------------------------- tools
+
+
+@dataclass(frozen=True)
+class Tool:
+    name: str
+    path: str
+
+    def version_text(self) -> str:
+        """The first line of ``--version``."""
+        try:
+            done = subprocess.run([self.path, "--version"], stdin=subprocess.DEVNULL,
+                                  capture_output=True, timeout=30, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise BackupError(f"{self.name} ({self.path}) cannot be run: {exc}. "
+                              "Nothing was run.") from exc
+        lines = (done.stdout or done.stderr).decode("utf-8", "replace").strip().splitlines()
+        if done.returncode != 0 or not lines:
+            raise BackupError(f"{self.name} ({self.path}) does not answer --version. "
+                              "Nothing was run.")
+        return lines[0]
+
+
+def find_tool(names: tuple[str, ...], family: str) -> Tool:
+    """The first of ``names`` on the PATH, or a BackupError saying what to install."""
+    for name in names:
+        path = shutil.which(name)
+        if path:
+            return Tool(name, path)
+    wanted = " or ".join(names)
+    raise BackupError(f"{wanted} was not found on the PATH ({os.environ.get('PATH', '')}). "
+                      f"{INSTALL_HINTS[family]} Nothing was run.")
+
+
+def parse_version(version_text: str) -> tuple[int, ...]:
+    """(15, 20) from "pg_dump (PostgreSQL) 15.20 (Debian ...)", and so on.
+
+    MariaDB tools say "Ver 10.19 Distrib 10.11.19-MariaDB": the Distrib one counts.
+    """
+    match = re.search(r"Distrib (\d+(?:\.\d+)*)", version_text) or \
+        re.search(r"(\d+(?:\.\d+)+|\d+)", version_text.split(")", 1)[-1]) or \
+        re.search(r"(\d+(?:\.\d+)*)", version_text)
+    if not match:
+        return ()
+    return tuple(int(part) for part in match.group(1).split("."))
+
+
+def postgres_major(version: tuple[int, ...]) -> tuple[int, ...]:
+    """PostgreSQL majors: 9.6 before 10, a single number since."""
+    return version[:2] if version and version[0] < 10 else version[:1]
+
+
+def version_string(version: tuple[int, ...]) -> str:
+    return ".".join(str(part) for part in version) or "unknown"
+
+
+# ---------------------------------------------------------------- credentials
+
+
+@contextmanager
+def private_folder() -> Iterator[str]:
+    """A folder only this user can enter (mkdtemp is 0700), removed afterwards."""
+    folder = tempfile.mkdtemp(prefix="dashboard-cred-")
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _write_private(path: str, content: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(content)
+
+
+@contextmanager
+def postgres_environment(address: ServerAddress) -> Iterator[dict[str, str]]:
+    """Environment for libpq tools: PGHOST, PGPORT, PGUSER and a temporary PGPASSFILE."""
+    env = dict(os.environ)
+    env["PGCONNECT_TIMEOUT"] = str(CONNECT_TIMEOUT_SECONDS)
+    for key in ("PGDATABASE", "PGSERVICE", "PGHOSTADDR"):
+        env.pop(key, None)
+    if address.host:
+        env["PGHOST"] = address.host
+    if address.port:
+        env["PGPORT"] = str(address.port)
+    if address.user:
+        env["PGUSER"] = address.user
+    for key, value in address.query:
+        env[POSTGRES_QUERY[key]] = value
+    if not address.password:
+        yield env  # the user's own ~/.pgpass or PGPASSWORD, as for any libpq program
+        return
+    with private_folder() as folder:
+        passfile = os.path.join(folder, "pgpass")
+        # One line matching any host, port and database: the scratch database too.
+        _write_private(passfile, f"*:*:*:*:{_pgpass_escape(address.password)}\n")
+        env["PGPASSFILE"] = passfile
+        env.pop("PGPASSWORD", None)  # it would win over the file
+        yield env
+
+
+def _pgpass_escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace(":", "\\:")
+
+
+@contextmanager
+def mariadb_option_file(address: ServerAddress) -> Iterator[str]:
+    """A 0600 option file for ``--defaults-extra-file=``, deleted afterwards."""
+    params = dict(address.query)
+    lines = ["[client]"]
+    if address.user:
+        lines.append(f"user={_option_value(address.user)}")
+    if address.password:
+        lines.append(f"password={_option_value(address.password)}")
+    if "unix_socket" in params:
+        lines.append("protocol=SOCKET")
+    else:
+        # The driver connects over TCP even to "localhost"; the client would use
+        # the Unix socket, and may log in as a different account there.
+        lines.append(f"host={_option_value(address.host or 'localhost')}")
+        lines.append("protocol=TCP")
+        if address.port:
+            lines.append(f"port={address.port}")
+    for key, value in params.items():
+        lines.append(f"{MARIADB_QUERY[key]}={_option_value(value)}")
+    lines.append(f"connect-timeout={CONNECT_TIMEOUT_SECONDS}")
+    with private_folder() as folder:
+        path = os.path.join(folder, "client.cnf")
+        _write_private(path, "\n".join(lines) + "\n")
+        yield path
+
+
+def _option_value(value: str) -> str:
+    escaped = (value.replace("\\", "\\\\").replace('"', '\\"')
+               .replace("\n", "\\n").replace("\t", "\\t"))
+    return f'"{escaped}"'
+
+
+# ---------------------------------------------------------------- running
+
+
+def run_tool(argv: list[str], env: dict[str, str] | None, *, what: str,
+             address: ServerAddress, after: str, stdin=None, stdout=None) -> None:
+    """Run one tool to completion; a failure is a BackupError with its scrubbed stderr."""
+    with tempfile.TemporaryFile() as stderr:
+        try:
+            done = subprocess.run(argv, env=env, stdin=stdin or subprocess.DEVNULL,
+                                  stdout=stdout or subprocess.DEVNULL, stderr=stderr,
+                                  check=False)
+        except OSError as exc:
+            raise BackupError(f"{what} failed: {argv[0]} cannot be run: {exc.strerror}. "
+                              f"{after}") from exc
+        if done.returncode != 0:
+            raise tool_failure(what, argv[0], done.returncode, _tail(stderr), address, after)
+
+
+def run_piped(producer: list[str], consumer: list[str], env: dict[str, str], *,
+              prelude: bytes, what: str, address: ServerAddress, after: str) -> None:
+    """``producer | consumer``, with ``prelude`` sent to the consumer first.
+
+    The bytes go through this process, so the consumer never sees the end of
+    its input unless the producer succeeded: when the producer fails, the
+    consumer is killed with its input still open (a psql inside a transaction
+    then commits nothing).
+    """
+    with tempfile.TemporaryFile() as producer_err, tempfile.TemporaryFile() as consumer_err:
+        try:
+            source = subprocess.Popen(producer, env=env, stdin=subprocess.DEVNULL,
+                                      stdout=subprocess.PIPE, stderr=producer_err)
+        except OSError as exc:
+            raise BackupError(f"{what} failed: {producer[0]} cannot be run: {exc.strerror}. "
+                              f"{after}") from exc
+        try:
+            sink = subprocess.Popen(consumer, env=env, stdin=subprocess.PIPE,
+                                    stdout=subprocess.DEVNULL, stderr=consumer_err)
+        except OSError as exc:
+            source.kill()
+            source.wait()
+            raise BackupError(f"{what} failed: {consumer[0]} cannot be run: {exc.strerror}. "
+                              f"{after}") from exc
+        pump = _Pump(prelude, source, sink)
+        thread = threading.Thread(target=pump.run, name="dbtools-pump", daemon=True)
+        thread.start()
+        thread.join()
+        source_code = source.wait()
+        sink_code = sink.wait()
+        if source_code != 0:
+            raise tool_failure(what, producer[0], source_code, _tail(producer_err),
+                               address, after)
+        if sink_code != 0 or pump.error:
+            detail = _tail(consumer_err) or str(pump.error or "")
+            raise tool_failure(what, consumer[0], sink_code, detail, address, after)
+
+
+class _Pump:
+    def __init__(self, prelude: bytes, source: subprocess.Popen, sink: subprocess.Popen):
+        self.prelude, self.source, self.sink = prelude, source, sink
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.sink.stdin.write(self.prelude)
+            while block := self.source.stdout.read(COPY_CHUNK):
+                self.sink.stdin.write(block)
+        except BrokenPipeError as exc:  # the consumer stopped: it says why on stderr
+            self.error = exc
+            self.source.kill()
+        except BaseException as exc:
+            self.error = exc
+        if self.source.wait() != 0 or self.error:
+            self.sink.kill()
+        try:
+            self.sink.stdin.close()
+        except BrokenPipeError:
+            pass
+        self.source.stdout.close()
+
+
+def tool_failure(what: str, tool: str, code: int, stderr: str, address: ServerAddress,
+                 after: str) -> BackupError:
+    name = os.path.basename(tool)
+    said = address.scrub(stderr.strip()) or "(nothing on stderr)"
+    return BackupError(f"{what} failed: {name} exited with status {code}: {said} {after}",
+                       detail=said)
+
+
+def _tail(handle) -> str:
+    handle.seek(0, os.SEEK_END)
+    size = handle.tell()
+    handle.seek(max(0, size - STDERR_LIMIT))
+    data = handle.read().decode("utf-8", "replace")
+    return ("…" if size > STDERR_LIMIT else "") + data
