@@ -10,7 +10,7 @@ from flask import Flask
 from flask_wtf.csrf import CSRFProtect
 from markupsafe import Markup, escape
 
-from dashboard.core import Dashboard
+from dashboard.core import Registry
 from dashboard.settings import settings_from_environ
 
 csrf = CSRFProtect()
@@ -29,7 +29,9 @@ def create_app(test_config: dict | None = None) -> Flask:
     )
     app.config.setdefault("WTF_CSRF_TIME_LIMIT", None)
 
-    dashboard = Dashboard({k: v for k, v in app.config.items() if k.startswith("DASHBOARD_")})
+    registry = Registry({k: v for k, v in app.config.items() if k.startswith("DASHBOARD_")})
+    app.extensions["dashboard_registry"] = registry
+    dashboard = registry.targets[registry.default]
     app.extensions["dashboard"] = dashboard
     csrf.init_app(app)
 
@@ -58,8 +60,19 @@ def create_app(test_config: dict | None = None) -> Flask:
 
     app.jinja_env.globals["now"] = time.time
 
+    @app.context_processor
+    def target_context():
+        from flask import g
+
+        name = g.get("target_name")
+        current = registry.targets.get(name or registry.default)
+        return {"registry": registry, "target_name": name,
+                "read_only": bool(current and current.read_only)}
+
     dashboard.ensure_sample_database()
-    dashboard.reap_interrupted_runs()
+    for each in registry.targets.values():
+        if each.name not in registry.errors:
+            each.reap_interrupted_runs()
     return app
 
 

@@ -19,8 +19,15 @@ from dashboard.settings import REPO_ROOT
 
 
 class Dashboard:
-    def __init__(self, settings: dict):
+    """One target database and its project."""
+
+    def __init__(self, settings: dict, *, name: str = "default", read_only: bool = False,
+                 backup_dir: str | None = None, lock_dir: str | None = None):
         self.settings = dict(settings)
+        self.name = name
+        self.read_only = read_only
+        self.backup_dir = backup_dir
+        self.lock_dir = lock_dir
         self.instance_dir = str(settings["DASHBOARD_INSTANCE_DIR"])
         self.timeout = float(settings["DASHBOARD_SUBPROCESS_TIMEOUT"])
         self._history_cache: HistoryCache | None = None
@@ -55,7 +62,9 @@ class Dashboard:
         from dashboard.services.operations import Target
 
         return Target(project or self.project(), self.instance_dir,
-                      int(self.settings.get("DASHBOARD_BACKUP_RETENTION", 20)))
+                      int(self.settings.get("DASHBOARD_BACKUP_RETENTION", 20)),
+                      backup_folder=self.backup_dir, lock_dir=self.lock_dir,
+                      read_only=self.read_only)
 
     def reap_interrupted_runs(self) -> list[str]:
         """Mark runs whose process died as failed; at start-up and before actions."""
@@ -112,6 +121,60 @@ class Dashboard:
             stdin=subprocess.DEVNULL, capture_output=True,
         )
         return True
+
+
+class Registry:
+    """Every target the dashboard serves: one from the DASHBOARD_* settings, or
+    the named targets of ``DASHBOARD_TARGETS_FILE``. Each named target keeps
+    its own store (runs, backups, audit) under ``<instance>/targets/<name>``;
+    locks live in the shared instance folder, so two targets naming one
+    database still take one lock."""
+
+    def __init__(self, settings: dict, environ=None):
+        from dashboard.targets import load_targets_file
+
+        environ = os.environ if environ is None else environ
+        self.settings = dict(settings)
+        root = str(settings["DASHBOARD_INSTANCE_DIR"])
+        path = settings.get("DASHBOARD_TARGETS_FILE")
+        self.targets: dict[str, Dashboard] = {}
+        self.errors: dict[str, str] = {}
+        if not path:
+            self.default = "default"
+            self.targets["default"] = Dashboard(self.settings)
+            self.multiple = False
+            return
+        configs, self.default = load_targets_file(str(path))
+        self.multiple = True
+        for config in configs:
+            overrides = {
+                "DASHBOARD_ALEMBIC_INI": config.alembic_ini,
+                "DASHBOARD_INSTANCE_DIR": os.path.join(root, "targets", config.name),
+                "DASHBOARD_SEED_SAMPLE": False,
+            }
+            if config.python:
+                overrides["DASHBOARD_PYTHON"] = config.python
+            if config.version_table:
+                overrides["DASHBOARD_VERSION_TABLE"] = config.version_table
+            try:
+                overrides["DASHBOARD_DATABASE_URL"] = config.resolve_url(environ)
+            except ConfigurationError as exc:
+                self.errors[config.name] = exc.message
+                overrides["DASHBOARD_DATABASE_URL"] = None
+            self.targets[config.name] = Dashboard(
+                {**self.settings, **overrides}, name=config.name, read_only=config.read_only,
+                backup_dir=config.backup_dir, lock_dir=root,
+            )
+
+    def get(self, name: str | None = None) -> Dashboard:
+        from dashboard.errors import NotFound
+
+        dashboard = self.targets.get(name or self.default)
+        if dashboard is None:
+            raise NotFound(f"No target named '{name}'. Known: {', '.join(self.targets)}.")
+        if dashboard.name in self.errors:
+            raise ConfigurationError(self.errors[dashboard.name])
+        return dashboard
 
 
 def _mtime(path: str) -> int:

@@ -22,6 +22,11 @@ class BadRequest(DashboardError):
     title = "Bad request"
 
 
+class Forbidden(DashboardError):
+    status_code = 403
+    title = "Not allowed"
+
+
 class NotFound(DashboardError):
     status_code = 404
     title = "Not found"

@@ -68,6 +68,13 @@ SETTINGS: tuple[Setting, ...] = (
         bool,
     ),
     Setting(
+        "DASHBOARD_TARGETS_FILE",
+        None,
+        "TOML file naming several targets (each an alembic.ini, a database URL or the "
+        "environment variable holding one, a backup folder, read_only). Unset: one target "
+        "from the settings above.",
+    ),
+    Setting(
         "DASHBOARD_BACKUP_RETENTION",
         20,
         "How many backups to keep; older ones are deleted after each new backup.",

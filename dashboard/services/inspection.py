@@ -174,3 +174,70 @@ def revision_messages(history: History) -> dict[str, str]:
     return history.memo(("messages",), lambda: {
         rev: script.doc for rev, script in history.revisions.items()
     })
+
+
+@dataclass(frozen=True)
+class TargetSummary:
+    """One row of the targets table."""
+
+    name: str
+    is_default: bool
+    read_only: bool
+    database: str  # masked
+    dialect: str
+    state: str
+    current: tuple[str, ...]
+    pending_count: int
+    last_run: object | None  # runs.RunRecord
+    last_backup: object | None  # backups.BackupRecord
+    error: str | None = None
+
+    def as_json(self) -> dict:
+        run, backup = self.last_run, self.last_backup
+        return {
+            "name": self.name, "default": self.is_default, "read_only": self.read_only,
+            "database": self.database, "dialect": self.dialect, "state": self.state,
+            "current": list(self.current), "pending_count": self.pending_count,
+            "last_action": ({"id": run.id, "action": run.action, "target": run.target,
+                             "status": run.status, "finished_at": run.finished_at}
+                            if run else None),
+            "last_backup": ({"id": backup.id, "created_at": backup.created_at,
+                             "revisions": list(backup.revisions)} if backup else None),
+            "error": self.error,
+        }
+
+
+def target_summary(registry, name: str) -> TargetSummary:
+    from dashboard.errors import DashboardError
+    from dashboard.services import backups, runs
+
+    try:
+        dashboard = registry.get(name)
+        project, _history, status = dashboard.read_state()
+        recent_runs = runs.list_runs(dashboard.instance_dir, limit=1)
+        recent_backups = backups.list_backups(dashboard.instance_dir)[:1]
+        return TargetSummary(
+            name=name, is_default=name == registry.default, read_only=dashboard.read_only,
+            database=project.masked_url, dialect=project.dialect, state=status.state,
+            current=tuple(status.current), pending_count=len(status.pending),
+            last_run=recent_runs[0] if recent_runs else None,
+            last_backup=recent_backups[0] if recent_backups else None,
+            error=status.explanation if status.state == "unreachable" else None,
+        )
+    except DashboardError as exc:
+        return TargetSummary(
+            name=name, is_default=name == registry.default,
+            read_only=registry.targets[name].read_only, database="", dialect="",
+            state="error", current=(), pending_count=0, last_run=None, last_backup=None,
+            error=exc.message + (f" {exc.detail}" if exc.detail else ""),
+        )
+
+
+def target_summaries(registry) -> list[TargetSummary]:
+    """Every target's row, read in parallel: a server that is down costs its
+    connect timeout once, not once per target."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    names = list(registry.targets)
+    with ThreadPoolExecutor(max_workers=min(8, len(names))) as pool:
+        return list(pool.map(lambda n: target_summary(registry, n), names))

@@ -44,8 +44,12 @@ class ActionLock:
     def __init__(self, fd: int, path: str):
         self.fd = fd
         self.path = path
+        self.engine_lock: EngineLock | None = None
 
     def release(self) -> None:
+        if self.engine_lock is not None:
+            self.engine_lock.release()
+            self.engine_lock = None
         if self.fd >= 0:
             try:
                 os.ftruncate(self.fd, 0)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from alembic.script.revision import RevisionError
 from alembic.util import CommandError
 
-from dashboard.errors import BackupError, BadRequest, Conflict, DashboardError
+from dashboard.errors import BackupError, BadRequest, Conflict, DashboardError, Forbidden
 from dashboard.services import audit, backups, locking, runs
 from dashboard.services.alembic_process import (
     parse_events,
@@ -34,6 +34,7 @@ from dashboard.services.status import (
     UNKNOWN_REVISION,
     UNREACHABLE,
     DatabaseUnreachable,
+    open_engine,
     read_database_revisions,
 )
 
@@ -68,8 +69,28 @@ def target_key(project: Project) -> str:
     return project.masked_url
 
 
-def backup_dir(instance_dir: str) -> str:
-    return os.path.join(instance_dir, "backups")
+def acquire_lock(target: Target, holder: locking.LockHolder) -> locking.ActionLock:
+    """This machine's file lock, then the database's own lock (servers only)."""
+    lock = locking.acquire(target.locks_dir, target_key(target.project), holder)
+    try:
+        lock.engine_lock = locking.acquire_engine_lock(
+            lambda: _open_connection(target.project), target.project.dialect, holder)
+    except DatabaseUnreachable as exc:
+        lock.release()
+        raise Conflict(f"The database cannot be reached to lock it: {exc}") from exc
+    except Exception:
+        lock.release()
+        raise
+    return lock
+
+
+def _open_connection(project: Project):
+    engine = open_engine(project, read_only=False)
+    try:
+        return engine, engine.connect()
+    except Exception as exc:
+        engine.dispose()
+        raise DatabaseUnreachable(scrub(f"{type(exc).__name__}: {exc}", project)) from exc
 
 
 # ------------------------------------------------------------------ planning
@@ -125,6 +146,22 @@ class Target:
     project: Project
     instance_dir: str
     retention: int = 20
+    backup_folder: str | None = None  # default: <instance_dir>/backups
+    lock_dir: str | None = None  # default: instance_dir; shared by targets of one dashboard
+    read_only: bool = False
+
+    @property
+    def backup_dir(self) -> str:
+        return self.backup_folder or os.path.join(self.instance_dir, "backups")
+
+    @property
+    def locks_dir(self) -> str:
+        return self.lock_dir or self.instance_dir
+
+    def check_writable(self) -> None:
+        if self.read_only:
+            raise Forbidden("This target is read-only: actions, restores and backups are "
+                            "disabled for it in the targets file.")
 
 
 def start_action(target: Target, history: History, state: str, action: str, target_rev: str,
@@ -133,14 +170,13 @@ def start_action(target: Target, history: History, state: str, action: str, targ
 
     Raises ``BadRequest`` for a bad target and ``Conflict`` while another
     action holds the lock; both before anything is recorded or changed."""
+    target.check_writable()
     reap_interrupted_runs(target)
     run_id = runs.new_run_id()
     # The lock comes first: while another action runs, the state it would be
     # planned from is in flux, and "already running" is the answer that helps.
-    lock = locking.acquire(
-        target.instance_dir, target_key(target.project),
-        locking.LockHolder(os.getpid(), f"{action} {target_rev}", run_id, user, time.time()),
-    )
+    lock = acquire_lock(target, locking.LockHolder(
+        os.getpid(), f"{action} {target_rev}", run_id, user, time.time()))
     try:
         current = _live_revisions(target.project)
         plan = plan_action(history, current, action, target_rev, state)
@@ -159,13 +195,12 @@ def start_action(target: Target, history: History, state: str, action: str, targ
 def start_restore(target: Target, backup_id: str, user: str,
                   background: bool = True) -> runs.RunRecord:
     """Restore a backup, itself behind the guard: the current state is backed up first."""
+    target.check_writable()
     reap_interrupted_runs(target)
     record = backups.get_backup(target.instance_dir, backup_id)
     run_id = runs.new_run_id()
-    lock = locking.acquire(
-        target.instance_dir, target_key(target.project),
-        locking.LockHolder(os.getpid(), f"restore {record.id}", run_id, user, time.time()),
-    )
+    lock = acquire_lock(target, locking.LockHolder(
+        os.getpid(), f"restore {record.id}", run_id, user, time.time()))
     try:
         current = _live_revisions(target.project, allow_missing=True)
         runs.create_run(target.instance_dir, run_id=run_id, action="restore",
@@ -183,16 +218,14 @@ def start_restore(target: Target, backup_id: str, user: str,
 
 def backup_now(target: Target, user: str) -> backups.BackupRecord:
     """A manual backup, under the lock so it never races a migration."""
-    lock = locking.acquire(
-        target.instance_dir, target_key(target.project),
-        locking.LockHolder(os.getpid(), "backup", "-", user, time.time()),
-    )
+    target.check_writable()
+    lock = acquire_lock(target, locking.LockHolder(os.getpid(), "backup", "-", user, time.time()))
     started = time.time()
     try:
         try:
             current = _live_revisions(target.project)
             record = backups.take_backup(target.project, target.instance_dir,
-                                         backup_dir(target.instance_dir), "manual backup",
+                                         target.backup_dir, "manual backup",
                                          expected_revisions=current)
         except DashboardError as exc:
             _audit(target, "backup_failed", "failed", user, error=exc.message,
@@ -207,6 +240,7 @@ def backup_now(target: Target, user: str) -> backups.BackupRecord:
 
 
 def delete_backup(target: Target, backup_id: str, user: str) -> None:
+    target.check_writable()
     record = backups.get_backup(target.instance_dir, backup_id)
     backups.delete_backup(target.instance_dir, record.id)
     _audit(target, "backup_deleted", "succeeded", user, backup_id=record.id,
@@ -235,7 +269,7 @@ def _take_guard_backup(target: Target, run_id: str, label: str,
     runs.update_run(target.instance_dir, run_id, status=runs.BACKING_UP, started_at=time.time())
     started = time.time()
     record = backups.take_backup(target.project, target.instance_dir,
-                                 backup_dir(target.instance_dir), label,
+                                 target.backup_dir, label,
                                  expected_revisions=expected)
     runs.update_run(target.instance_dir, run_id, backup_id=record.id,
                     backup_seconds=time.time() - started)
@@ -444,7 +478,7 @@ def reap_interrupted_runs(target: Target) -> list[str]:
     """Runs left unfinished by a process that died: their lock is free again.
 
     They are marked failed with what to check, never silently retried."""
-    if locking.read_holder(target.instance_dir, target_key(target.project)) is not None:
+    if locking.read_holder(target.locks_dir, target_key(target.project)) is not None:
         return []
     reaped = []
     for run in runs.unfinished_runs(target.instance_dir):

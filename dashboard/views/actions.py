@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from flask import (
-    Blueprint,
     Response,
     make_response,
     redirect,
@@ -18,9 +17,10 @@ from dashboard.services import audit, backups, operations, runs
 from dashboard.services.audit import current_user
 from dashboard.services.impact import preview_action
 from dashboard.services.inspection import revision_messages
-from dashboard.views import current_dashboard
+from dashboard.views import TargetBlueprint, current_dashboard, init_target_urls
 
-bp = Blueprint("actions", __name__)
+bp = TargetBlueprint("actions", __name__)
+init_target_urls(bp)
 
 
 def _form_value(name: str) -> str:

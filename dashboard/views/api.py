@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from flask import Blueprint, current_app, jsonify, request, url_for
+from flask import current_app, g, jsonify, request, url_for
 from werkzeug.exceptions import Forbidden, UnsupportedMediaType
 
 from dashboard import security
@@ -12,14 +12,24 @@ from dashboard.errors import BadRequest, NotFound
 from dashboard.services import audit, backups, inspection, operations, runs
 from dashboard.services.audit import current_user
 from dashboard.services.revisions import resolve_revision
-from dashboard.views import current_dashboard
+from dashboard.views import TargetBlueprint, current_dashboard, init_target_urls, registry
 
-bp = Blueprint("api", __name__, url_prefix="/api")
+bp = TargetBlueprint("api", __name__, url_prefix="/api")
+init_target_urls(bp)
 
 
 def _read_state():
     dashboard = current_dashboard()
     return (dashboard, *dashboard.read_state())
+
+
+@bp.get("/targets", targeted=False)
+def targets():
+    return jsonify({
+        "default": registry().default,
+        "targets": [dict(t.as_json(), url=url_for("api.status", target=t.name))
+                    for t in inspection.target_summaries(registry())],
+    })
 
 
 @bp.get("/status")

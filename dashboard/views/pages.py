@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, render_template
+from flask import g, render_template
 
 from dashboard.services import inspection, runs
 from dashboard.services.revisions import resolve_revision
-from dashboard.views import current_dashboard
+from dashboard.views import TargetBlueprint, current_dashboard, init_target_urls, registry
 
-bp = Blueprint("pages", __name__)
+bp = TargetBlueprint("pages", __name__)
+init_target_urls(bp)
 
 
 def _read_state():
@@ -18,6 +19,8 @@ def _read_state():
 
 @bp.get("/")
 def overview():
+    if registry().multiple and not g.get("target_name"):
+        return render_template("targets.html", targets=inspection.target_summaries(registry()))
     dashboard, project, history, status = _read_state()
     recent = runs.list_runs(dashboard.instance_dir, limit=1)
     return render_template(

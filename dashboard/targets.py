@@ -1,0 +1,116 @@
+"""Several named target databases, from a TOML file.
+
+Applications whose migrations matter run several databases (development,
+staging, production; one per tenant). Each target names its alembic.ini, its
+database (a URL, or the name of an environment variable that holds one, so
+passwords stay out of the file), where its backups go, and whether actions
+are allowed on it. Relative paths are relative to the TOML file.
+
+    default = "dev"
+
+    [targets.dev]
+    alembic_ini = "alembic.ini"
+    database_url = "sqlite:///instance/dev.db"
+
+    [targets.prod]
+    alembic_ini = "alembic.ini"
+    database_url_env = "PROD_DATABASE_URL"
+    backup_dir = "/var/backups/migrations/prod"
+    read_only = true
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass
+
+from dashboard.errors import ConfigurationError
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_KEYS = {"alembic_ini", "database_url", "database_url_env", "backup_dir", "read_only",
+         "python", "version_table"}
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    name: str
+    alembic_ini: str
+    database_url: str | None = None
+    database_url_env: str | None = None
+    backup_dir: str | None = None
+    read_only: bool = False
+    python: str | None = None
+    version_table: str | None = None
+
+    def resolve_url(self, environ) -> str | None:
+        if self.database_url_env:
+            value = environ.get(self.database_url_env)
+            if not value:
+                raise ConfigurationError(
+                    f"Target '{self.name}': the environment variable "
+                    f"{self.database_url_env} that should hold its database URL is not set."
+                )
+            return value
+        return self.database_url
+
+
+def load_targets_file(path: str) -> tuple[list[TargetConfig], str]:
+    """The targets and the name of the default one."""
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError as exc:
+        raise ConfigurationError(f"Targets file not found: {path}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigurationError(f"Targets file {path} is not valid TOML: {exc}") from exc
+    base = os.path.dirname(os.path.abspath(path))
+    tables = data.get("targets")
+    if not isinstance(tables, dict) or not tables:
+        raise ConfigurationError(f"Targets file {path} has no [targets.<name>] tables.")
+    targets = [_target(name, spec, base, path) for name, spec in tables.items()]
+    default = data.get("default", targets[0].name)
+    if default not in tables:
+        raise ConfigurationError(f"Targets file {path}: default = '{default}' names no target.")
+    return targets, default
+
+
+def _target(name: str, spec, base: str, path: str) -> TargetConfig:
+    where = f"Targets file {path}, target '{name}'"
+    if not _NAME.match(name):
+        raise ConfigurationError(f"{where}: a name may hold letters, digits, '_', '-', '.'.")
+    if not isinstance(spec, dict):
+        raise ConfigurationError(f"{where}: expected a table.")
+    unknown = set(spec) - _KEYS
+    if unknown:
+        raise ConfigurationError(f"{where}: unknown keys {sorted(unknown)}; "
+                                 f"known: {sorted(_KEYS)}.")
+    if "alembic_ini" not in spec:
+        raise ConfigurationError(f"{where}: alembic_ini is required.")
+    if "database_url" in spec and "database_url_env" in spec:
+        raise ConfigurationError(f"{where}: give database_url or database_url_env, not both.")
+    for key in _KEYS - {"read_only"}:
+        if key in spec and not isinstance(spec[key], str):
+            raise ConfigurationError(f"{where}: {key} must be a string.")
+    if not isinstance(spec.get("read_only", False), bool):
+        raise ConfigurationError(f"{where}: read_only must be true or false.")
+
+    def local(value: str | None) -> str | None:
+        return os.path.normpath(os.path.join(base, value)) if value else None
+
+    url = spec.get("database_url")
+    if url:
+        from dashboard.services.project import absolute_sqlite_url
+
+        url = absolute_sqlite_url(url, base)
+    return TargetConfig(
+        name=name,
+        alembic_ini=local(spec["alembic_ini"]),
+        database_url=url,
+        database_url_env=spec.get("database_url_env"),
+        backup_dir=local(spec.get("backup_dir")),
+        read_only=spec.get("read_only", False),
+        python=spec.get("python"),
+        version_table=spec.get("version_table"),
+    )
