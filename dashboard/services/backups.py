@@ -24,10 +24,11 @@ import re
 import secrets
 import shutil
 import sqlite3
+import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import closing
+from contextlib import closing, contextmanager
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -451,7 +452,446 @@ class SqliteFormat:
                               "It was left as it was.", detail=str(exc)) from exc
 
 
-FORMATS: dict[str, BackupFormat] = {"sqlite": SqliteFormat()}
+# ---------------------------------------------------------------- servers
+
+
+SCRATCH_MARK = "mdverify"
+POSTGRES_NAME_BYTES = 63
+MARIADB_NAME_CHARS = 64
+
+# Run in the restore's own transaction, before pg_restore's script. pg_restore
+# --clean drops only what the archive holds, so a table, view or schema made
+# after the backup would survive it. Instead every schema is dropped with
+# all it holds, and the script recreates what the backup had. The public
+# schema is one the script expects to exist (pg_dump never creates it), so
+# it is recreated empty, with its owner, privileges and comment as they were.
+# Dropping the database instead would need every other session gone and
+# CREATEDB, and would lose database-level settings; this keeps the database
+# and, being one transaction, leaves it as it was if anything fails.
+POSTGRES_CLEAR_SQL = """\
+SET client_min_messages = warning;
+SET lock_timeout = '30s';
+DO $dashboard_restore$
+DECLARE
+    doomed name;
+    public_owner text;
+    public_acl aclitem[];
+    public_comment text;
+    grant_item record;
+BEGIN
+    FOR doomed IN
+        SELECT nspname FROM pg_catalog.pg_namespace
+        WHERE nspname NOT LIKE 'pg\\_%' AND nspname NOT IN ('information_schema', 'public')
+    LOOP
+        EXECUTE format('DROP SCHEMA %I CASCADE', doomed);
+    END LOOP;
+    SELECT nspowner::regrole::text, nspacl, obj_description(oid, 'pg_namespace')
+        INTO public_owner, public_acl, public_comment
+        FROM pg_catalog.pg_namespace WHERE nspname = 'public';
+    IF public_owner IS NULL THEN
+        RETURN;
+    END IF;
+    DROP SCHEMA public CASCADE;
+    CREATE SCHEMA public;
+    IF public_comment IS NOT NULL THEN
+        EXECUTE format('COMMENT ON SCHEMA public IS %L', public_comment);
+    END IF;
+    FOR grant_item IN SELECT grantee, privilege_type, is_grantable
+                      FROM aclexplode(public_acl)
+    LOOP
+        EXECUTE format('GRANT %s ON SCHEMA public TO %s%s', grant_item.privilege_type,
+                       CASE WHEN grant_item.grantee = 0 THEN 'PUBLIC'
+                            ELSE grant_item.grantee::regrole::text END,
+                       CASE WHEN grant_item.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
+    END LOOP;
+    IF public_owner <> quote_ident(current_user) THEN
+        EXECUTE format('ALTER SCHEMA public OWNER TO %s', public_owner);
+    END IF;
+END
+$dashboard_restore$;
+"""
+
+
+class PostgresFormat:
+    """pg_dump's custom format, restored with pg_restore through psql."""
+
+    extension = ".dump"
+    damage_hint = ""
+
+    def preflight(self, project: Project) -> None:
+        address = _address(project, "postgresql")
+        tools = [dbtools.find_tool((name,), "postgresql")
+                 for name in ("pg_dump", "pg_restore", "psql")]
+        with dbtools.connect(address) as conn:
+            number = int(conn.execute(text("SHOW server_version_num")).scalar_one())
+        # 150020 is 15.20; 90624 is 9.6.24.
+        server = (number // 10000, number % 10000) if number >= 100000 else \
+            (number // 10000, number // 100 % 100, number % 100)
+        for tool in tools:
+            said = tool.version_text()
+            client = dbtools.parse_version(said)
+            if dbtools.postgres_major(client) < dbtools.postgres_major(server):
+                raise BackupError(
+                    f"{tool.name} is version {dbtools.version_string(client)} ({tool.path}: "
+                    f"{said!r}) but the PostgreSQL server is version "
+                    f"{dbtools.version_string(server)}: {tool.name} cannot work with a newer "
+                    f"server. Install the PostgreSQL "
+                    f"{dbtools.version_string(dbtools.postgres_major(server))} (or later) "
+                    f"client tools and put them first on the PATH. {NOT_RUN}")
+
+    def source_name(self, project: Project) -> str:
+        return _address(project, "postgresql").database
+
+    def source_size(self, project: Project) -> int:
+        address = _address(project, "postgresql")
+        return _scalar(address, "SELECT pg_database_size(current_database())")
+
+    def live_revisions(self, project: Project) -> tuple[str, ...]:
+        return _live_revisions(_address(project, "postgresql"), project.version_table)
+
+    def copy(self, project: Project, destination: str) -> None:
+        address = _address(project, "postgresql")
+        pg_dump = dbtools.find_tool(("pg_dump",), "postgresql")
+        with dbtools.postgres_environment(address) as env:
+            env["PGDATABASE"] = address.database
+            dbtools.run_tool(
+                [pg_dump.path, "--format=custom", "--no-password", f"--file={destination}"],
+                env, what=f"pg_dump of the {address.describe()}", address=address,
+                after=NOT_RUN)
+
+    def check(self, path: str, version_table: str,
+              project: Project | None = None) -> FileCheck:
+        try:
+            pg_restore = dbtools.find_tool(("pg_restore",), "postgresql")
+            entries = _pg_list(pg_restore, path)
+            listed = f"pg_restore --list reads {entries} entries"
+            if project is None:
+                revisions = _pg_archive_revisions(pg_restore, path, version_table)
+                return FileCheck(True, f"{listed}; revisions read from the archive "
+                                 "(not restored: no server given)", revisions)
+            address = _address(project, "postgresql")
+            with _scratch_database(address) as scratch:
+                with dbtools.postgres_environment(address) as env:
+                    dbtools.run_tool(
+                        [pg_restore.path, "--no-owner", "--no-privileges", "--exit-on-error",
+                         "--no-password", f"--jobs={min(4, os.cpu_count() or 1)}",
+                         f"--dbname={_conninfo(scratch)}", path],
+                        env, what="Restoring the copy into a scratch database",
+                        address=address, after="")
+                revisions = _scratch_revisions(address, scratch, version_table)
+        except BackupError as exc:
+            return FileCheck(False, exc.message.strip(), ())
+        return FileCheck(True, f"{listed}; restored into a scratch database (dropped since)",
+                         revisions)
+
+    def check_live(self, project: Project) -> FileCheck:
+        return _check_live(_address(project, "postgresql"), project.version_table)
+
+    def restore(self, project: Project, backup_path: str) -> None:
+        address = _address(project, "postgresql")
+        pg_restore = dbtools.find_tool(("pg_restore",), "postgresql")
+        psql = dbtools.find_tool(("psql",), "postgresql")
+        _pg_list(pg_restore, backup_path)  # unreadable: refuse before anything is dropped
+        with dbtools.postgres_environment(address) as env:
+            env["PGDATABASE"] = address.database
+            dbtools.run_piped(
+                [pg_restore.path, "--clean", "--if-exists", "--no-owner", "--file=-",
+                 backup_path],
+                [psql.path, "--no-psqlrc", "--quiet", "--no-password", "--set=ON_ERROR_STOP=1",
+                 "--single-transaction", "--file=-"],
+                env, prelude=POSTGRES_CLEAR_SQL.encode(),
+                what=f"Restoring the {address.describe()}", address=address,
+                after="The restore runs in one transaction, so the database was left as it was.")
+
+
+class MariaDbFormat:
+    """An SQL dump by mariadb-dump (or mysqldump), loaded back with the mariadb client."""
+
+    extension = ".sql"
+    damage_hint = ""
+    dump_tools = ("mariadb-dump", "mysqldump")
+    client_tools = ("mariadb", "mysql")
+    completed = b"\n-- Dump completed"
+
+    def preflight(self, project: Project) -> None:
+        address = _address(project, "mysql")
+        tools = [dbtools.find_tool(self.dump_tools, "mysql"),
+                 dbtools.find_tool(self.client_tools, "mysql")]
+        server_text = str(_scalar(address, "SELECT VERSION()"))
+        server = dbtools.parse_version(server_text)
+        server_is_mariadb = "mariadb" in server_text.lower()
+        for tool in tools:
+            said = tool.version_text()
+            client = dbtools.parse_version(said)
+            # MariaDB and MySQL number their versions apart: compare like with like.
+            if ("mariadb" in said.lower()) == server_is_mariadb and client[:1] < server[:1]:
+                raise BackupError(
+                    f"{tool.name} is version {dbtools.version_string(client)} ({tool.path}: "
+                    f"{said!r}) but the server is version {server_text}: install client "
+                    f"tools of version {server[0]} or later and put them first on the PATH. "
+                    f"{NOT_RUN}")
+
+    def source_name(self, project: Project) -> str:
+        return _address(project, "mysql").database
+
+    def source_size(self, project: Project) -> int:
+        address = _address(project, "mysql")
+        return int(_scalar(
+            address, "SELECT COALESCE(SUM(data_length + index_length), 0) "
+            "FROM information_schema.tables WHERE table_schema = DATABASE()"))
+
+    def live_revisions(self, project: Project) -> tuple[str, ...]:
+        return _live_revisions(_address(project, "mysql"), project.version_table)
+
+    def copy(self, project: Project, destination: str) -> None:
+        address = _address(project, "mysql")
+        dump = dbtools.find_tool(self.dump_tools, "mysql")
+        with dbtools.mariadb_option_file(address) as options:
+            dbtools.run_tool(
+                # --defaults-extra-file must come first, or the tool ignores it.
+                [dump.path, f"--defaults-extra-file={options}", "--single-transaction",
+                 "--routines", "--triggers", "--events", "--hex-blob",
+                 "--default-character-set=utf8mb4", f"--result-file={destination}",
+                 "--", address.database],
+                None, what=f"{dump.name} of the {address.describe()}", address=address,
+                after=NOT_RUN)
+
+    def check(self, path: str, version_table: str,
+              project: Project | None = None) -> FileCheck:
+        if not self._complete(path):
+            return FileCheck(False, "the dump does not end with its '-- Dump completed' line: "
+                             "it is cut short", ())
+        if project is None:
+            return FileCheck(True, "dump complete; revisions read from the file "
+                             "(not loaded: no server given)",
+                             _sql_dump_revisions(path, version_table))
+        address = _address(project, "mysql")
+        try:
+            with _scratch_database(address) as scratch:
+                self._load(address, scratch, path, "Loading the copy into a scratch database",
+                           after="")
+                revisions = _scratch_revisions(address, scratch, version_table)
+        except BackupError as exc:
+            return FileCheck(False, exc.message.strip(), ())
+        return FileCheck(True, "dump complete; loaded into a scratch database (dropped since)",
+                         revisions)
+
+    def check_live(self, project: Project) -> FileCheck:
+        return _check_live(_address(project, "mysql"), project.version_table)
+
+    def restore(self, project: Project, backup_path: str) -> None:
+        """Empty the database, then load the dump into it.
+
+        MariaDB cannot roll DDL back, so this is not atomic; the dump was loaded
+        into a scratch database when it was taken, and its checksum has just
+        been checked, so a failure half-way is unlikely, and it is reported.
+        """
+        address = _address(project, "mysql")
+        dbtools.find_tool(self.client_tools, "mysql")
+        if not self._complete(backup_path):
+            raise BackupError("The backup file is cut short (no '-- Dump completed' line). "
+                              "The database was not changed.")
+        _mariadb_empty(address)
+        self._load(address, address.database, backup_path,
+                   f"Loading the backup into the {address.describe()}",
+                   after="The database was emptied first, so it is only partly restored; "
+                         "the backup file is unchanged and can be restored again.")
+
+    def _load(self, address: ServerAddress, database: str, path: str, what: str,
+              after: str) -> None:
+        client = dbtools.find_tool(self.client_tools, "mysql")
+        with dbtools.mariadb_option_file(address) as options, open(path, "rb") as dump:
+            dbtools.run_tool(
+                [client.path, f"--defaults-extra-file={options}", "--batch",
+                 "--default-character-set=utf8mb4", f"--database={database}"],
+                None, stdin=dump, what=what, address=address, after=after)
+
+    def _complete(self, path: str) -> bool:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - 4096))
+            return self.completed in handle.read()
+
+
+def _address(project: Project, family: str) -> ServerAddress:
+    return dbtools.server_address(project.database_url, family)
+
+
+def _scalar(address: ServerAddress, sql: str):
+    with dbtools.connect(address) as conn:
+        try:
+            return conn.execute(text(sql)).scalar_one()
+        except SQLAlchemyError as exc:
+            raise BackupError(f"The {address.describe()} cannot be read: "
+                              f"{dbtools.driver_message(exc, address)}. {NOT_RUN}") from exc
+
+
+def _live_revisions(address: ServerAddress, version_table: str) -> tuple[str, ...]:
+    with dbtools.connect(address) as conn:
+        try:
+            return dbtools.read_revisions(conn, version_table)
+        except SQLAlchemyError as exc:
+            raise BackupError(f"The revisions of the {address.describe()} cannot be read: "
+                              f"{dbtools.driver_message(exc, address)}. {NOT_RUN}") from exc
+
+
+def _check_live(address: ServerAddress, version_table: str) -> FileCheck:
+    try:
+        revisions = _live_revisions(address, version_table)
+    except BackupError as exc:
+        return FileCheck(False, exc.message, ())
+    return FileCheck(True, f"{version_table} read", revisions)
+
+
+def _scratch_revisions(address: ServerAddress, scratch: str,
+                       version_table: str) -> tuple[str, ...]:
+    with dbtools.connect(address, scratch, after="") as conn:
+        try:
+            return dbtools.read_revisions(conn, version_table)
+        except SQLAlchemyError as exc:
+            raise BackupError(f"{version_table} cannot be read in the scratch database: "
+                              f"{dbtools.driver_message(exc, address)}") from exc
+
+
+@contextmanager
+def _scratch_database(address: ServerAddress) -> Iterator[str]:
+    """A new, empty database beside the target, dropped afterwards whatever happens."""
+    postgres = address.family == "postgresql"
+    name = _scratch_name(address.database, postgres)
+    with dbtools.connect(address) as conn:
+        quote = conn.dialect.identifier_preparer.quote_identifier
+        try:
+            if postgres:
+                # Like the source, from template0 so nothing in template1 gets in the way.
+                encoding, collate, ctype = conn.execute(text(
+                    "SELECT pg_encoding_to_char(encoding), datcollate, datctype "
+                    "FROM pg_database WHERE datname = current_database()")).one()
+                conn.execute(text(
+                    f"CREATE DATABASE {quote(name)} TEMPLATE template0 ENCODING "
+                    f"{_literal(encoding)} LC_COLLATE {_literal(collate)} "
+                    f"LC_CTYPE {_literal(ctype)}"))
+            else:
+                charset, collation = conn.execute(text(
+                    "SELECT default_character_set_name, default_collation_name "
+                    "FROM information_schema.schemata WHERE schema_name = DATABASE()")).one()
+                conn.execute(text(f"CREATE DATABASE {quote(name)} CHARACTER SET {charset} "
+                                  f"COLLATE {collation}"))
+        except SQLAlchemyError as exc:
+            need = "the CREATEDB privilege" if postgres else \
+                f"CREATE and DROP privileges on databases named like {name.rsplit('_', 1)[0]}_%"
+            raise BackupError(
+                f"The backup cannot be verified: a scratch database cannot be created "
+                f"({dbtools.driver_message(exc, address)}). Its user needs {need}") from exc
+    try:
+        yield name
+    finally:
+        drop = f"DROP DATABASE IF EXISTS {quote(name)}" + (" WITH (FORCE)" if postgres else "")
+        try:
+            with dbtools.connect(address) as conn:
+                conn.execute(text(drop))
+        except (BackupError, SQLAlchemyError) as exc:
+            said = exc.message if isinstance(exc, BackupError) else \
+                dbtools.driver_message(exc, address)
+            log.error("the scratch database %s could not be dropped: %s", name, said)
+
+
+def _scratch_name(database: str, postgres: bool) -> str:
+    suffix = f"_{SCRATCH_MARK}_{secrets.token_hex(4)}"
+    if postgres:  # identifiers are cut at 63 bytes
+        stem = database.encode()[:POSTGRES_NAME_BYTES - len(suffix)]
+        return stem.decode("utf-8", "ignore") + suffix
+    return database[:MARIADB_NAME_CHARS - len(suffix)] + suffix
+
+
+def _literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _conninfo(database: str) -> str:
+    """A libpq connection string naming the database, so no name is read as options."""
+    return "dbname='" + database.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _pg_list(pg_restore: Tool, path: str) -> int:
+    """How many entries the archive's table of contents has; BackupError if unreadable."""
+    with tempfile.TemporaryFile() as listing:
+        dbtools.run_tool([pg_restore.path, "--list", path], None, stdout=listing,
+                         what="Reading the archive with pg_restore --list",
+                         address=_NO_SERVER, after="")
+        listing.seek(0)
+        return sum(1 for line in listing if line.strip() and not line.startswith(b";"))
+
+
+def _pg_archive_revisions(pg_restore: Tool, path: str, version_table: str) -> tuple[str, ...]:
+    """The version table's rows, read from the archive's COPY data."""
+    with tempfile.TemporaryFile() as data:
+        dbtools.run_tool([pg_restore.path, "--data-only", f"--table={version_table}",
+                          "--file=-", path], None, stdout=data,
+                         what="Reading the version table from the archive",
+                         address=_NO_SERVER, after="")
+        data.seek(0)
+        revisions, copying = [], False
+        for raw in data:
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            if line.startswith("COPY "):
+                copying = True
+            elif line == "\\.":
+                copying = False
+            elif copying:
+                revisions.append(line.split("\t", 1)[0])
+    return tuple(sorted(revisions))
+
+
+def _sql_dump_revisions(path: str, version_table: str) -> tuple[str, ...]:
+    """The version table's rows, read from the dump's INSERT statement."""
+    prefix = f"INSERT INTO `{version_table.replace('`', '``')}` VALUES".encode()
+    statement: list[bytes] = []
+    with open(path, "rb") as handle:
+        for line in handle:
+            if statement or line.startswith(prefix):  # mariadb-dump puts rows on lines of their own
+                statement.append(line)
+                if line.rstrip().endswith(b";"):
+                    break
+    values = b"".join(statement)[len(prefix):].decode("utf-8")
+    return tuple(sorted(re.findall(r"\('((?:[^'\\]|\\.)*)'\)", values)))
+
+
+def _mariadb_empty(address: ServerAddress) -> None:
+    """Drop every table, view, sequence, routine and event of the database."""
+    after = "The database may be partly emptied; the backup file is unchanged."
+    with dbtools.connect(address, after="The database was not changed.") as conn:
+        quote = conn.dialect.identifier_preparer.quote_identifier
+        try:
+            objects = conn.execute(text(
+                "SELECT table_type, table_name FROM information_schema.tables "
+                "WHERE table_schema = DATABASE()")).all()
+            routines = conn.execute(text(
+                "SELECT routine_type, routine_name FROM information_schema.routines "
+                "WHERE routine_schema = DATABASE()")).all()
+            events = conn.execute(text(
+                "SELECT event_name FROM information_schema.events "
+                "WHERE event_schema = DATABASE()")).scalars().all()
+            conn.execute(text("SET SESSION foreign_key_checks = 0"))
+            kinds = {"VIEW": "VIEW", "SEQUENCE": "SEQUENCE"}
+            # Views first: they name the tables.
+            for kind, name in sorted(objects, key=lambda row: row[0] != "VIEW"):
+                conn.execute(text(f"DROP {kinds.get(kind, 'TABLE')} IF EXISTS {quote(name)}"))
+            for kind, name in routines:
+                conn.execute(text(f"DROP {kind} IF EXISTS {quote(name)}"))
+            for name in events:
+                conn.execute(text(f"DROP EVENT IF EXISTS {quote(name)}"))
+        except SQLAlchemyError as exc:
+            raise BackupError(f"Emptying the {address.describe()} before the restore failed: "
+                              f"{dbtools.driver_message(exc, address)}. {after}") from exc
+
+
+_NO_SERVER = ServerAddress("postgresql", "", None, None, None, None)
+
+FORMATS: dict[str, BackupFormat] = {
+    "sqlite": SqliteFormat(),
+    "postgresql": PostgresFormat(),
+}
+FORMATS["mysql"] = FORMATS["mariadb"] = MariaDbFormat()
 
 
 class _TooManyRestarts(Exception):

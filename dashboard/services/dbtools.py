@@ -289,7 +289,6 @@ def mariadb_option_file(address: ServerAddress) -> Iterator[str]:
             lines.append(f"port={address.port}")
     for key, value in params.items():
         lines.append(f"{MARIADB_QUERY[key]}={_option_value(value)}")
-    lines.append(f"connect-timeout={CONNECT_TIMEOUT_SECONDS}")
     with private_folder() as folder:
         path = os.path.join(folder, "client.cnf")
         _write_private(path, "\n".join(lines) + "\n")
@@ -386,8 +385,8 @@ def tool_failure(what: str, tool: str, code: int, stderr: str, address: ServerAd
                  after: str) -> BackupError:
     name = os.path.basename(tool)
     said = address.scrub(stderr.strip()) or "(nothing on stderr)"
-    return BackupError(f"{what} failed: {name} exited with status {code}: {said} {after}",
-                       detail=said)
+    return BackupError(f"{what} failed: {name} exited with status {code}: "
+                       f"{said.rstrip('.')}. {after}".rstrip(), detail=said)
 
 
 def _tail(handle) -> str:

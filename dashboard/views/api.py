@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from flask import current_app, g, jsonify, request, url_for
+from flask import current_app, jsonify, request, url_for
 from werkzeug.exceptions import Forbidden, UnsupportedMediaType
 
 from dashboard import security
