@@ -48,5 +48,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.drop_index("ix_chat_session_documents_document_id", table_name="chat_session_documents")
+    # Dropping the table drops its indexes. Dropping the index first fails on
+    # MariaDB/MySQL, where it backs the document_id foreign key (error 1553).
     op.drop_table("chat_session_documents")

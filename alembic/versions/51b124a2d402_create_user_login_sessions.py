@@ -45,5 +45,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.drop_index('ix_user_login_sessions_user_id', table_name='user_login_sessions')
+    # drop_table drops the indexes too; dropping an index that backs a foreign
+    # key first fails on MariaDB/MySQL (error 1553).
     op.drop_table('user_login_sessions')

@@ -40,5 +40,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.drop_index("ix_documents_user_id", table_name="documents")
+    # drop_table drops the indexes too; dropping an index that backs a foreign
+    # key first fails on MariaDB/MySQL (error 1553).
     op.drop_table("documents")

@@ -72,7 +72,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.drop_index("ix_chat_messages_chat_session_id_created_at", table_name="chat_messages")
+    # drop_table drops the indexes too; dropping an index that backs a foreign
+    # key first fails on MariaDB/MySQL (error 1553).
     op.drop_table("chat_messages")
-    op.drop_index("ix_chat_sessions_user_id_updated_at", table_name="chat_sessions")
     op.drop_table("chat_sessions")
