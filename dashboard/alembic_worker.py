@@ -154,8 +154,9 @@ def _attach_log_handler() -> None:
 def _report(steps, direction_of):
     """Yield Alembic's steps one by one, reporting each as it starts and ends.
 
-    Alembic pulls the next step only after the previous one's transaction
-    ended, so the moment we are resumed is the moment the step finished."""
+    Alembic pulls the next step only after the previous one ran, so the moment
+    we are resumed is the moment the step finished. Its changes are committed
+    with the whole action (see ``run_action``)."""
     total = len(steps)
     _attach_log_handler()
     emit("plan", steps=[{"revision": _step_revision(s), "direction": direction_of(s)}
@@ -203,6 +204,11 @@ def run_action(ini: str, url: str, action: str, target: str, purge: bool = False
     fn = {"upgrade": upgrade, "downgrade": downgrade, "stamp": stamp}[action]
     engine = create_engine(url, poolclass=NullPool)
     try:
+        # One transaction for the whole action, handed to env.py through
+        # config.attributes: on PostgreSQL, whose DDL is transactional, a failing
+        # step rolls back every step before it too, so the database ends at the
+        # revision it started from, never half-way. On SQLite and MariaDB, where
+        # DDL commits on its own, the dashboard restores its backup instead.
         with engine.begin() as connection:
             config.attributes["connection"] = connection
             with EnvironmentContext(config, script, fn=fn, as_sql=False, starting_rev=None,
