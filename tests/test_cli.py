@@ -141,7 +141,7 @@ def test_check_shows_current_heads_and_state(run_cli, db_at_chats):
     assert f"Current:  {CHATS}" in result.stdout
     assert f"Heads:    {UNIFIED_REASONING}" in result.stdout
     assert "State:    pending" in result.stdout
-    assert "7 revision(s) to apply." in result.stdout
+    assert "7 revisions to apply." in result.stdout
 
 
 def test_history_marks_current_heads_merges_and_branch_points(run_cli, db_at_chats):

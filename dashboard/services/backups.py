@@ -580,7 +580,7 @@ class PostgresFormat:
                         address=address, after="")
                 revisions = _scratch_revisions(address, scratch, version_table)
         except BackupError as exc:
-            return FileCheck(False, exc.message.strip(), ())
+            return FileCheck(False, exc.message.rstrip(". "), ())
         return FileCheck(True, f"{listed}; restored into a scratch database (dropped since)",
                          revisions)
 
@@ -672,7 +672,7 @@ class MariaDbFormat:
                            after="")
                 revisions = _scratch_revisions(address, scratch, version_table)
         except BackupError as exc:
-            return FileCheck(False, exc.message.strip(), ())
+            return FileCheck(False, exc.message.rstrip(". "), ())
         return FileCheck(True, "dump complete; loaded into a scratch database (dropped since)",
                          revisions)
 
@@ -726,20 +726,21 @@ def _scalar(address: ServerAddress, sql: str):
                               f"{dbtools.driver_message(exc, address)}. {NOT_RUN}") from exc
 
 
-def _live_revisions(address: ServerAddress, version_table: str) -> tuple[str, ...]:
-    with dbtools.connect(address) as conn:
+def _live_revisions(address: ServerAddress, version_table: str,
+                    after: str = NOT_RUN) -> tuple[str, ...]:
+    with dbtools.connect(address, after=after) as conn:
         try:
             return dbtools.read_revisions(conn, version_table)
         except SQLAlchemyError as exc:
             raise BackupError(f"The revisions of the {address.describe()} cannot be read: "
-                              f"{dbtools.driver_message(exc, address)}. {NOT_RUN}") from exc
+                              f"{dbtools.driver_message(exc, address)}. {after}") from exc
 
 
 def _check_live(address: ServerAddress, version_table: str) -> FileCheck:
     try:
-        revisions = _live_revisions(address, version_table)
+        revisions = _live_revisions(address, version_table, after="")
     except BackupError as exc:
-        return FileCheck(False, exc.message, ())
+        return FileCheck(False, exc.message.rstrip(". "), ())
     return FileCheck(True, f"{version_table} read", revisions)
 
 
