@@ -275,10 +275,10 @@ def test_expected_revisions_that_match_are_accepted(tmp_path, project, instance)
 
 
 def test_other_dialects_are_not_supported_yet(tmp_path, instance):
-    project = project_for("postgresql://scott:tiger@localhost/app")
+    project = project_for("mssql+pyodbc://scott:tiger@localhost/app")
     with pytest.raises(BackupError) as caught:
         backup(project, instance, tmp_path / "backups")
-    assert caught.value.message == "Backups of postgresql databases are not supported yet"
+    assert caught.value.message == "Backups of mssql databases are not supported yet"
     assert files_in(tmp_path / "backups") == []
 
 

@@ -113,7 +113,7 @@ def download(backup_id: str):
 @bp.post("/backups/<backup_id>/verify")
 def verify(backup_id: str):
     dashboard = current_dashboard()
-    record = backups.verify_backup(dashboard.instance_dir, backup_id)
+    record = backups.verify_backup(dashboard.instance_dir, backup_id, dashboard.project())
     return redirect(url_for("actions.backups_page", verified=record.id) + f"#b-{record.id}",
                     code=303)
 

@@ -145,7 +145,9 @@ def backup(backup_id: str):
 @bp.post("/backups/<backup_id>/verify")
 def verify_backup(backup_id: str):
     _json_body()
-    return jsonify(backups.verify_backup(current_dashboard().instance_dir, backup_id).as_json())
+    dashboard = current_dashboard()
+    record = backups.verify_backup(dashboard.instance_dir, backup_id, dashboard.project())
+    return jsonify(record.as_json())
 
 
 @bp.post("/backups/<backup_id>/restore")
