@@ -140,10 +140,15 @@ def test_several_heads_are_named_with_a_count(tmp_path, instance):
     assert record.file_name.startswith("app__aaa+1__")
 
 
-@pytest.mark.parametrize("journal_mode", ["delete", "wal"])
-def test_backup_while_the_application_writes(tmp_path, instance, monkeypatch, journal_mode):
-    # Small steps, so the writer's commits land between them and SQLite restarts the copy.
+@pytest.mark.parametrize("journal_mode, fast_copy", [
+    ("delete", True), ("delete", False), ("wal", True),
+])
+def test_backup_while_the_application_writes(tmp_path, instance, monkeypatch, journal_mode,
+                                             fast_copy):
+    # Small steps, so the writer's commits land between them and SQLite restarts the copy;
+    # or the whole file copied under a read lock (rollback-journal mode).
     monkeypatch.setattr(backups, "COPY_STEP_BYTES", 64 * 1024)
+    monkeypatch.setattr(backups, "FAST_COPY", fast_copy)
     source = make_database(tmp_path / "app.db", rows=3000, payload=1000,
                            journal_mode=journal_mode)
     stop, errors, commits = threading.Event(), [], []
