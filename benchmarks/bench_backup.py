@@ -357,7 +357,8 @@ def report_copies(times: dict[str, list[float]], size: int, cold: bool) -> bool:
     print(f"target: dashboard copy >= {COPY_RATIO_TARGET}x cp throughput: "
           f"{ratio:.2f}x {verdict}  (against cp+fsync: "
           f"{median['cp+fsync'] / median['dashboard copy']:.2f}x)")
-    print("(dashboard copy = the file copied under a read lock (backup API in WAL mode) + fsync; verify = "
+    print("(dashboard copy = the file copied under a read lock (backup API in WAL mode) "
+          "+ fsync; verify = "
           "integrity_check + revisions + sha256; total adds the size/revision reads, "
           "manifest and store record)")
     return verdict == "ok"

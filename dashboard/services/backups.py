@@ -23,8 +23,8 @@ import os
 import re
 import secrets
 import shutil
-import subprocess
 import sqlite3
+import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
