@@ -208,6 +208,8 @@ def test_lock_held_by_another_process_refuses_and_a_dead_holder_frees_it(
         refused = post_run(client, "upgrade", "heads")
         assert refused.status_code == 409
         assert "someone" in refused.get_json()["error"]["message"]
+        banner = client.get("/").get_data(as_text=True)
+        assert 'id="lock-holder"' in banner and "someone" in banner
         assert locking.read_holder(str(instance_dir), operations.target_key(project)) is not None
     finally:
         os.kill(holder.pid, signal.SIGKILL)
@@ -349,3 +351,18 @@ def test_interrupted_run_is_reported_not_left_running(app, client, seeded, insta
 def test_password_never_reaches_backup_names_or_audit(app, seeded):
     project = app.extensions["dashboard"].project()
     assert backups is not None and "@" not in project.masked_url
+
+
+def test_revision_and_history_pages_offer_the_actions(client, seeded):
+    page = client.get(f"/revisions/{UNIFIED_REASONING}").get_data(as_text=True)
+    assert "upgrade to this revision" in page
+    form = page[page.index('id="revision-actions"'):]
+    assert f'name="target" value="{UNIFIED_REASONING}"' in form
+    response = client.post("/actions", data={"action": "upgrade", "target": UNIFIED_REASONING})
+    assert response.status_code == 303
+    run = wait_for_run(client, response.headers["Location"].rsplit("/", 1)[1])
+    assert run["status"] == "succeeded" and db_revisions(seeded) == [UNIFIED_REASONING]
+    applied = client.get(f"/revisions/{CHATS}").get_data(as_text=True)
+    assert "Preview downgrade to this revision" in applied
+    assert 'id="upgrade-button"' not in client.get("/history").get_data(as_text=True)
+    assert "Preview downgrade" in client.get("/history").get_data(as_text=True)

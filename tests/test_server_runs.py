@@ -201,3 +201,24 @@ def test_password_never_shown_stored_or_on_a_command_line(server_db, sample_ini,
                 assert PASSWORD.encode() not in path.read_bytes(), path
     finally:
         server.drop_user(user, name)
+
+
+def test_the_page_shows_who_holds_the_database_lock(server_db, sample_ini, tmp_path):
+    from dashboard.services import locking, operations
+
+    server, name = server_db
+    url = server.url(name)
+    migrate(sample_ini, url, CHATS)
+    client = _client(sample_ini, url, tmp_path / "inst")
+    project = client.application.extensions["dashboard"].project()
+    holder = locking.LockHolder(0, "upgrade heads", "elsewhere", "colleague", time.time())
+    lock = locking.acquire_engine_lock(lambda: operations._open_connection(project),
+                                       project.dialect, holder)
+    try:
+        page = client.get("/").get_data(as_text=True)
+        assert 'id="lock-holder"' in page and "already running on this database" in page
+        refused = client.post("/api/runs", json={"action": "upgrade", "target": "heads"})
+        assert refused.status_code == 409
+    finally:
+        lock.release()
+    assert 'id="lock-holder"' not in client.get("/").get_data(as_text=True)

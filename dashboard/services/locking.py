@@ -218,3 +218,20 @@ def describe_engine_holder(connection, dialect: str) -> str:
         return f"held by connection {row[0]} of {row[1]}@{row[2]} for {row[3]} s"
     except Exception as exc:  # the answer is informative only
         return f"held by another session ({type(exc).__name__})"
+
+
+def engine_lock_holder(connection, dialect: str) -> str | None:
+    """Who holds the database lock now, without taking it; None when free."""
+    from sqlalchemy import text
+
+    if dialect == "postgresql":
+        held = connection.execute(text(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+            "AND classid = ((:k >> 32) & 4294967295)::oid AND objid = (:k & 4294967295)::oid"),
+            {"k": PG_LOCK_KEY}).scalar()
+    elif dialect in ("mysql", "mariadb"):
+        held = connection.execute(text("SELECT IS_USED_LOCK(:n)"),
+                                  {"n": ENGINE_LOCK_NAME}).scalar()
+    else:
+        return None
+    return describe_engine_holder(connection, dialect) if held else None

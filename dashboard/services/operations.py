@@ -84,6 +84,29 @@ def acquire_lock(target: Target, holder: locking.LockHolder) -> locking.ActionLo
     return lock
 
 
+def lock_holder(target: Target) -> str | None:
+    """Who runs an action on this database now, for the pages; None when nobody.
+
+    Reads only: the file lock is probed, the database lock looked up."""
+    holder = locking.read_holder(target.locks_dir, target_key(target.project))
+    if holder is not None:
+        return holder.describe()
+    if target.project.dialect not in ("postgresql", "mysql", "mariadb"):
+        return None
+    try:
+        engine, connection = _open_connection(target.project)
+    except DatabaseUnreachable:
+        return None
+    try:
+        who = locking.engine_lock_holder(connection, target.project.dialect)
+    except Exception:
+        return None
+    finally:
+        connection.close()
+        engine.dispose()
+    return f"A migration is already running on this database ({who})." if who else None
+
+
 def _open_connection(project: Project):
     engine = open_engine(project, read_only=False)
     try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import g, render_template
 
-from dashboard.services import inspection, runs
+from dashboard.services import inspection, operations, runs
 from dashboard.services.revisions import resolve_revision
 from dashboard.views import TargetBlueprint, current_dashboard, init_target_urls, registry
 
@@ -27,6 +27,7 @@ def overview():
         "overview.html", project=project, history=history, status=status,
         summaries=inspection.revision_summaries(history, status),
         run=recent[0] if recent else None,
+        lock_holder=operations.lock_holder(dashboard.target(project)),
         messages=inspection.revision_messages(history),
     )
 
