@@ -57,6 +57,17 @@ class Dashboard:
         history = self.history(project)
         return project, history, migration_status(project, history)
 
+    def revision_detail(self, revision_id: str):
+        """One revision's page data (with its offline SQL), as the pages and API show it."""
+        from dashboard.services.inspection import revision_detail
+        from dashboard.services.revisions import resolve_revision
+
+        project, history, status = self.read_state()
+        script = resolve_revision(history, revision_id)
+        detail = revision_detail(project, history, script, status,
+                                 self.offline_sql(project, script))
+        return project, status, detail
+
     def target(self, project: Project | None = None):
         """What the guard needs to change this project's database."""
         from dashboard.services.operations import Target

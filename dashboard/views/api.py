@@ -11,7 +11,6 @@ from dashboard import security
 from dashboard.errors import BadRequest, NotFound
 from dashboard.services import audit, backups, inspection, operations, runs
 from dashboard.services.audit import current_user
-from dashboard.services.revisions import resolve_revision
 from dashboard.views import TargetBlueprint, current_dashboard, init_target_urls, registry
 
 bp = TargetBlueprint("api", __name__, url_prefix="/api")
@@ -50,11 +49,7 @@ def revisions():
 
 @bp.get("/revisions/<path:revision_id>")
 def revision(revision_id: str):
-    dashboard, project, history, state = _read_state()
-    script = resolve_revision(history, revision_id)
-    detail = inspection.revision_detail(
-        project, history, script, state, dashboard.offline_sql(project, script)
-    )
+    _, _, detail = current_dashboard().revision_detail(revision_id)
     return jsonify(detail.as_json())
 
 

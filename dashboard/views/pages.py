@@ -5,7 +5,6 @@ from __future__ import annotations
 from flask import g, render_template
 
 from dashboard.services import inspection, operations, runs
-from dashboard.services.revisions import resolve_revision
 from dashboard.views import TargetBlueprint, current_dashboard, init_target_urls, registry
 
 bp = TargetBlueprint("pages", __name__)
@@ -45,9 +44,5 @@ def history_page():
 
 @bp.get("/revisions/<path:revision_id>")
 def revision(revision_id: str):
-    dashboard, project, history, status = _read_state()
-    script = resolve_revision(history, revision_id)
-    detail = inspection.revision_detail(
-        project, history, script, status, dashboard.offline_sql(project, script)
-    )
+    project, status, detail = current_dashboard().revision_detail(revision_id)
     return render_template("revision.html", project=project, status=status, detail=detail)
