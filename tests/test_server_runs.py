@@ -222,3 +222,16 @@ def test_the_page_shows_who_holds_the_database_lock(server_db, sample_ini, tmp_p
     finally:
         lock.release()
     assert 'id="lock-holder"' not in client.get("/").get_data(as_text=True)
+
+
+def test_offline_sql_is_in_the_targets_own_dialect(server_db, sample_ini, tmp_path):
+    server, name = server_db
+    client = _client(sample_ini, server.url(name), tmp_path / "inst")
+    body = client.get(f"/api/revisions/{USERS}").get_json()
+    assert body["upgrade_sql_error"] is None, body["upgrade_sql_error"]
+    assert "CREATE TABLE users" in body["upgrade_sql"]
+    assert "DROP TABLE users" in body["downgrade_sql"]
+    if server.postgres:
+        assert body["dialect"] == "postgresql" and "SERIAL" in body["upgrade_sql"]
+    else:
+        assert body["dialect"] == "mysql" and "AUTO_INCREMENT" in body["upgrade_sql"]
