@@ -366,3 +366,38 @@ def test_revision_and_history_pages_offer_the_actions(client, seeded):
     assert "Preview downgrade to this revision" in applied
     assert 'id="upgrade-button"' not in client.get("/history").get_data(as_text=True)
     assert "Preview downgrade" in client.get("/history").get_data(as_text=True)
+
+
+def test_a_hanging_migration_can_be_cancelled_and_the_database_is_put_back(
+        client, seeded, sample_ini):
+    hang = sample_ini.parent / "alembic" / "versions" / "4a9900000001_hangs.py"
+    hang.write_text(textwrap.dedent(f'''\
+        """creates a table, then hangs"""
+        import time
+        from alembic import op
+        import sqlalchemy as sa
+        revision = "4a9900000001"
+        down_revision = "{CHATS}"
+        def upgrade():
+            op.create_table("left_behind", sa.Column("id", sa.Integer, primary_key=True))
+            time.sleep(120)
+        def downgrade():
+            op.drop_table("left_behind")
+    '''))
+    before = snapshot(seeded)
+    started = post_run(client, "upgrade", "4a9900000001").get_json()
+    for _ in range(200):
+        run = client.get(f"/api/runs/{started['id']}").get_json()
+        if any(step["status"] == "running" for step in run["steps"]):
+            break
+        time.sleep(0.05)
+    assert client.post(f"/api/runs/{started['id']}/cancel", json={}).status_code == 202
+    began = time.time()
+    run = wait_for_run(client, started["id"])
+    assert time.time() - began < 20
+    assert run["status"] == "restored", run
+    assert run["failed_step"] == "4a9900000001"
+    assert "cancelled" in run["error"]
+    assert snapshot(seeded) == before
+    again = client.post(f"/api/runs/{started['id']}/cancel", json={})
+    assert again.status_code == 409

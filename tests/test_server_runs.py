@@ -235,3 +235,42 @@ def test_offline_sql_is_in_the_targets_own_dialect(server_db, sample_ini, tmp_pa
         assert body["dialect"] == "postgresql" and "SERIAL" in body["upgrade_sql"]
     else:
         assert body["dialect"] == "mysql" and "AUTO_INCREMENT" in body["upgrade_sql"]
+
+
+def test_cancelling_a_hanging_migration_puts_the_database_back(server_db, sample_ini, tmp_path):
+    server, name = server_db
+    url = server.url(name)
+    migrate(sample_ini, url, CHATS)
+    hang = sample_ini.parent / "alembic" / "versions" / "4a9900000002_hangs.py"
+    hang.write_text(textwrap.dedent(f'''\
+        """creates a table, then hangs"""
+        import time
+        from alembic import op
+        import sqlalchemy as sa
+        revision = "4a9900000002"
+        down_revision = "{CHATS}"
+        def upgrade():
+            op.create_table("left_behind", sa.Column("id", sa.Integer, primary_key=True))
+            time.sleep(120)
+        def downgrade():
+            op.drop_table("left_behind")
+    '''))
+    before = snapshot(url)
+    client = _client(sample_ini, url, tmp_path / "inst")
+    started = client.post("/api/runs", json={"action": "upgrade",
+                                             "target": "4a9900000002"}).get_json()
+    for _ in range(300):
+        run = client.get(started["url"]).get_json()
+        if any(step["status"] == "running" for step in run["steps"]):
+            break
+        time.sleep(0.05)
+    time.sleep(0.5)  # let the table be created
+    assert client.post(f"/api/runs/{started['id']}/cancel", json={}).status_code == 202
+    for _ in range(300):
+        run = client.get(started["url"]).get_json()
+        if run["status"] in ("succeeded", "failed", "restored"):
+            break
+        time.sleep(0.1)
+    assert run["status"] == "restored", run
+    assert snapshot(url) == before
+    assert _revisions(url) == [CHATS]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import tempfile
 import threading
@@ -20,7 +21,14 @@ from dataclasses import dataclass
 from alembic.script.revision import RevisionError
 from alembic.util import CommandError
 
-from dashboard.errors import BackupError, BadRequest, Conflict, DashboardError, Forbidden
+from dashboard.errors import (
+    BackupError,
+    BadRequest,
+    Conflict,
+    DashboardError,
+    Forbidden,
+    NotFound,
+)
 from dashboard.services import audit, backups, locking, runs
 from dashboard.services.alembic_process import (
     parse_events,
@@ -453,6 +461,8 @@ def _run_worker(target: Target, run_id: str, plan: ActionPlan,
         heads, error, running_step = report.heads, report.error, report.running_step
         if heads is not None and returncode == 0 and error is None:
             return WorkerOutcome(True, heads)
+        if error is None and returncode == -signal.SIGTERM and _cancel_requested(inst, run_id):
+            error = "the run was cancelled, and its worker stopped"
         if error is None:
             stderr.seek(0)
             tail = scrub(stderr.read()[-2000:], project).strip()
@@ -495,6 +505,37 @@ def _record_event(inst: str, run_id: str, project: Project, event: dict,
         report.error = scrub(event.get("error", "unknown error"), project)
         runs.add_log(inst, run_id, "ERROR", scrub(event.get("traceback", report.error), project))
     return report
+
+
+_CANCEL_MARK = "Cancel requested by "
+
+
+def cancel_run(target: Target, run_id: str, user: str) -> runs.RunRecord:
+    """Stop a running migration's worker. The guard then puts the database back
+    as for any failed step (rollback on PostgreSQL, the backup elsewhere)."""
+    target.check_writable()
+    run = runs.get_run(target.instance_dir, run_id)
+    if run is None:
+        raise NotFound(f"No run '{run_id}'.")
+    pid = runs.worker_pid(target.instance_dir, run_id)
+    if run.status != runs.RUNNING or not pid:
+        raise Conflict(f"Run {run_id} is {run.status.replace('_', ' ')}: only a running "
+                       "migration can be cancelled.")
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            cmdline = handle.read()
+    except OSError:
+        cmdline = b""
+    if b"alembic_worker.py" not in cmdline:  # the worker is gone; its pid may be reused
+        raise Conflict(f"Run {run_id} has no worker left to stop.")
+    runs.add_log(target.instance_dir, run_id, "WARNING", _CANCEL_MARK + user)
+    os.kill(pid, signal.SIGTERM)
+    return runs.get_run(target.instance_dir, run_id)
+
+
+def _cancel_requested(inst: str, run_id: str) -> bool:
+    run = runs.get_run(inst, run_id)
+    return bool(run and any(log.message.startswith(_CANCEL_MARK) for log in run.logs))
 
 
 def reap_interrupted_runs(target: Target) -> list[str]:

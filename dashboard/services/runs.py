@@ -201,3 +201,8 @@ def unfinished_runs(instance_dir: str) -> list[RunRecord]:
 def count_runs(instance_dir: str) -> int:
     with store.store_engine(instance_dir).connect() as conn:
         return conn.execute(select(func.count()).select_from(store.runs)).scalar_one()
+
+
+def worker_pid(instance_dir: str, run_id: str) -> int | None:
+    with store.store_engine(instance_dir).connect() as conn:
+        return conn.execute(select(store.runs.c.pid).where(store.runs.c.id == run_id)).scalar()

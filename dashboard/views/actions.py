@@ -81,6 +81,13 @@ def _messages(dashboard) -> dict[str, str]:
         return {}
 
 
+@bp.post("/runs/<run_id>/cancel")
+def cancel(run_id: str):
+    dashboard = current_dashboard()
+    operations.cancel_run(dashboard.target(), run_id, current_user())
+    return redirect(url_for("actions.run_page", run_id=run_id), code=303)
+
+
 @bp.get("/backups")
 def backups_page():
     dashboard = current_dashboard()

@@ -118,6 +118,14 @@ def run(run_id: str):
     return jsonify(record.as_json())
 
 
+@bp.post("/runs/<run_id>/cancel")
+def cancel_run(run_id: str):
+    _json_body()
+    dashboard = current_dashboard()
+    record = operations.cancel_run(dashboard.target(), run_id, current_user())
+    return jsonify(record.as_json()), 202
+
+
 @bp.get("/backups")
 def list_backups():
     records = backups.list_backups(current_dashboard().instance_dir)
