@@ -87,6 +87,25 @@ def add_failing_revision(ini, parent):
     return path
 
 
+def add_hanging_revision(ini, revision, parent):
+    """A revision that creates a table, then hangs for two minutes."""
+    path = ini.parent / "alembic" / "versions" / f"{revision}_hangs.py"
+    path.write_text(textwrap.dedent(f'''\
+        """creates a table, then hangs"""
+        import time
+        from alembic import op
+        import sqlalchemy as sa
+        revision = "{revision}"
+        down_revision = "{parent}"
+        def upgrade():
+            op.create_table("left_behind", sa.Column("id", sa.Integer, primary_key=True))
+            time.sleep(120)
+        def downgrade():
+            op.drop_table("left_behind")
+    '''))
+    return path
+
+
 @pytest.fixture
 def seeded(sample_ini, db_url, db_path):
     """The sample database at the chats revision with rows in it."""
@@ -370,20 +389,7 @@ def test_revision_and_history_pages_offer_the_actions(client, seeded):
 
 def test_a_hanging_migration_can_be_cancelled_and_the_database_is_put_back(
         client, seeded, sample_ini):
-    hang = sample_ini.parent / "alembic" / "versions" / "4a9900000001_hangs.py"
-    hang.write_text(textwrap.dedent(f'''\
-        """creates a table, then hangs"""
-        import time
-        from alembic import op
-        import sqlalchemy as sa
-        revision = "4a9900000001"
-        down_revision = "{CHATS}"
-        def upgrade():
-            op.create_table("left_behind", sa.Column("id", sa.Integer, primary_key=True))
-            time.sleep(120)
-        def downgrade():
-            op.drop_table("left_behind")
-    '''))
+    add_hanging_revision(sample_ini, "4a9900000001", CHATS)
     before = snapshot(seeded)
     started = post_run(client, "upgrade", "4a9900000001").get_json()
     for _ in range(200):

@@ -15,7 +15,7 @@ import pytest
 from dashboard import create_app
 from tests.conftest import CHATS, REPO, UNIFIED_REASONING, USERS, migrate
 from tests.servers import SERVERS, require, scratch_database, snapshot
-from tests.test_runs import add_failing_revision
+from tests.test_runs import add_failing_revision, add_hanging_revision
 
 PASSWORD = "pw-s3cret-do-not-show"
 
@@ -241,20 +241,7 @@ def test_cancelling_a_hanging_migration_puts_the_database_back(server_db, sample
     server, name = server_db
     url = server.url(name)
     migrate(sample_ini, url, CHATS)
-    hang = sample_ini.parent / "alembic" / "versions" / "4a9900000002_hangs.py"
-    hang.write_text(textwrap.dedent(f'''\
-        """creates a table, then hangs"""
-        import time
-        from alembic import op
-        import sqlalchemy as sa
-        revision = "4a9900000002"
-        down_revision = "{CHATS}"
-        def upgrade():
-            op.create_table("left_behind", sa.Column("id", sa.Integer, primary_key=True))
-            time.sleep(120)
-        def downgrade():
-            op.drop_table("left_behind")
-    '''))
+    add_hanging_revision(sample_ini, "4a9900000002", CHATS)
     before = snapshot(url)
     client = _client(sample_ini, url, tmp_path / "inst")
     started = client.post("/api/runs", json={"action": "upgrade",
