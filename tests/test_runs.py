@@ -407,3 +407,14 @@ def test_a_hanging_migration_can_be_cancelled_and_the_database_is_put_back(
     assert snapshot(seeded) == before
     again = client.post(f"/api/runs/{started['id']}/cancel", json={})
     assert again.status_code == 409
+
+
+@pytest.mark.parametrize("action, target, ends_at", [
+    ("downgrade", "-1", "65d34ee9c6d7"),
+    ("downgrade", "base", "base"),
+    ("stamp", "auth", "51b124a2d402"),
+])
+def test_preview_names_where_the_database_will_end(client, seeded, action, target, ends_at):
+    html = client.get(f"/actions/preview?action={action}&target={target}").get_data(as_text=True)
+    ends = html[html.index('id="ends-at"'):]
+    assert ends[:ends.index("</strong>")].count(ends_at) == 1

@@ -37,7 +37,7 @@ from dashboard.services.alembic_process import (
     worker_environment,
 )
 from dashboard.services.project import Project
-from dashboard.services.revisions import History
+from dashboard.services.revisions import History, applied_revisions
 from dashboard.services.status import (
     UNKNOWN_REVISION,
     UNREACHABLE,
@@ -166,6 +166,22 @@ def plan_action(history: History, current: tuple[str, ...], action: str, target:
         raise NothingToDo(f"Nothing to {action}: the database is already at "
                           f"{', '.join(current) or 'base'} for target '{target}'.")
     return ActionPlan(action, target, tuple(current), steps, purge)
+
+
+def resulting_revisions(history: History, plan: ActionPlan) -> tuple[str, ...]:
+    """Where the database will be after the plan, for the confirmation page:
+    the heads of what is applied then."""
+    if plan.action == "stamp":
+        names = [s.revision for s in plan.steps if s.revision != "base"]
+        return tuple(sorted(r.revision for r in history.revision_map.get_revisions(names)
+                            if r is not None)) if names else ()
+    applied = set(applied_revisions(history, plan.from_revs))
+    changed = {s.revision for s in plan.steps}
+    applied = applied | changed if plan.action == "upgrade" else applied - changed
+    return tuple(sorted(
+        rev for rev in applied
+        if not any(child in applied for child in history.revisions[rev].nextrev)
+    ))
 
 
 # ------------------------------------------------------------------ running

@@ -36,9 +36,10 @@ def preview():
     action = request.args.get("action", "")
     target = request.args.get("target", "").strip()
     project, history, status = dashboard.read_state()
-    plan, drops, sql_errors = preview_action(dashboard, project, history, status, action, target)
+    plan, drops, sql_errors, after = preview_action(dashboard, project, history, status,
+                                                    action, target)
     return render_template("preview.html", project=project, status=status, plan=plan,
-                           drops=drops, sql_errors=sql_errors, history=history)
+                           drops=drops, sql_errors=sql_errors, history=history, after=after)
 
 
 @bp.post("/actions")
