@@ -85,3 +85,39 @@ def _snapshot_file(path):
 
 def test_post_to_a_read_url_is_refused(client):
     assert client.post("/api/status").status_code in (400, 405)
+
+
+BAD_GETS = [
+    "/revisions/..%2F..%2Fetc%2Fpasswd", "/revisions/" + "a" * 5000, "/revisions/%00",
+    "/revisions/heads", "/revisions/base", "/api/revisions/head@", "/api/revisions/+1",
+    "/actions/preview", "/actions/preview?action=upgrade&target=%27%3B--",
+    "/actions/preview?action=drop&target=heads", "/actions/preview?action=downgrade&target=-99",
+    "/runs/..", "/runs/%00", "/api/runs/nope", "/backups/nope/download",
+    "/backups/20990101T000000Z-deadbeef/download", "/backups/x/restore", "/targets/x/",
+    "/api/targets/x/status",
+]
+
+
+@pytest.mark.parametrize("url", BAD_GETS)
+def test_bad_input_is_a_clear_4xx_never_a_500(client, sample_ini, db_url, url):
+    migrate(sample_ini, db_url, CHATS)
+    response = client.get(url)
+    assert 400 <= response.status_code < 500, (url, response.status_code)
+    response.close()
+
+
+BAD_POSTS = [
+    ("/actions", {}), ("/actions", {"action": "upgrade"}),
+    ("/actions", {"action": "upgrade", "target": "x" * 300}),
+    ("/actions", {"action": "stamp", "target": "nope,heads"}),
+    ("/backups/nope/restore", {}), ("/backups/nope/verify", {}), ("/backups/nope/delete", {}),
+    ("/runs/nope/cancel", {}),
+]
+
+
+@pytest.mark.parametrize("url, form", BAD_POSTS)
+def test_bad_forms_are_a_clear_4xx_never_a_500(client, sample_ini, db_url, url, form):
+    migrate(sample_ini, db_url, CHATS)
+    response = client.post(url, data=form)
+    assert 400 <= response.status_code < 500, (url, response.status_code)
+    assert b"<h2>" in response.data
