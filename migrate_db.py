@@ -209,7 +209,7 @@ def upgrade_database(dashboard: Dashboard, writer: MessageWriter) -> int:
     if status.state == UP_TO_DATE:
         writer.say(f"Database is up to date at {_revs(status.current)}")
         return EXIT_OK
-    if status.state not in (PENDING, UNINITIALIZED):
+    if status.state not in (PENDING, UNINITIALIZED) and not status.creatable:
         writer.warn(status.explanation)
         return EXIT_ERROR
     writer.say(f"Current revision: {_revs(status.current)}")

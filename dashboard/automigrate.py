@@ -113,7 +113,7 @@ def auto_migrate(alembic_ini: str | None = None, database_url: str | None = None
     if status.state == UP_TO_DATE:
         log.info("Database is up to date at %s", ", ".join(status.current))
         return None
-    if status.state not in (PENDING, UNINITIALIZED):
+    if status.state not in (PENDING, UNINITIALIZED) and not status.creatable:
         log.error("Database migrations cannot run: %s", status.explanation)
         raise AutoMigrateFailed(f"Database migrations cannot run: {status.explanation}")
 

@@ -131,7 +131,8 @@ def test_a_held_lock_raises(environ, sample_ini, db_url, db_at_chats, instance_d
 
 
 def test_an_unreachable_database_raises(environ, tmp_path):
-    environ["DASHBOARD_DATABASE_URL"] = f"sqlite:///{tmp_path / 'missing.db'}"
+    # In a folder that does not exist either: nothing can create it.
+    environ["DASHBOARD_DATABASE_URL"] = f"sqlite:///{tmp_path / 'nowhere' / 'missing.db'}"
 
     with pytest.raises(AutoMigrateFailed, match="does not exist"):
         auto_migrate(environ=environ)
@@ -199,3 +200,14 @@ def test_sample_app_with_auto_migrate_off_leaves_the_database(sample_app_env, mo
         pass
 
     assert db_revisions(path) == [SAMPLE_START_REVISION]
+
+
+def test_first_start_without_a_database_file_creates_it(tmp_path, sample_ini):
+    from dashboard.automigrate import auto_migrate
+    from tests.conftest import UNIFIED_REASONING, db_revisions
+
+    db = tmp_path / "fresh.db"
+    run = auto_migrate(str(sample_ini), f"sqlite:///{db}", str(tmp_path / "inst"),
+                       environ={"AUTO_MIGRATE": "true"})
+    assert run is not None and run.status == "succeeded"
+    assert db_revisions(db) == [UNIFIED_REASONING]

@@ -244,15 +244,22 @@ def test_a_held_lock_exits_3(run_cli, sample_ini, db_url, db_at_chats, instance_
 
 # ------------------------------------------------------------------ errors
 
-def test_a_missing_sqlite_file_exits_2(run_cli, db_path):
+def test_a_missing_sqlite_file_exits_2_on_check_and_is_created_by_an_upgrade(run_cli, db_path):
     check = run_cli("--check")
-    upgrade = run_cli()
-
     assert check.returncode == 2
     assert "does not exist" in check.stdout + check.stderr
+    assert not db_path.exists()
+
+    upgrade = run_cli()
+    assert upgrade.returncode == 0, upgrade.stdout + upgrade.stderr
+    assert db_revisions(db_path) == [UNIFIED_REASONING]
+
+
+def test_a_sqlite_file_in_a_missing_folder_exits_2(run_cli, tmp_path):
+    url = f"sqlite:///{tmp_path / 'nowhere' / 'app.db'}"
+    upgrade = run_cli("--url", url)
     assert upgrade.returncode == 2
     assert "does not exist" in upgrade.stderr
-    assert not db_path.exists()
 
 
 def test_a_missing_ini_exits_2(run_cli, tmp_path):

@@ -418,3 +418,26 @@ def test_preview_names_where_the_database_will_end(client, seeded, action, targe
     html = client.get(f"/actions/preview?action={action}&target={target}").get_data(as_text=True)
     ends = html[html.index('id="ends-at"'):]
     assert ends[:ends.index("</strong>")].count(ends_at) == 1
+
+
+def test_a_missing_sqlite_database_is_created_by_an_upgrade(client, db_path, sample_ini):
+    status = client.get("/api/status").get_json()
+    assert status["state"] == "unreachable" and status["creatable"] is True
+    assert "Upgrading creates it" in status["explanation"]
+    assert len(status["pending"]) == 10
+    assert b"Create the database and upgrade" in client.get("/").data
+    assert not db_path.exists()
+    run = run_to_end(client, "upgrade", "heads")
+    assert run["status"] == "succeeded", run
+    assert run["backup_id"] is None
+    assert db_revisions(db_path) == [UNIFIED_REASONING]
+    assert client.get("/api/audit").get_json()["entries"][0]["event"] == "database_created"
+
+
+def test_a_failed_creation_removes_the_new_file(client, db_path, sample_ini):
+    add_failing_revision(sample_ini, UNIFIED_REASONING)
+    run = run_to_end(client, "upgrade", "heads")
+    assert run["status"] == "restored", run
+    assert "does not exist, as before" in run["error"]
+    assert not db_path.exists()
+    assert not list(db_path.parent.glob("target.db*"))

@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from alembic.script.revision import RevisionError
 from alembic.util import CommandError
@@ -42,6 +42,7 @@ from dashboard.services.status import (
     UNKNOWN_REVISION,
     UNREACHABLE,
     DatabaseUnreachable,
+    missing_sqlite_file,
     open_engine,
     read_database_revisions,
 )
@@ -70,6 +71,7 @@ class ActionPlan:
     from_revs: tuple[str, ...]
     steps: tuple[PlannedStep, ...]
     purge: bool = False
+    creates_file: str | None = None  # a new SQLite database: nothing to back up
 
 
 def target_key(project: Project) -> str:
@@ -225,8 +227,13 @@ def start_action(target: Target, history: History, state: str, action: str, targ
     lock = acquire_lock(target, locking.LockHolder(
         os.getpid(), f"{action} {target_rev}", run_id, user, time.time()))
     try:
-        current = _live_revisions(target.project)
-        plan = plan_action(history, current, action, target_rev, state)
+        new_file = missing_sqlite_file(target.project) if action == "upgrade" else None
+        if new_file:
+            current = ()
+            plan = replace(plan_action(history, (), action, target_rev), creates_file=new_file)
+        else:
+            current = _live_revisions(target.project)
+            plan = plan_action(history, current, action, target_rev, state)
         runs.create_run(target.instance_dir, run_id=run_id, action=action,
                         target=plan.target, user=user, from_revs=current)
         runs.plan_steps(target.instance_dir, run_id, [
@@ -330,6 +337,9 @@ def _execute_action(target: Target, run_id: str, plan: ActionPlan, user: str,
     started = time.time()
     backup = None
     try:
+        if plan.creates_file:
+            _create_database(target, run_id, plan, user, lock, started)
+            return
         try:
             expected = _live_revisions(target.project)
             backup = _take_guard_backup(target, run_id, f"{plan.action} {plan.target}", expected)
@@ -362,6 +372,33 @@ def _execute_action(target: Target, run_id: str, plan: ActionPlan, user: str,
                             finished_at=time.time())
     finally:
         lock.release()
+
+
+def _create_database(target: Target, run_id: str, plan: ActionPlan, user: str,
+                     lock: locking.ActionLock, started: float) -> None:
+    """Upgrade a SQLite database that does not exist yet. Nothing to back up;
+    if a step fails, the new file is removed, so it is absent as it was."""
+    inst, path = target.instance_dir, plan.creates_file
+    runs.update_run(inst, run_id, status=runs.RUNNING, started_at=time.time())
+    runs.add_log(inst, run_id, "INFO", f"No backup: {path} did not exist; this upgrade creates it.")
+    outcome = _run_worker(target, run_id, plan, lock)
+    if outcome.ok:
+        runs.update_run(inst, run_id, status=runs.SUCCEEDED, finished_at=time.time(),
+                        to_revs=outcome.heads)
+        _audit(target, "database_created", "succeeded", user, action=plan.action,
+               target_rev=plan.target, to_revs=outcome.heads, run_id=run_id,
+               duration=time.time() - started)
+        return
+    for suffix in ("", "-journal", "-wal", "-shm"):
+        try:
+            os.remove(path + suffix)
+        except FileNotFoundError:
+            pass
+    message = (f"Step {outcome.failed_step or '?'} failed: {outcome.error} The new database "
+               f"file was removed: {path} does not exist, as before.")
+    runs.update_run(inst, run_id, status=runs.RESTORED, error=message, finished_at=time.time())
+    _audit(target, "database_creation_undone", "restored", user, action=plan.action,
+           target_rev=plan.target, run_id=run_id, duration=time.time() - started, error=message)
 
 
 def _recover(target: Target, run_id: str, action: str, target_rev: str,

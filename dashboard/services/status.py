@@ -66,6 +66,7 @@ class MigrationStatus:
     applied: frozenset[str] = frozenset()
     explanation: str = ""
     table_count: int = 0
+    creatable: bool = False  # a SQLite file that does not exist yet: an upgrade creates it
 
     def as_json(self) -> dict:
         return {
@@ -76,6 +77,7 @@ class MigrationStatus:
             "database": {"url": self.database.url, "dialect": self.database.dialect},
             "unknown": self.unknown,
             "explanation": self.explanation,
+            "creatable": self.creatable,
         }
 
 
@@ -85,6 +87,19 @@ def _sqlite_path(project: Project) -> str | None:
     if not database or database == ":memory:" or database.startswith("file:"):
         return None
     return database
+
+
+def missing_sqlite_file(project: Project) -> str | None:
+    """The path of a SQLite database that does not exist yet in an existing folder."""
+    try:
+        if make_url(project.database_url).get_backend_name() != "sqlite":
+            return None
+    except Exception:
+        return None
+    path = _sqlite_path(project)
+    if path and not os.path.exists(path) and os.path.isdir(os.path.dirname(path) or "."):
+        return path
+    return None
 
 
 def open_engine(project: Project, read_only: bool = True):
@@ -145,6 +160,15 @@ def migration_status(project: Project, history: History) -> MigrationStatus:
     try:
         db = read_database_revisions(project)
     except DatabaseUnreachable as exc:
+        new_file = missing_sqlite_file(project)
+        if new_file:
+            everything = pending_revisions(history, ())
+            return MigrationStatus(
+                UNREACHABLE, database, heads=heads, creatable=True,
+                pending=[PendingRevision(r.revision, r.doc) for r in everything],
+                explanation=(f"The SQLite database file does not exist yet: {new_file}. "
+                             "Upgrading creates it (there is nothing to back up)."),
+            )
         return MigrationStatus(
             UNREACHABLE, database, heads=heads,
             explanation=f"The database cannot be read: {exc}",
