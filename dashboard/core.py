@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-from functools import partial
 
 from dashboard.errors import ConfigurationError
 from dashboard.services import alembic_process
@@ -30,7 +29,7 @@ class Dashboard:
         self.lock_dir = lock_dir
         self.instance_dir = str(settings["DASHBOARD_INSTANCE_DIR"])
         self.timeout = float(settings["DASHBOARD_SUBPROCESS_TIMEOUT"])
-        self._history_cache: HistoryCache | None = None
+        self._history_cache = HistoryCache(self._import_headers)
         self._sql_cache: dict = {}
 
     def project(self) -> Project:
@@ -42,12 +41,7 @@ class Dashboard:
         )
 
     def history(self, project: Project | None = None) -> History:
-        project = project or self.project()
-        if self._history_cache is None:
-            self._history_cache = HistoryCache(
-                partial(self._import_headers, project)
-            )
-        return self._history_cache.load(project)
+        return self._history_cache.load(project or self.project())
 
     def read_state(self):
         """The project, its parsed history and the database's status, read now."""

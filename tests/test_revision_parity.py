@@ -13,7 +13,6 @@ import re
 import sys
 from collections import Counter
 from contextlib import contextmanager
-from functools import partial
 from pathlib import Path
 
 import pytest
@@ -68,18 +67,17 @@ def project_of(ini: Path, url: str | None = None):
 class RecordingImport:
     """The real header import (a subprocess), remembering which files it was asked for."""
 
-    def __init__(self, project):
+    def __init__(self):
         self.asked: list[str] = []
-        self._import = partial(alembic_process.import_headers, project, timeout=120)
 
-    def __call__(self, paths):
+    def __call__(self, project, paths):
         self.asked.extend(paths)
-        return self._import(paths)
+        return alembic_process.import_headers(project, paths, timeout=120)
 
 
 def our_history(ini: Path):
     project = project_of(ini)
-    return HistoryCache(RecordingImport(project)).load(project)
+    return HistoryCache(RecordingImport()).load(project)
 
 
 def node_facts(rev, root: str) -> dict:
@@ -188,7 +186,7 @@ def test_zoo_graph_equals_alembic(zoo_history, zoo_script, zoo_ini):
 
 def test_zoo_reads_literal_headers_without_importing(zoo_ini):
     project = project_of(zoo_ini)
-    recorder = RecordingImport(project)
+    recorder = RecordingImport()
     history = HistoryCache(recorder).load(project)
     spec = hf.zoo()
     asked = {Path(p).name for p in recorder.asked}
@@ -335,7 +333,7 @@ def test_edits_and_new_files_are_noticed_on_next_load(tmp_path):
     ini = hf.make_project(tmp_path, spec)
     ids = [r.revision for r in spec.revisions]
     project = project_of(ini)
-    cache = HistoryCache(RecordingImport(project))
+    cache = HistoryCache(RecordingImport())
     first = cache.load(project)
     assert cache.load(project) is first  # unchanged tree: the cached answer
     assert first.heads == (ids[5],)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -142,7 +141,3 @@ def offline_sql(project: Project, revision: str, timeout: float) -> OfflineSql:
         downgrade_error=(scrub(down["error"], project) if down.get("error")
                          else (None if down else missing)),
     )
-
-
-def default_python() -> str:
-    return sys.executable

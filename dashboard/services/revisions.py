@@ -251,7 +251,7 @@ def revision_files(project: Project) -> list[tuple[str, int, int]]:
     return files
 
 
-ImportHeaders = Callable[[list[str]], dict[str, "RevisionHeader | UnreadableFile"]]
+ImportHeaders = Callable[[Project, list[str]], dict[str, "RevisionHeader | UnreadableFile"]]
 
 
 class HistoryCache:
@@ -272,13 +272,13 @@ class HistoryCache:
         with self._lock:
             if key == self._key and self._history is not None:
                 return self._history
-            parsed = self._parse_all(files)
+            parsed = self._parse_all(project, files)
             self._files = {f: parsed[f] for f in files}
             self._history = build_history(parsed[f] for f in files)
             self._key = key
             return self._history
 
-    def _parse_all(self, files):
+    def _parse_all(self, project: Project, files):
         parsed: dict = {}
         needs_import: list[tuple[str, int, int]] = []
         for entry in files:
@@ -296,7 +296,7 @@ class HistoryCache:
             except (OSError, UnicodeDecodeError, SyntaxError, ValueError) as exc:
                 parsed[entry] = UnreadableFile(path, f"cannot read: {exc}")
         if needs_import:
-            imported = self._import_headers([entry[0] for entry in needs_import])
+            imported = self._import_headers(project, [entry[0] for entry in needs_import])
             for entry in needs_import:
                 parsed[entry] = imported.get(
                     entry[0], UnreadableFile(entry[0], "import gave no result")

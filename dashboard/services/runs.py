@@ -11,7 +11,7 @@ import secrets
 import time
 from dataclasses import dataclass, field
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import insert, select, update
 
 from dashboard.services import store
 
@@ -196,11 +196,6 @@ def unfinished_runs(instance_dir: str) -> list[RunRecord]:
         rows = conn.execute(select(store.runs).where(
             store.runs.c.status.not_in(FINISHED))).mappings().all()
     return [_record(row) for row in rows]
-
-
-def count_runs(instance_dir: str) -> int:
-    with store.store_engine(instance_dir).connect() as conn:
-        return conn.execute(select(func.count()).select_from(store.runs)).scalar_one()
 
 
 def worker_pid(instance_dir: str, run_id: str) -> int | None:

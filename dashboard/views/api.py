@@ -17,10 +17,6 @@ bp = TargetBlueprint("api", __name__, url_prefix="/api")
 init_target_urls(bp)
 
 
-def _read_state():
-    dashboard = current_dashboard()
-    return (dashboard, *dashboard.read_state())
-
 
 @bp.get("/targets", targeted=False)
 def targets():
@@ -33,7 +29,7 @@ def targets():
 
 @bp.get("/status")
 def status():
-    _, _, history, state = _read_state()
+    _, history, state = current_dashboard().read_state()
     body = state.as_json()
     body["unreadable"] = [{"path": u.path, "reason": u.reason} for u in history.unreadable]
     return jsonify(body)
@@ -41,7 +37,7 @@ def status():
 
 @bp.get("/revisions")
 def revisions():
-    _, _, history, state = _read_state()
+    _, history, state = current_dashboard().read_state()
     return jsonify(
         {"revisions": [s.as_json() for s in inspection.revision_summaries(history, state)]}
     )

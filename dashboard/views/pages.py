@@ -11,16 +11,13 @@ bp = TargetBlueprint("pages", __name__)
 init_target_urls(bp)
 
 
-def _read_state():
-    dashboard = current_dashboard()
-    return (dashboard, *dashboard.read_state())
-
 
 @bp.get("/")
 def overview():
     if registry().multiple and not g.get("target_name"):
         return render_template("targets.html", targets=inspection.target_summaries(registry()))
-    dashboard, project, history, status = _read_state()
+    dashboard = current_dashboard()
+    project, history, status = dashboard.read_state()
     recent = runs.list_runs(dashboard.instance_dir, limit=1)
     return render_template(
         "overview.html", project=project, history=history, status=status,
@@ -33,7 +30,7 @@ def overview():
 
 @bp.get("/history")
 def history_page():
-    _, project, history, status = _read_state()
+    project, history, status = current_dashboard().read_state()
     summaries = inspection.revision_summaries(history, status)
     layout = inspection.graph_layout(summaries)
     return render_template(
