@@ -17,9 +17,9 @@ from collections.abc import Mapping
 from typing import TextIO
 
 from dashboard.automigrate import dashboard_for
-from dashboard.core import Dashboard
+from dashboard.core import Target
 from dashboard.errors import DashboardError
-from dashboard.services import backups, inspection, operations, runs
+from dashboard.services import backups, guard, inspection, planning, runs
 from dashboard.services.audit import current_user
 from dashboard.services.locking import LockHeld
 from dashboard.services.status import (
@@ -202,7 +202,7 @@ def report_history(history, status: MigrationStatus, writer: MessageWriter) -> i
 
 # ------------------------------------------------------------------ upgrading
 
-def upgrade_database(dashboard: Dashboard, writer: MessageWriter) -> int:
+def upgrade_database(dashboard: Target, writer: MessageWriter) -> int:
     """Back up, then apply every pending revision, printing steps as they finish."""
     project, history, status = dashboard.read_state()
     writer.say(f"Database: {status.database.url}")
@@ -217,9 +217,9 @@ def upgrade_database(dashboard: Dashboard, writer: MessageWriter) -> int:
                + ", ".join(p.revision for p in status.pending))
     writer.say("Running database migrations...")
     try:
-        run = operations.start_action(dashboard.target(project), history, status.state,
+        run = guard.start_action(dashboard.pinned(project), history, status.state,
                                       "upgrade", "heads", current_user(), background=True)
-    except operations.NothingToDo:  # someone else applied them since we looked
+    except planning.NothingToDo:  # someone else applied them since we looked
         writer.say("Database is up to date: another process applied the migrations.")
         return EXIT_OK
     run = follow_run(dashboard.instance_dir, run.id, writer)
@@ -263,7 +263,7 @@ def follow_run(instance_dir: str, run_id: str, writer: MessageWriter) -> runs.Ru
 
 # ------------------------------------------------------------------ entry point
 
-def report(args: argparse.Namespace, dashboard: Dashboard, writer: MessageWriter) -> int:
+def report(args: argparse.Namespace, dashboard: Target, writer: MessageWriter) -> int:
     """--check, --check-pending or --history, as text or as the API's JSON."""
     _, history, status = dashboard.read_state()
     if args.json:

@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from dashboard.services import dbtools  # noqa: E402
+from dashboard.engines import servers as dbtools  # noqa: E402
 from dashboard.services.backups import take_backup  # noqa: E402
 from dashboard.services.project import Project  # noqa: E402
 from tests.servers import SERVERS, Server  # noqa: E402

@@ -14,12 +14,10 @@ import logging
 import os
 from collections.abc import Mapping
 
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
-
-from dashboard.core import Dashboard
+from dashboard.core import Target
+from dashboard.engines.sqlite import absolute_sqlite_url
 from dashboard.errors import ConfigurationError, DashboardError
-from dashboard.services import operations
+from dashboard.services import guard, planning
 from dashboard.services.audit import current_user
 from dashboard.services.runs import SUCCEEDED, RunRecord
 from dashboard.services.status import PENDING, UNINITIALIZED, UP_TO_DATE
@@ -60,8 +58,8 @@ def auto_migrate_enabled(environ: Mapping[str, str] | None = None) -> bool:
 
 def dashboard_for(alembic_ini: str | None = None, database_url: str | None = None,
                   instance_dir: str | None = None,
-                  environ: Mapping[str, str] | None = None) -> Dashboard:
-    """A Dashboard from the DASHBOARD_* settings of ``environ``, overridden by the arguments.
+                  environ: Mapping[str, str] | None = None) -> Target:
+    """A Target from the DASHBOARD_* settings of ``environ``, overridden by the arguments.
 
     Shared with migrate_db.py, so the command line and the start-up hook
     resolve the same database, lock and instance folder as the dashboard."""
@@ -74,24 +72,8 @@ def dashboard_for(alembic_ini: str | None = None, database_url: str | None = Non
     settings.update({name: value for name, value in overrides.items() if value})
     if settings.get("DASHBOARD_DATABASE_URL"):
         settings["DASHBOARD_DATABASE_URL"] = absolute_sqlite_url(
-            str(settings["DASHBOARD_DATABASE_URL"]))
-    return Dashboard(settings)
-
-
-def absolute_sqlite_url(url: str) -> str:
-    """A relative SQLite path made absolute against the current directory.
-
-    The migration worker runs in the alembic.ini's folder while status and
-    backups resolve paths here; an absolute path names one file for all."""
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
-        return url  # status reports it as unparseable
-    database = parsed.database
-    if (parsed.get_backend_name() != "sqlite" or not database or database == ":memory:"
-            or database.startswith("file:") or os.path.isabs(database)):
-        return url
-    return parsed.set(database=os.path.abspath(database)).render_as_string(hide_password=False)
+            str(settings["DASHBOARD_DATABASE_URL"]), os.getcwd())
+    return Target(settings)
 
 
 def auto_migrate(alembic_ini: str | None = None, database_url: str | None = None,
@@ -120,9 +102,9 @@ def auto_migrate(alembic_ini: str | None = None, database_url: str | None = None
     log.info("Running database migrations... (%d pending, database %s)",
              len(status.pending), status.database.url)
     try:
-        run = operations.start_action(dashboard.target(project), history, status.state,
+        run = guard.start_action(dashboard.pinned(project), history, status.state,
                                       "upgrade", "heads", current_user(), background=False)
-    except operations.NothingToDo:  # another process applied them since we looked
+    except planning.NothingToDo:  # another process applied them since we looked
         log.info("Database migrations were applied by another process")
         return None
     except DashboardError as exc:  # the lock is held, the target is refused...

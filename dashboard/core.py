@@ -1,12 +1,16 @@
-"""The dashboard's long-lived objects for one configuration, Flask-free.
+"""Targets: each named database with its project, Flask-free.
 
-The web app keeps one ``Dashboard`` in ``app.extensions``; the command line
-builds its own from the same settings. Services take what they need from it
-as explicit arguments.
+A *target* is one database and the Alembic project that migrates it: its
+configuration, its project, its status, and what the guard needs to change
+it (where its backups go, its lock, whether it is read-only). The web app
+keeps a ``Registry`` of them in ``app.extensions``; the command line builds
+its own from the same settings. The revision a run goes to is its
+*destination*, never its target.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import subprocess
 
@@ -17,27 +21,54 @@ from dashboard.services.revisions import History, HistoryCache
 from dashboard.settings import REPO_ROOT
 
 
-class Dashboard:
-    """One target database and its project."""
+class Target:
+    """One database and its project: config, project, status, and the guard's needs."""
 
     def __init__(self, settings: dict, *, name: str = "default", read_only: bool = False,
                  backup_dir: str | None = None, lock_dir: str | None = None):
         self.settings = dict(settings)
         self.name = name
         self.read_only = read_only
-        self.backup_dir = backup_dir
+        self.backup_folder = backup_dir  # None: <instance_dir>/backups
         self.lock_dir = lock_dir
         self.instance_dir = str(settings["DASHBOARD_INSTANCE_DIR"])
         self.timeout = float(settings["DASHBOARD_SUBPROCESS_TIMEOUT"])
+        self.retention = int(settings.get("DASHBOARD_BACKUP_RETENTION", 20))
         self._history_cache = HistoryCache(self._import_headers)
         self._sql_cache: dict = {}
+        self._pinned: Project | None = None
+
+    @property
+    def backup_dir(self) -> str:
+        return self.backup_folder or os.path.join(self.instance_dir, "backups")
+
+    @property
+    def locks_dir(self) -> str:
+        """Shared by every target of one dashboard, so one database takes one lock."""
+        return self.lock_dir or self.instance_dir
+
+    def check_writable(self) -> None:
+        from dashboard.errors import Forbidden
+
+        if self.read_only:
+            raise Forbidden("This target is read-only: actions, restores and backups are "
+                            "disabled for it in the targets file.")
+
+    def pinned(self, project: Project) -> Target:
+        """This target with its project read once: what one action works on throughout."""
+        bound = copy.copy(self)
+        bound._pinned = project
+        return bound
 
     def project(self) -> Project:
+        if self._pinned is not None:
+            return self._pinned
         return load_project(
             str(self.settings["DASHBOARD_ALEMBIC_INI"]),
             self.settings.get("DASHBOARD_DATABASE_URL") or None,
             version_table=str(self.settings["DASHBOARD_VERSION_TABLE"]),
             python=str(self.settings["DASHBOARD_PYTHON"]),
+            lock_timeout=float(self.settings.get("DASHBOARD_LOCK_TIMEOUT") or 60),
         )
 
     def history(self, project: Project | None = None) -> History:
@@ -62,21 +93,12 @@ class Dashboard:
                                  self.offline_sql(project, script))
         return project, status, detail
 
-    def target(self, project: Project | None = None):
-        """What the guard needs to change this project's database."""
-        from dashboard.services.operations import Target
-
-        return Target(project or self.project(), self.instance_dir,
-                      int(self.settings.get("DASHBOARD_BACKUP_RETENTION", 20)),
-                      backup_folder=self.backup_dir, lock_dir=self.lock_dir,
-                      read_only=self.read_only)
-
     def reap_interrupted_runs(self) -> list[str]:
         """Mark runs whose process died as failed; at start-up and before actions."""
-        from dashboard.services.operations import reap_interrupted_runs
+        from dashboard.services.recovery import reap_interrupted_runs
 
         try:
-            return reap_interrupted_runs(self.target())
+            return reap_interrupted_runs(self)
         except ConfigurationError:
             return []
 
@@ -113,12 +135,8 @@ class Dashboard:
             project = self.project()
         except ConfigurationError:
             return False
-        from sqlalchemy.engine import make_url
-
-        url = make_url(project.database_url)
-        if url.get_backend_name() != "sqlite" or not url.database:
-            return False
-        if os.path.exists(url.database):
+        # Only a database file that does not exist yet: never over anything.
+        if not project.engine.missing_file(project.database_url):
             return False
         subprocess.run(
             [project.python, "-m", "app_models.seed", project.database_url, "--ini", ini],
@@ -142,11 +160,11 @@ class Registry:
         self.settings = dict(settings)
         root = str(settings["DASHBOARD_INSTANCE_DIR"])
         path = settings.get("DASHBOARD_TARGETS_FILE")
-        self.targets: dict[str, Dashboard] = {}
+        self.targets: dict[str, Target] = {}
         self.errors: dict[str, str] = {}
         if not path:
             self.default = "default"
-            self.targets["default"] = Dashboard(self.settings)
+            self.targets["default"] = Target(self.settings)
             self.multiple = False
             return
         configs, self.default = load_targets_file(str(path))
@@ -166,20 +184,20 @@ class Registry:
             except ConfigurationError as exc:
                 self.errors[config.name] = exc.message
                 overrides["DASHBOARD_DATABASE_URL"] = None
-            self.targets[config.name] = Dashboard(
+            self.targets[config.name] = Target(
                 {**self.settings, **overrides}, name=config.name, read_only=config.read_only,
                 backup_dir=config.backup_dir, lock_dir=root,
             )
 
-    def get(self, name: str | None = None) -> Dashboard:
+    def get(self, name: str | None = None) -> Target:
         from dashboard.errors import NotFound
 
-        dashboard = self.targets.get(name or self.default)
-        if dashboard is None:
+        target = self.targets.get(name or self.default)
+        if target is None:
             raise NotFound(f"No target named '{name}'. Known: {', '.join(self.targets)}.")
-        if dashboard.name in self.errors:
-            raise ConfigurationError(self.errors[dashboard.name])
-        return dashboard
+        if target.name in self.errors:
+            raise ConfigurationError(self.errors[target.name])
+        return target
 
 
 def _mtime(path: str) -> int:

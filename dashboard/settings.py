@@ -81,6 +81,12 @@ SETTINGS: tuple[Setting, ...] = (
         int,
     ),
     Setting(
+        "DASHBOARD_LOCK_TIMEOUT",
+        60,
+        "Seconds a restore (or a run's own statements, where the engine allows) waits for "
+        "another session's locks before it gives up and says so.",
+    ),
+    Setting(
         "DASHBOARD_SECRET_KEY",
         None,
         "Secret for session and CSRF signing. Default: a random key kept in the instance folder.",

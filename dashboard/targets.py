@@ -101,7 +101,7 @@ def _target(name: str, spec, base: str, path: str) -> TargetConfig:
 
     url = spec.get("database_url")
     if url:
-        from dashboard.services.project import absolute_sqlite_url
+        from dashboard.engines.sqlite import absolute_sqlite_url
 
         url = absolute_sqlite_url(url, base)
     return TargetConfig(

@@ -11,12 +11,12 @@ import pytest
 from app_models.seed import SAMPLE_START_REVISION, create_sample_database
 from dashboard.automigrate import (
     AutoMigrateFailed,
-    absolute_sqlite_url,
     auto_migrate,
     auto_migrate_enabled,
 )
+from dashboard.engines.sqlite import absolute_sqlite_url
 from dashboard.errors import ConfigurationError
-from dashboard.services import audit, backups, locking, operations, runs
+from dashboard.services import audit, backups, guard, locking, runs
 from dashboard.services.project import load_project
 from tests.conftest import CHATS, REPO, UNIFIED_REASONING, db_revisions, migrate
 from tests.test_cli import add_failing_revision, table_names
@@ -96,7 +96,7 @@ def test_arguments_override_the_environment(sample_ini, db_url, db_at_chats, ins
 def test_relative_sqlite_paths_are_made_absolute(url, expected, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
 
-    assert absolute_sqlite_url(url) == expected.format(cwd=tmp_path)
+    assert absolute_sqlite_url(url, os.getcwd()) == expected.format(cwd=tmp_path)
 
 
 def test_up_to_date_takes_no_backup(environ, db_at_head, instance_dir):
@@ -123,7 +123,7 @@ def test_a_failed_run_raises_and_the_database_is_unchanged(
 def test_a_held_lock_raises(environ, sample_ini, db_url, db_at_chats, instance_dir):
     project = load_project(str(sample_ini), db_url)
     holder = locking.LockHolder(os.getpid(), "upgrade heads", "run-x", "someone", time.time())
-    with locking.acquire(str(instance_dir), operations.target_key(project), holder), \
+    with locking.acquire(str(instance_dir), guard.lock_key(project), holder), \
             pytest.raises(AutoMigrateFailed, match="already running"):
         auto_migrate(environ=environ)
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from dashboard.engines import sqlite as sqlite_engine
 from dashboard.errors import BackupError, BadRequest, NotFound
 from dashboard.services import backups
 from dashboard.services.backups import (
@@ -147,8 +148,8 @@ def test_backup_while_the_application_writes(tmp_path, instance, monkeypatch, jo
                                              fast_copy):
     # Small steps, so the writer's commits land between them and SQLite restarts the copy;
     # or the whole file copied under a read lock (rollback-journal mode).
-    monkeypatch.setattr(backups, "COPY_STEP_BYTES", 64 * 1024)
-    monkeypatch.setattr(backups, "FAST_COPY", fast_copy)
+    monkeypatch.setattr(sqlite_engine, "COPY_STEP_BYTES", 64 * 1024)
+    monkeypatch.setattr(sqlite_engine, "FAST_COPY", fast_copy)
     source = make_database(tmp_path / "app.db", rows=3000, payload=1000,
                            journal_mode=journal_mode)
     stop, errors, commits = threading.Event(), [], []

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from dashboard.services import audit, backups, locking, operations
+from dashboard.services import audit, backups, guard, locking
 from dashboard.services.project import load_project
 from tests.conftest import (
     CHATS,
@@ -232,7 +232,7 @@ def test_a_held_lock_exits_3(run_cli, sample_ini, db_url, db_at_chats, instance_
     project = load_project(str(sample_ini), db_url)
     holder = locking.LockHolder(os.getpid(), "upgrade heads", "run-elsewhere", "someone",
                                 time.time())
-    with locking.acquire(str(instance_dir), operations.target_key(project), holder):
+    with locking.acquire(str(instance_dir), guard.lock_key(project), holder):
         result = run_cli()
 
     assert result.returncode == 3, result.stdout + result.stderr

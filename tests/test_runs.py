@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from dashboard.services import backups, locking, operations
+from dashboard.services import backups, guard, locking
 from tests.conftest import (
     CHATS,
     DOCUMENTS,
@@ -215,7 +215,7 @@ def test_lock_held_by_another_process_refuses_and_a_dead_holder_frees_it(
             import sys, time
             sys.path.insert(0, {str(REPO)!r})
             from dashboard.services import locking
-            lock = locking.acquire({str(instance_dir)!r}, {operations.target_key(project)!r},
+            lock = locking.acquire({str(instance_dir)!r}, {guard.lock_key(project)!r},
                 locking.LockHolder(0, "upgrade heads", "other-run", "someone", time.time()))
             print("held", flush=True)
             time.sleep(60)
@@ -229,12 +229,12 @@ def test_lock_held_by_another_process_refuses_and_a_dead_holder_frees_it(
         assert "someone" in refused.get_json()["error"]["message"]
         banner = client.get("/").get_data(as_text=True)
         assert 'id="lock-holder"' in banner and "someone" in banner
-        assert locking.read_holder(str(instance_dir), operations.target_key(project)) is not None
+        assert locking.read_holder(str(instance_dir), guard.lock_key(project)) is not None
     finally:
         os.kill(holder.pid, signal.SIGKILL)
         holder.wait()
         holder.stdout.close()
-    assert locking.read_holder(str(instance_dir), operations.target_key(project)) is None
+    assert locking.read_holder(str(instance_dir), guard.lock_key(project)) is None
     assert run_to_end(client, "upgrade", "heads")["status"] == "succeeded"
 
 

@@ -20,10 +20,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import URL, make_url
 
+from dashboard.engines import ENGINES, servers
 from dashboard.errors import BackupError
-from dashboard.services import backups, dbtools
 from dashboard.services.backups import (
-    FORMATS,
     get_backup,
     list_backups,
     restore_backup_file,
@@ -154,7 +153,7 @@ def test_restore_brings_back_exactly_the_backed_up_state(
     after = snapshot(source)
     assert after == before
     assert "added_later" not in after["schema"] and after["views"] == []
-    assert FORMATS[project.dialect].live_revisions(project) == (UNIFIED_REASONING,)
+    assert project.engine.live_revisions(project) == (UNIFIED_REASONING,)
     if server.postgres:
         assert server.scalars("SELECT nspname FROM pg_namespace WHERE nspname = 'later_schema' "
                               "OR nspname = 'public'", database=database) == ["public"]
@@ -243,14 +242,14 @@ def test_a_damaged_dump_fails_its_check_and_its_scratch_database_is_dropped(
     damaged = tmp_path / ("damaged" + EXTENSION[server.name])
     damaged.write_bytes(content[: len(content) * 2 // 3])
 
-    check = FORMATS[project.dialect].check(str(damaged), "alembic_version", project)
+    check = project.engine.check(str(damaged), "alembic_version", project)
 
     assert check.ok is False
     assert check.detail
     assert leftovers(server, database) == []
     with pytest.raises(BackupError):
-        FORMATS[project.dialect].restore(project, str(damaged))
-    assert FORMATS[project.dialect].live_revisions(project) == (UNIFIED_REASONING,)
+        project.engine.restore(project, str(damaged))
+    assert project.engine.live_revisions(project) == (UNIFIED_REASONING,)
 
 
 # ---------------------------------------------------------------- refusals
@@ -485,18 +484,18 @@ def test_passwords_with_special_characters_work(server, database, sample_ini, in
 
 
 def test_credential_files_are_private_and_removed():
-    address = dbtools.ServerAddress("mysql", "app", "db.example", 3306, "u", 'p"w\\x')
-    with dbtools.mariadb_option_file(address) as path:
+    address = servers.ServerAddress("mysql", "app", "db.example", 3306, "u", 'p"w\\x')
+    with servers.mariadb_option_file(address) as path:
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
         assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o700
         content = Path(path).read_text()
         assert 'password="p\\"w\\\\x"' in content and "protocol=TCP" in content
     assert not os.path.exists(path) and not os.path.exists(os.path.dirname(path))
 
-    postgres = dbtools.ServerAddress("postgresql", "app", "db.example", 5432, "u", "a:b\\c")
+    postgres = servers.ServerAddress("postgresql", "app", "db.example", 5432, "u", "a:b\\c")
     os.environ["PGPASSWORD"] = "inherited"
     try:
-        with dbtools.postgres_environment(postgres) as env:
+        with servers.postgres_environment(postgres) as env:
             passfile = env["PGPASSFILE"]
             assert stat.S_IMODE(os.stat(passfile).st_mode) == 0o600
             assert Path(passfile).read_text() == "*:*:*:*:a\\:b\\\\c\n"
@@ -508,17 +507,17 @@ def test_credential_files_are_private_and_removed():
 
 
 def test_tool_versions_are_read_as_the_tools_print_them():
-    assert dbtools.parse_version("pg_dump (PostgreSQL) 15.20 (Debian 15.20-0+deb12u1)") == \
+    assert servers.parse_version("pg_dump (PostgreSQL) 15.20 (Debian 15.20-0+deb12u1)") == \
         (15, 20)
-    assert dbtools.parse_version("pg_dump (PostgreSQL) 9.6.0") == (9, 6, 0)
-    assert dbtools.postgres_major((9, 6, 0)) == (9, 6) < dbtools.postgres_major((15, 2))
-    assert dbtools.parse_version(
+    assert servers.parse_version("pg_dump (PostgreSQL) 9.6.0") == (9, 6, 0)
+    assert servers.postgres_major((9, 6, 0)) == (9, 6) < servers.postgres_major((15, 2))
+    assert servers.parse_version(
         "mariadb-dump  Ver 10.19 Distrib 10.11.19-MariaDB, for debian-linux-gnu") == (10, 11, 19)
-    assert dbtools.parse_version("mysqldump  Ver 8.0.36 for Linux on x86_64") == (8, 0, 36)
+    assert servers.parse_version("mysqldump  Ver 8.0.36 for Linux on x86_64") == (8, 0, 36)
 
 
 def test_scratch_names_fit_the_servers_limits():
     long_name = "é" * 40  # 80 bytes in UTF-8
-    postgres = backups._scratch_name(long_name, postgres=True)
+    postgres = ENGINES["postgresql"].scratch_name(long_name)
     assert len(postgres.encode()) <= 63 and re.search(r"_mdverify_[0-9a-f]{8}$", postgres)
-    assert len(backups._scratch_name("x" * 64, postgres=False)) <= 64
+    assert len(ENGINES["mysql"].scratch_name("x" * 64)) <= 64

@@ -204,7 +204,7 @@ def test_password_never_shown_stored_or_on_a_command_line(server_db, sample_ini,
 
 
 def test_the_page_shows_who_holds_the_database_lock(server_db, sample_ini, tmp_path):
-    from dashboard.services import locking, operations
+    from dashboard.services import locking
 
     server, name = server_db
     url = server.url(name)
@@ -212,8 +212,7 @@ def test_the_page_shows_who_holds_the_database_lock(server_db, sample_ini, tmp_p
     client = _client(sample_ini, url, tmp_path / "inst")
     project = client.application.extensions["dashboard"].project()
     holder = locking.LockHolder(0, "upgrade heads", "elsewhere", "colleague", time.time())
-    lock = locking.acquire_engine_lock(lambda: operations._open_connection(project),
-                                       project.dialect, holder)
+    lock = project.engine.acquire_lock(project, holder)
     try:
         page = client.get("/").get_data(as_text=True)
         assert 'id="lock-holder"' in page and "already running on this database" in page

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import os
 
-from dashboard.core import Dashboard
-from dashboard.services import operations, runs
+from dashboard.core import Target
+from dashboard.services import guard, runs
 from dashboard.settings import settings_from_environ
 from tests.conftest import CHATS, UNIFIED_REASONING, db_revisions, migrate
 
 
 def _dashboard(ini, url, instance_dir):
-    return Dashboard(settings_from_environ({
+    return Target(settings_from_environ({
         "DASHBOARD_ALEMBIC_INI": str(ini), "DASHBOARD_DATABASE_URL": url,
         "DASHBOARD_INSTANCE_DIR": str(instance_dir), "DASHBOARD_SEED_SAMPLE": "false",
     }))
@@ -23,7 +23,7 @@ def test_start_action_closes_the_worker_pipe(sample_ini, db_url, db_path, instan
     dashboard = _dashboard(sample_ini, db_url, instance_dir)
     project, history, status = dashboard.read_state()
 
-    run = operations.start_action(dashboard.target(project), history, status.state,
+    run = guard.start_action(dashboard.pinned(project), history, status.state,
                                   "upgrade", "heads", "tester", background=False)
 
     assert run.status == runs.SUCCEEDED
@@ -42,7 +42,7 @@ def test_a_relative_sqlite_url_names_the_same_file_for_status_backup_and_worker(
     project, history, status = dashboard.read_state()
     assert status.current == [CHATS]
 
-    run = operations.start_action(dashboard.target(project), history, status.state,
+    run = guard.start_action(dashboard.pinned(project), history, status.state,
                                   "upgrade", "heads", "tester", background=False)
 
     assert not (sample_ini.parent / "rel.db").exists()

@@ -37,19 +37,6 @@ def worker_environment(project: Project) -> dict[str, str]:
     return env
 
 
-def scrub(text: str, project: Project) -> str:
-    """Remove the database password from any text the project printed."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        password = make_url(project.database_url).password
-    except Exception:
-        password = None
-    if password:
-        text = text.replace(str(password), "***")
-    return text
-
-
 def parse_events(output: str) -> list[dict]:
     events = []
     for line in output.splitlines():
@@ -81,9 +68,9 @@ def call_worker(project: Project, args: list[str], timeout: float) -> list[dict]
     events = parse_events(proc.stdout)
     for event in events:
         if event.get("event") == "error":
-            raise WorkerFailed(scrub(event.get("error", "unknown error"), project))
+            raise WorkerFailed(project.scrub(event.get("error", "unknown error")))
     if not events:
-        tail = scrub(proc.stderr.strip()[-2000:], project)
+        tail = project.scrub(proc.stderr.strip()[-2000:])
         raise WorkerFailed(f"The worker exited with status {proc.returncode}: {tail}")
     return events
 
@@ -102,7 +89,7 @@ def import_headers(project: Project, paths: list[str], timeout: float
         if not data:
             out[path] = UnreadableFile(path, "the import gave no result")
         elif "error" in data:
-            out[path] = UnreadableFile(path, scrub(data["error"], project))
+            out[path] = UnreadableFile(path, project.scrub(data["error"]))
         else:
             out[path] = RevisionHeader(
                 path=path,
@@ -137,7 +124,7 @@ def offline_sql(project: Project, revision: str, timeout: float) -> OfflineSql:
     return OfflineSql(
         upgrade_sql=up.get("sql"),
         downgrade_sql=down.get("sql"),
-        upgrade_error=scrub(up["error"], project) if up.get("error") else (None if up else missing),
-        downgrade_error=(scrub(down["error"], project) if down.get("error")
+        upgrade_error=project.scrub(up["error"]) if up.get("error") else (None if up else missing),
+        downgrade_error=(project.scrub(down["error"]) if down.get("error")
                          else (None if down else missing)),
     )

@@ -12,10 +12,14 @@ import getpass
 import os
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar
 
 from sqlalchemy import insert, select
 
 from dashboard.services import store
+
+if TYPE_CHECKING:
+    from dashboard.core import Target
 
 
 @dataclass(frozen=True)
@@ -75,3 +79,173 @@ def list_entries(instance_dir: str, limit: int = 500) -> list[AuditEntry]:
                       "to_revs": tuple(store.loads(row["to_revs"]))})
         for row in rows
     ]
+
+
+# ------------------------------------------------------------------ events
+# One dataclass per kind of entry, each saying when it is written; the guard
+# builds one and ``record_event`` fills in the database and writes it.
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuditEvent:
+    """Something the dashboard did, or refused to do, to a target database."""
+
+    name: ClassVar[str] = ""
+    outcome: ClassVar[str] = "succeeded"
+    user: str = field(default_factory=lambda: current_user())
+    action: str | None = None
+    destination: str | None = None  # the revision an action went to, or a backup id
+    from_revs: tuple[str, ...] = ()
+    to_revs: tuple[str, ...] = ()
+    backup_id: str | None = None
+    run_id: str | None = None
+    duration: float | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ActionSucceeded(AuditEvent):
+    """An upgrade, downgrade or stamp ran to its end behind a verified backup."""
+
+    name: ClassVar[str] = "action_succeeded"
+    outcome: ClassVar[str] = "succeeded"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ActionRefused(AuditEvent):
+    """The backup before an action failed, so nothing ran."""
+
+    name: ClassVar[str] = "action_refused"
+    outcome: ClassVar[str] = "failed"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ActionFailed(AuditEvent):
+    """A step failed and putting the database back failed too: it needs a person."""
+
+    name: ClassVar[str] = "action_failed"
+    outcome: ClassVar[str] = "failed"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ActionRestored(AuditEvent):
+    """A step failed; the pre-action backup was restored and checked."""
+
+    name: ClassVar[str] = "action_restored"
+    outcome: ClassVar[str] = "restored"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ActionRolledBack(AuditEvent):
+    """A step failed; the action's one transaction was rolled back."""
+
+    name: ClassVar[str] = "action_rolled_back"
+    outcome: ClassVar[str] = "restored"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ActionCancelled(AuditEvent):
+    """A person cancelled a running action; the database was put back."""
+
+    name: ClassVar[str] = "action_cancelled"
+    outcome: ClassVar[str] = "cancelled"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ActionInterrupted(AuditEvent):
+    """The process running an action died before it finished."""
+
+    name: ClassVar[str] = "action_interrupted"
+    outcome: ClassVar[str] = "failed"
+
+
+@dataclass(frozen=True, kw_only=True)
+class DatabaseCreated(AuditEvent):
+    """An upgrade created a SQLite database that did not exist."""
+
+    name: ClassVar[str] = "database_created"
+    outcome: ClassVar[str] = "succeeded"
+
+
+@dataclass(frozen=True, kw_only=True)
+class DatabaseCreationUndone(AuditEvent):
+    """An upgrade that created a database failed; the new file was removed."""
+
+    name: ClassVar[str] = "database_creation_undone"
+    outcome: ClassVar[str] = "restored"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RestoreSucceeded(AuditEvent):
+    """A backup was restored into the database (after a backup of the state it replaced)."""
+
+    name: ClassVar[str] = "restore_succeeded"
+    outcome: ClassVar[str] = "succeeded"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RestoreRefused(AuditEvent):
+    """The backup of the current state failed, so the restore did not start."""
+
+    name: ClassVar[str] = "restore_refused"
+    outcome: ClassVar[str] = "failed"
+
+
+@dataclass(frozen=True, kw_only=True)
+class BackupTaken(AuditEvent):
+    """A manual backup was taken and verified."""
+
+    name: ClassVar[str] = "backup_taken"
+    outcome: ClassVar[str] = "succeeded"
+
+
+@dataclass(frozen=True, kw_only=True)
+class BackupFailed(AuditEvent):
+    """A manual backup could not be taken or verified."""
+
+    name: ClassVar[str] = "backup_failed"
+    outcome: ClassVar[str] = "failed"
+
+
+@dataclass(frozen=True, kw_only=True)
+class BackupVerified(AuditEvent):
+    """A backup was checked again, and passed."""
+
+    name: ClassVar[str] = "backup_verified"
+    outcome: ClassVar[str] = "succeeded"
+
+
+@dataclass(frozen=True, kw_only=True)
+class BackupVerificationFailed(AuditEvent):
+    """A backup was checked again, and failed."""
+
+    name: ClassVar[str] = "backup_verification_failed"
+    outcome: ClassVar[str] = "failed"
+
+
+@dataclass(frozen=True, kw_only=True)
+class BackupDeleted(AuditEvent):
+    """A person deleted a backup."""
+
+    name: ClassVar[str] = "backup_deleted"
+    outcome: ClassVar[str] = "succeeded"
+
+
+@dataclass(frozen=True, kw_only=True)
+class BackupExpired(AuditEvent):
+    """Retention deleted an old backup after a newer one was taken."""
+
+    name: ClassVar[str] = "backup_expired"
+    outcome: ClassVar[str] = "succeeded"
+
+
+def record_event(target: Target, event: AuditEvent) -> None:
+    """Write one event for ``target``: its database masked, any error scrubbed."""
+    project = target.project()
+    record(target.instance_dir, AuditEntry(
+        event=event.name, outcome=event.outcome, database=project.masked_url,
+        user=event.user, action=event.action, target=event.destination,
+        from_revs=tuple(event.from_revs), to_revs=tuple(event.to_revs),
+        backup_id=event.backup_id, run_id=event.run_id, duration=event.duration,
+        error=project.scrub(event.error) if event.error else None,
+    ))

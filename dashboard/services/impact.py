@@ -58,7 +58,7 @@ def live_columns(project) -> dict[str, list[str]]:
 
 def preview_action(dashboard, project, history, status, action: str, target: str):
     """The plan of an action and, for downgrades, what each step drops."""
-    from dashboard.services.operations import plan_action, resulting_revisions
+    from dashboard.services.planning import plan_action, resulting_revisions
 
     plan = plan_action(history, tuple(status.current), action, target, status.state)
     drops: dict[str, list[str]] = {}

@@ -13,10 +13,11 @@ from pathlib import Path
 
 from alembic.config import Config
 from alembic.util import CommandError, coerce_resource_to_filename
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
 
+from dashboard.engines import DatabaseEngine, backend_name, engine_for
+from dashboard.engines.sqlite import absolute_sqlite_url
 from dashboard.errors import ConfigurationError
+from dashboard.redact import mask_url, scrub
 
 
 @dataclass(frozen=True)
@@ -28,41 +29,24 @@ class Project:
     database_url: str  # may hold a password: never render it, use masked_url
     version_table: str
     python: str
+    lock_timeout: float = 60.0  # seconds a restore waits for other sessions' locks
 
     @property
     def masked_url(self) -> str:
         return mask_url(self.database_url)
 
+    def scrub(self, text: str | None) -> str:
+        """``text`` without this database's password, in any of its forms."""
+        return scrub(text, self.database_url)
+
     @property
     def dialect(self) -> str:
-        try:
-            return make_url(self.database_url).get_backend_name()
-        except ArgumentError:
-            return "unknown"
+        return backend_name(self.database_url)
 
-
-def mask_url(url: str) -> str:
-    """The URL with any password replaced by ***; never raises."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except (ArgumentError, ValueError):
-        # Not a URL SQLAlchemy understands: show only its scheme.
-        return url.split(":", 1)[0] + ":<unparseable URL>"
-
-
-def absolute_sqlite_url(url: str, base: str) -> str:
-    """A relative SQLite path made absolute once, so status, backup, lock and
-    the worker (which runs in the ini's folder) all name the same file."""
-    try:
-        parsed = make_url(url)
-    except (ArgumentError, ValueError):
-        return url
-    database = parsed.database
-    if (parsed.get_backend_name() != "sqlite" or not database or database == ":memory:"
-            or database.startswith("file:") or os.path.isabs(database)):
-        return url
-    absolute = parsed.set(database=os.path.normpath(os.path.join(base, database)))
-    return absolute.render_as_string(hide_password=False)
+    @property
+    def engine(self) -> DatabaseEngine:
+        """What this database's engine does differently (backups, locks, DDL)."""
+        return engine_for(self.database_url)
 
 
 def load_project(
@@ -70,6 +54,7 @@ def load_project(
     database_url: str | None,
     version_table: str = "alembic_version",
     python: str = "python3",
+    lock_timeout: float = 60.0,
 ) -> Project:
     if not os.path.isfile(ini_path):
         raise ConfigurationError(
@@ -114,4 +99,5 @@ def load_project(
         database_url=url,
         version_table=version_table,
         python=python,
+        lock_timeout=float(lock_timeout),
     )

@@ -6,17 +6,14 @@ create a missing database file), servers with a short connect timeout.
 
 from __future__ import annotations
 
-import os
-import sqlite3
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import create_engine, inspect
-from sqlalchemy.engine import make_url
-from sqlalchemy.pool import NullPool
+from sqlalchemy import inspect
 
+from dashboard.engines import DatabaseUnreachable
 from dashboard.errors import ConfigurationError
-from dashboard.services.alembic_process import scrub
 from dashboard.services.project import Project
 from dashboard.services.revisions import (
     History,
@@ -25,15 +22,22 @@ from dashboard.services.revisions import (
     unknown_revisions,
 )
 
-UP_TO_DATE = "up_to_date"
-PENDING = "pending"
-UNINITIALIZED = "uninitialized"
-UNKNOWN_REVISION = "unknown_revision"
-UNREACHABLE = "unreachable"
+
+class State(StrEnum):
+    """Where a database stands against its project's history."""
+
+    UP_TO_DATE = "up_to_date"
+    PENDING = "pending"
+    UNINITIALIZED = "uninitialized"  # no version table
+    UNKNOWN_REVISION = "unknown_revision"  # a revision no script defines
+    UNREACHABLE = "unreachable"  # cannot be opened or read
 
 
-class DatabaseUnreachable(Exception):
-    pass
+UP_TO_DATE = State.UP_TO_DATE
+PENDING = State.PENDING
+UNINITIALIZED = State.UNINITIALIZED
+UNKNOWN_REVISION = State.UNKNOWN_REVISION
+UNREACHABLE = State.UNREACHABLE
 
 
 @dataclass(frozen=True)
@@ -57,7 +61,7 @@ class PendingRevision:
 
 @dataclass
 class MigrationStatus:
-    state: str
+    state: State
     database: DatabaseInfo
     current: list[str] = field(default_factory=list)
     heads: list[str] = field(default_factory=list)
@@ -70,7 +74,7 @@ class MigrationStatus:
 
     def as_json(self) -> dict:
         return {
-            "state": self.state,
+            "state": str(self.state),
             "current": sorted(self.current),
             "heads": sorted(self.heads),
             "pending": [{"revision": p.revision, "message": p.message} for p in self.pending],
@@ -81,52 +85,14 @@ class MigrationStatus:
         }
 
 
-def _sqlite_path(project: Project) -> str | None:
-    url = make_url(project.database_url)
-    database = url.database
-    if not database or database == ":memory:" or database.startswith("file:"):
-        return None
-    return database
-
-
 def missing_sqlite_file(project: Project) -> str | None:
-    """The path of a SQLite database that does not exist yet in an existing folder."""
-    try:
-        if make_url(project.database_url).get_backend_name() != "sqlite":
-            return None
-    except Exception:
-        return None
-    path = _sqlite_path(project)
-    if path and not os.path.exists(path) and os.path.isdir(os.path.dirname(path) or "."):
-        return path
-    return None
+    """The path of a database file that does not exist yet, which an upgrade creates."""
+    return project.engine.missing_file(project.database_url)
 
 
 def open_engine(project: Project, read_only: bool = True):
-    """An engine on the target; for SQLite files read-only unless asked otherwise."""
-    try:
-        url = make_url(project.database_url)
-    except Exception as exc:
-        raise DatabaseUnreachable(f"The database URL cannot be parsed: {exc}") from exc
-    if url.get_backend_name() == "sqlite":
-        path = _sqlite_path(project)
-        if path is not None:
-            if not os.path.exists(path):
-                raise DatabaseUnreachable(f"The SQLite database file does not exist: {path}")
-            mode = "ro" if read_only else "rw"
-            uri = f"file:{path}?mode={mode}"
-            return create_engine(
-                "sqlite://",
-                creator=lambda: sqlite3.connect(uri, uri=True, timeout=2, check_same_thread=False),
-                poolclass=NullPool,
-            )
-    connect_args = {}
-    if url.get_backend_name() in ("postgresql", "mysql", "mariadb"):
-        connect_args["connect_timeout"] = 5
-    try:
-        return create_engine(url, poolclass=NullPool, connect_args=connect_args)
-    except Exception as exc:  # missing driver, bad options
-        raise DatabaseUnreachable(scrub(f"{type(exc).__name__}: {exc}", project)) from exc
+    """An engine on the target (SQLite files read-only unless asked otherwise)."""
+    return project.engine.open_engine(project.database_url, read_only)
 
 
 def read_database_revisions(project: Project) -> DatabaseRevisions:
@@ -145,7 +111,7 @@ def read_database_revisions(project: Project) -> DatabaseRevisions:
         raise
     except Exception as exc:
         message = getattr(exc, "orig", None) or exc
-        raise DatabaseUnreachable(scrub(f"{type(message).__name__}: {message}", project)) from exc
+        raise DatabaseUnreachable(project.scrub(f"{type(message).__name__}: {message}")) from exc
     finally:
         engine.dispose()
 

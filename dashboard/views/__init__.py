@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, g
 
-from dashboard.core import Dashboard, Registry
+from dashboard.core import Registry, Target
 
 TARGET_PREFIX = "/targets/<target>"
 
@@ -42,5 +42,5 @@ def registry() -> Registry:
     return current_app.extensions["dashboard_registry"]
 
 
-def current_dashboard() -> Dashboard:
+def current_dashboard() -> Target:
     return registry().get(g.get("target_name"))

@@ -13,7 +13,7 @@ from flask import (
 )
 
 from dashboard.errors import BadRequest, DashboardError, NotFound
-from dashboard.services import audit, backups, operations, runs
+from dashboard.services import audit, backups, guard, runs
 from dashboard.services.audit import current_user
 from dashboard.services.impact import preview_action
 from dashboard.services.inspection import revision_messages
@@ -47,7 +47,7 @@ def start():
     dashboard = current_dashboard()
     action, target = _form_value("action"), _form_value("target")
     project, history, status = dashboard.read_state()
-    run = operations.start_action(dashboard.target(project), history, status.state,
+    run = guard.start_action(dashboard.pinned(project), history, status.state,
                                   action, target, current_user())
     return redirect(url_for("actions.run_page", run_id=run.id), code=303)
 
@@ -85,7 +85,7 @@ def _messages(dashboard) -> dict[str, str]:
 @bp.post("/runs/<run_id>/cancel")
 def cancel(run_id: str):
     dashboard = current_dashboard()
-    operations.cancel_run(dashboard.target(), run_id, current_user())
+    guard.cancel_run(dashboard, run_id, current_user())
     return redirect(url_for("actions.run_page", run_id=run_id), code=303)
 
 
@@ -100,7 +100,7 @@ def backups_page():
 @bp.post("/backups")
 def backup_now():
     dashboard = current_dashboard()
-    record = operations.backup_now(dashboard.target(), current_user())
+    record = guard.backup_now(dashboard, current_user())
     return redirect(url_for("actions.backups_page", taken=record.id) + f"#b-{record.id}",
                     code=303)
 
@@ -137,14 +137,14 @@ def restore_preview(backup_id: str):
 @bp.post("/backups/<backup_id>/restore")
 def restore(backup_id: str):
     dashboard = current_dashboard()
-    run = operations.start_restore(dashboard.target(), backup_id, current_user())
+    run = guard.start_restore(dashboard, backup_id, current_user())
     return redirect(url_for("actions.run_page", run_id=run.id), code=303)
 
 
 @bp.post("/backups/<backup_id>/delete")
 def delete(backup_id: str):
     dashboard = current_dashboard()
-    operations.delete_backup(dashboard.target(), backup_id, current_user())
+    guard.delete_backup(dashboard, backup_id, current_user())
     return redirect(url_for("actions.backups_page"), code=303)
 
 

@@ -9,7 +9,7 @@ from werkzeug.exceptions import Forbidden, UnsupportedMediaType
 
 from dashboard import security
 from dashboard.errors import BadRequest, NotFound
-from dashboard.services import audit, backups, inspection, operations, runs
+from dashboard.services import audit, backups, guard, inspection, runs
 from dashboard.services.audit import current_user
 from dashboard.views import TargetBlueprint, current_dashboard, init_target_urls, registry
 
@@ -95,7 +95,7 @@ def create_run():
         raise BadRequest('Send {"action": "upgrade"|"downgrade"|"stamp", "target": "..."}.')
     dashboard = current_dashboard()
     project, history, state = dashboard.read_state()
-    run = operations.start_action(dashboard.target(project), history, state.state,
+    run = guard.start_action(dashboard.pinned(project), history, state.state,
                                   action, target, current_user())
     return _run_created(run)
 
@@ -118,7 +118,7 @@ def run(run_id: str):
 def cancel_run(run_id: str):
     _json_body()
     dashboard = current_dashboard()
-    record = operations.cancel_run(dashboard.target(), run_id, current_user())
+    record = guard.cancel_run(dashboard, run_id, current_user())
     return jsonify(record.as_json()), 202
 
 
@@ -132,7 +132,7 @@ def list_backups():
 def create_backup():
     _json_body()
     dashboard = current_dashboard()
-    record = operations.backup_now(dashboard.target(), current_user())
+    record = guard.backup_now(dashboard, current_user())
     return jsonify(record.as_json()), 201
 
 
@@ -153,13 +153,13 @@ def verify_backup(backup_id: str):
 def restore_backup(backup_id: str):
     _json_body()
     dashboard = current_dashboard()
-    return _run_created(operations.start_restore(dashboard.target(), backup_id, current_user()))
+    return _run_created(guard.start_restore(dashboard, backup_id, current_user()))
 
 
 @bp.delete("/backups/<backup_id>")
 def delete_backup(backup_id: str):
     dashboard = current_dashboard()
-    operations.delete_backup(dashboard.target(), backup_id, current_user())
+    guard.delete_backup(dashboard, backup_id, current_user())
     return "", 204
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import g, render_template
 
-from dashboard.services import inspection, operations, runs
+from dashboard.services import guard, inspection, runs
 from dashboard.views import TargetBlueprint, current_dashboard, init_target_urls, registry
 
 bp = TargetBlueprint("pages", __name__)
@@ -23,7 +23,7 @@ def overview():
         "overview.html", project=project, history=history, status=status,
         summaries=inspection.revision_summaries(history, status),
         run=recent[0] if recent else None,
-        lock_holder=operations.lock_holder(dashboard.target(project)),
+        lock_holder=guard.lock_holder(dashboard.pinned(project)),
         messages=inspection.revision_messages(history),
     )
 

@@ -12,8 +12,10 @@ tables) go through SQLAlchemy with the drivers the dashboard ships.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import tempfile
@@ -21,14 +23,17 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from urllib.parse import quote, quote_plus
 
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
+from dashboard.engines.base import NOT_RUN, DatabaseEngine, FileCheck
 from dashboard.errors import BackupError
+from dashboard.redact import scrub
+
+log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_SECONDS = 10
 STDERR_LIMIT = 4000
@@ -73,7 +78,7 @@ class ServerAddress:
         return f"database {database or self.database} on {where}{port}{user}"
 
     def scrub(self, message: str) -> str:
-        return scrub(message, self.password)
+        return scrub(message, secret=self.password)
 
 
 def server_address(url: str, family: str) -> ServerAddress:
@@ -109,15 +114,6 @@ def server_address(url: str, family: str) -> ServerAddress:
         family=family, database=parsed.database, host=parsed.host, port=parsed.port,
         user=parsed.username, password=parsed.password, query=tuple(query),
     )
-
-
-def scrub(message: str, secret: str | None) -> str:
-    """The message without the password, in plain or URL-quoted form."""
-    if not secret:
-        return message
-    for form in {secret, quote(secret, safe=""), quote_plus(secret)}:
-        message = message.replace(form, "***")
-    return message
 
 
 # ---------------------------------------------------------------- SQL connections
@@ -395,3 +391,196 @@ def _tail(handle) -> str:
     handle.seek(max(0, size - STDERR_LIMIT))
     data = handle.read().decode("utf-8", "replace")
     return ("…" if size > STDERR_LIMIT else "") + data
+
+
+# ---------------------------------------------------------------- engines
+
+SCRATCH_MARK = "mdverify"
+
+
+class ServerEngine(DatabaseEngine):
+    """What PostgreSQL and MariaDB/MySQL share: an address, SQL reads, scratch databases."""
+
+    family = ""  # "postgresql" or "mysql": which client tools and driver
+    scratch_name_limit = 64
+    holds_off_writers = False
+
+    def connect_args(self) -> dict:
+        return {"connect_timeout": 5}
+
+    def address(self, project) -> ServerAddress:
+        return server_address(project.database_url, self.family)
+
+    def source_name(self, project) -> str:
+        return self.address(project).database
+
+    def live_revisions(self, project) -> tuple[str, ...]:
+        return live_revisions(self.address(project), project.version_table)
+
+    def check_live(self, project) -> FileCheck:
+        address = self.address(project)
+        try:
+            revisions = live_revisions(address, project.version_table, after="")
+        except BackupError as exc:
+            return FileCheck(False, exc.message.rstrip(". "), ())
+        return FileCheck(True, f"{project.version_table} read", revisions)
+
+    # Scratch databases, where a backup is restored to be verified.
+
+    def create_scratch(self, conn: Connection, name: str) -> None:
+        raise NotImplementedError
+
+    def drop_scratch_sql(self, quoted_name: str) -> str:
+        return f"DROP DATABASE IF EXISTS {quoted_name}"
+
+    def scratch_privilege(self, name: str) -> str:
+        return "the right to create databases"
+
+    def scratch_name(self, database: str) -> str:
+        suffix = f"_{SCRATCH_MARK}_{secrets.token_hex(4)}"
+        stem = database.encode()[:self.scratch_name_limit - len(suffix)]
+        return stem.decode("utf-8", "ignore") + suffix
+
+    @contextmanager
+    def scratch_database(self, address: ServerAddress) -> Iterator[str]:
+        """A new, empty database beside the target, dropped afterwards whatever happens."""
+        name = self.scratch_name(address.database)
+        with connect(address) as conn:
+            quote = conn.dialect.identifier_preparer.quote_identifier
+            try:
+                self.create_scratch(conn, name)
+            except SQLAlchemyError as exc:
+                raise BackupError(
+                    f"The backup cannot be verified: a scratch database cannot be created "
+                    f"({driver_message(exc, address)}). Its user needs "
+                    f"{self.scratch_privilege(name)}") from exc
+        try:
+            yield name
+        finally:
+            try:
+                with connect(address) as conn:
+                    conn.execute(text(self.drop_scratch_sql(quote(name))))
+            except (BackupError, SQLAlchemyError) as exc:
+                said = exc.message if isinstance(exc, BackupError) else \
+                    driver_message(exc, address)
+                log.error("the scratch database %s could not be dropped: %s", name, said)
+
+    # The database's own lock. A file lock serialises the processes of one
+    # machine; two dashboards on two machines (or a dashboard and an
+    # application auto-migrating) meet only at the database, so the lock is
+    # also taken there, on a dedicated connection held for the whole action,
+    # and released by the server when that connection ends.
+
+    def acquire_lock(self, project, holder) -> SessionLock:
+        from dashboard.services.locking import LockHeld
+
+        engine = self.open_engine(project.database_url, read_only=False)
+        try:
+            connection = engine.connect()
+        except Exception as exc:
+            engine.dispose()
+            from dashboard.engines.base import DatabaseUnreachable
+
+            raise DatabaseUnreachable(scrub(f"{type(exc).__name__}: {exc}",
+                                            project.database_url)) from exc
+        try:
+            connection = connection.execution_options(isolation_level="AUTOCOMMIT")
+            if not self.try_lock(connection, holder):
+                who = self.describe_holder(connection)
+                raise LockHeld(f"A migration is already running on this database ({who}).")
+        except Exception:
+            connection.close()
+            engine.dispose()
+            raise
+        return SessionLock(engine, connection, self)
+
+    def lock_holder(self, project) -> str | None:
+        from dashboard.engines.base import DatabaseUnreachable
+
+        try:
+            engine = self.open_engine(project.database_url, read_only=True)
+            connection = engine.connect()
+        except DatabaseUnreachable:
+            return None
+        except Exception:
+            return None
+        try:
+            if not self.lock_is_held(connection):
+                return None
+            return f"A migration is already running on this database " \
+                   f"({self.describe_holder(connection)})."
+        except Exception:
+            return None
+        finally:
+            connection.close()
+            engine.dispose()
+
+    def try_lock(self, connection: Connection, holder) -> bool:
+        raise NotImplementedError
+
+    def release_lock(self, connection: Connection) -> None:
+        raise NotImplementedError
+
+    def lock_is_held(self, connection: Connection) -> bool:
+        raise NotImplementedError
+
+    def describe_holder(self, connection: Connection) -> str:
+        raise NotImplementedError
+
+    def scratch_revisions(self, address: ServerAddress, scratch: str,
+                          version_table: str) -> tuple[str, ...]:
+        with connect(address, scratch, after="") as conn:
+            try:
+                return read_revisions(conn, version_table)
+            except SQLAlchemyError as exc:
+                raise BackupError(f"{version_table} cannot be read in the scratch database: "
+                                  f"{driver_message(exc, address)}") from exc
+
+
+def scalar(address: ServerAddress, sql: str):
+    with connect(address) as conn:
+        try:
+            return conn.execute(text(sql)).scalar_one()
+        except SQLAlchemyError as exc:
+            raise BackupError(f"The {address.describe()} cannot be read: "
+                              f"{driver_message(exc, address)}. {NOT_RUN}") from exc
+
+
+def live_revisions(address: ServerAddress, version_table: str,
+                   after: str = NOT_RUN) -> tuple[str, ...]:
+    with connect(address, after=after) as conn:
+        try:
+            return read_revisions(conn, version_table)
+        except SQLAlchemyError as exc:
+            raise BackupError(f"The revisions of the {address.describe()} cannot be read: "
+                              f"{driver_message(exc, address)}. {after}") from exc
+
+
+def sql_literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+class SessionLock:
+    """A database lock held by one dedicated connection; ``release()`` frees it."""
+
+    def __init__(self, engine, connection: Connection, owner: ServerEngine):
+        self.engine = engine
+        self.connection = connection
+        self.owner = owner
+
+    def release(self) -> None:
+        if self.connection is None:
+            return
+        try:
+            self.owner.release_lock(self.connection)
+        except Exception:
+            pass  # closing the connection releases it anyway
+        finally:
+            self.connection.close()
+            self.engine.dispose()
+            self.connection = None
+
+
+def holder_label(holder) -> str:
+    # Visible to other sessions (pg_stat_activity.application_name is 63 bytes).
+    return f"mdash {holder.action} {holder.user}"[:63]

@@ -1,0 +1,200 @@
+"""What every database engine answers for the guard, in one small protocol.
+
+The guard, the status reader and the backup verbs ask the target's engine
+(``project.engine``) and never test a dialect name themselves: what differs
+between SQLite, PostgreSQL and MariaDB/MySQL lives in one module each beside
+this one, as Alembic keeps one ``DefaultImpl`` subclass per dialect.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import sqlite3
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from sqlalchemy import create_engine
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.pool import NullPool
+
+from dashboard.errors import BackupError
+from dashboard.redact import scrub
+
+if TYPE_CHECKING:
+    from dashboard.services.locking import LockHolder
+    from dashboard.services.project import Project
+
+NOT_RUN = "Nothing was run."
+
+
+class DatabaseUnreachable(Exception):
+    """The target database cannot be opened or read (the message is scrubbed)."""
+
+
+@dataclass(frozen=True)
+class FileCheck:
+    ok: bool
+    detail: str  # what was checked, or what is wrong
+    revisions: tuple[str, ...]
+
+
+class DatabaseEngine:
+    """One database engine. Subclasses override what their engine does differently."""
+
+    name = "unknown"  # the SQLAlchemy backend name this engine serves
+    label = "database"  # for people
+    extension = ".backup"  # of its backup files
+    damage_hint = ""  # what to do when a fresh copy fails its check
+    # DDL inside a transaction is rolled back with it (Alembic's transactional_ddl).
+    transactional_ddl = False
+    # Whether other sessions' writes can be held off for a whole run.
+    holds_off_writers = False
+
+    # ---------------------------------------------------------- identity
+
+    def identity(self, url: str) -> str:
+        """What names this one database wherever it is spelled: the lock's key.
+
+        Holds no password."""
+        return mask_url_for_identity(url)
+
+    def database_path(self, url: str) -> str | None:
+        """The database's file, for engines that keep one; None for servers."""
+        return None
+
+    def missing_file(self, url: str) -> str | None:
+        """A database file that does not exist yet and that an upgrade would create."""
+        return None
+
+    def remove_database(self, url: str) -> None:
+        """Remove a database this dashboard has just created (a failed first upgrade)."""
+        raise NotImplementedError
+
+    # ---------------------------------------------------------- reading
+
+    def open_engine(self, url: str, read_only: bool = True) -> Engine:
+        """A SQLAlchemy engine on the database, for reads (or the lock's connection)."""
+        try:
+            return create_engine(make_url(url), poolclass=NullPool,
+                                 connect_args=self.connect_args())
+        except Exception as exc:  # missing driver, bad options
+            raise DatabaseUnreachable(scrub(f"{type(exc).__name__}: {exc}", url)) from exc
+
+    def connect_args(self) -> dict:
+        return {}
+
+    # ---------------------------------------------------------- backups
+
+    def preflight(self, project: Project) -> None:
+        """Raise BackupError, before anything is written, if the tools or server won't do."""
+        raise BackupError(f"Backups of {self.name} databases are not supported yet",
+                          detail=NOT_RUN)
+
+    def source_name(self, project: Project) -> str:
+        raise NotImplementedError
+
+    def source_size(self, project: Project) -> int:
+        raise NotImplementedError
+
+    def live_revisions(self, project: Project) -> tuple[str, ...]:
+        raise NotImplementedError
+
+    def copy(self, project: Project, destination: str) -> None:
+        raise NotImplementedError
+
+    def check(self, path: str, version_table: str, project: Project | None = None) -> FileCheck:
+        """Is the file a sound backup, and of which revisions.
+
+        With ``project``, a server engine restores the file into a scratch
+        database on that server; without, it checks the file alone."""
+        raise NotImplementedError
+
+    def check_live(self, project: Project) -> FileCheck:
+        raise NotImplementedError
+
+    def restore(self, project: Project, backup_path: str) -> None:
+        raise NotImplementedError
+
+    # ---------------------------------------------------------- other sessions
+
+    def write_marks(self, project: Project) -> dict | None:
+        """A mark per table of its rows as they are now, taken with the pre-run backup,
+        so that ``discarded_writes`` can tell later which tables others wrote to.
+
+        None where writers are held off for the whole run (nothing can be lost) or
+        where the engine cannot tell."""
+        return None
+
+    def discarded_writes(self, project: Project, marks: dict | None,
+                         touched: set[str]) -> list[dict] | None:
+        """Before a restore: [{"table", "rows"}] written by other sessions since
+        ``marks`` in tables the run did not touch (``touched``); [] when none; None
+        when unknown. The restore is about to discard those writes."""
+        return [] if self.holds_off_writers else None
+
+    def session_id_sql(self) -> str | None:
+        """SQL that names a connection's server session (the worker reports it)."""
+        return None
+
+    def end_sessions(self, project: Project, session_ids: list[str]) -> list[str]:
+        """Stop what these server sessions run, then end them (a cancelled run's worker
+        may be gone while its session still runs a statement and holds locks).
+        Returns the ids that were still there."""
+        return []
+
+    # ---------------------------------------------------------- locks
+
+    def acquire_lock(self, project: Project, holder: LockHolder):
+        """The database's own lock for one action, or None where the engine has none.
+
+        Raises LockHeld naming who holds it."""
+        return None
+
+    def lock_holder(self, project: Project) -> str | None:
+        """Who holds the database's own lock now, without taking it; None when free."""
+        return None
+
+
+def mask_url_for_identity(url: str) -> str:
+    """Backend, host, port and database of a URL: no user, no password."""
+    try:
+        parsed = make_url(url)
+    except Exception:
+        return url.split(":", 1)[0]
+    host = parsed.host or "localhost"
+    return f"{parsed.get_backend_name()}://{host}:{parsed.port or ''}/{parsed.database or ''}"
+
+
+def describe_failure(what: str, exc: BaseException, backup_dir: str | None = None) -> BackupError:
+    """A BackupError saying what failed, in words, for OS and SQLite errors."""
+    exc = getattr(exc, "orig", None) or exc  # SQLAlchemy's wrapper around the driver's error
+    code = getattr(exc, "sqlite_errorcode", None)
+    if (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)) or \
+            code == sqlite3.SQLITE_FULL:
+        reason = f"the disk holding {backup_dir or 'the backup'} is full"
+    elif isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        reason = f"permission denied ({exc.strerror})"
+    elif isinstance(exc, OSError):
+        reason = exc.strerror or str(exc)
+    elif code == sqlite3.SQLITE_CORRUPT or code == sqlite3.SQLITE_NOTADB:
+        reason = f"the database file is damaged ({exc})"
+    elif code == sqlite3.SQLITE_BUSY or code == sqlite3.SQLITE_LOCKED:
+        reason = f"the database is locked ({exc})"
+    else:
+        reason = str(exc)
+    filename = getattr(exc, "filename", None)
+    where = f" ({filename})" if filename else ""
+    return BackupError(f"Backup failed: {what}: {reason}{where}. {NOT_RUN}", detail=str(exc))
+
+
+def remove_files(*paths: str) -> None:
+    """Remove what exists of ``paths``; a failure is logged, never raised."""
+    for path in paths:
+        try:
+            os.remove(path)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            logging.getLogger(__name__).warning("could not remove %s", path)

@@ -1,0 +1,254 @@
+"""PostgreSQL targets: pg_dump/pg_restore backups, an advisory lock, transactional DDL."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from typing import TYPE_CHECKING
+
+from sqlalchemy import text
+
+from dashboard.engines import servers
+from dashboard.engines.base import NOT_RUN, FileCheck
+from dashboard.engines.servers import ServerAddress, ServerEngine, Tool, sql_literal
+from dashboard.errors import BackupError
+
+if TYPE_CHECKING:
+    from dashboard.services.project import Project
+
+ENGINE_LOCK_NAME = "migration-dashboard"
+# pg_advisory_lock takes a bigint: a fixed key derived from the name.
+PG_LOCK_KEY = int.from_bytes(hashlib.sha256(ENGINE_LOCK_NAME.encode()).digest()[:8], "big",
+                             signed=True)
+NO_SERVER = ServerAddress("postgresql", "", None, None, None, None)
+
+# Run in the restore's own transaction, before pg_restore's script. pg_restore
+# --clean drops only what the archive holds, so a table, view or schema made
+# after the backup would survive it. Instead every schema is dropped with
+# all it holds, and the script recreates what the backup had. The public
+# schema is one the script expects to exist (pg_dump never creates it), so
+# it is recreated empty, with its owner, privileges and comment as they were.
+# Dropping the database instead would need every other session gone and
+# CREATEDB, and would lose database-level settings; this keeps the database
+# and, being one transaction, leaves it as it was if anything fails.
+POSTGRES_CLEAR_SQL = """\
+SET client_min_messages = warning;
+SET lock_timeout = '30s';
+DO $dashboard_restore$
+DECLARE
+    doomed name;
+    public_owner text;
+    public_acl aclitem[];
+    public_comment text;
+    grant_item record;
+BEGIN
+    FOR doomed IN
+        SELECT nspname FROM pg_catalog.pg_namespace
+        WHERE nspname NOT LIKE 'pg\\_%' AND nspname NOT IN ('information_schema', 'public')
+    LOOP
+        EXECUTE format('DROP SCHEMA %I CASCADE', doomed);
+    END LOOP;
+    SELECT nspowner::regrole::text, nspacl, obj_description(oid, 'pg_namespace')
+        INTO public_owner, public_acl, public_comment
+        FROM pg_catalog.pg_namespace WHERE nspname = 'public';
+    IF public_owner IS NULL THEN
+        RETURN;
+    END IF;
+    DROP SCHEMA public CASCADE;
+    CREATE SCHEMA public;
+    IF public_comment IS NOT NULL THEN
+        EXECUTE format('COMMENT ON SCHEMA public IS %L', public_comment);
+    END IF;
+    FOR grant_item IN SELECT grantee, privilege_type, is_grantable
+                      FROM aclexplode(public_acl)
+    LOOP
+        EXECUTE format('GRANT %s ON SCHEMA public TO %s%s', grant_item.privilege_type,
+                       CASE WHEN grant_item.grantee = 0 THEN 'PUBLIC'
+                            ELSE grant_item.grantee::regrole::text END,
+                       CASE WHEN grant_item.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
+    END LOOP;
+    IF public_owner <> quote_ident(current_user) THEN
+        EXECUTE format('ALTER SCHEMA public OWNER TO %s', public_owner);
+    END IF;
+END
+$dashboard_restore$;
+"""
+
+
+class PostgresEngine(ServerEngine):
+    """PostgreSQL: pg_dump's custom format, restored with pg_restore through psql.
+
+    DDL is transactional, so a whole action can run in one transaction."""
+
+    name = "postgresql"
+    label = "PostgreSQL"
+    family = "postgresql"
+    transactional_ddl = True
+    scratch_name_limit = 63  # identifiers are cut at 63 bytes
+    extension = ".dump"
+    damage_hint = ""
+
+    def preflight(self, project: Project) -> None:
+        address = self.address(project)
+        tools = [servers.find_tool((name,), "postgresql")
+                 for name in ("pg_dump", "pg_restore", "psql")]
+        with servers.connect(address) as conn:
+            number = int(conn.execute(text("SHOW server_version_num")).scalar_one())
+        # 150020 is 15.20; 90624 is 9.6.24.
+        server = (number // 10000, number % 10000) if number >= 100000 else \
+            (number // 10000, number // 100 % 100, number % 100)
+        for tool in tools:
+            said = tool.version_text()
+            client = servers.parse_version(said)
+            if servers.postgres_major(client) < servers.postgres_major(server):
+                raise BackupError(
+                    f"{tool.name} is version {servers.version_string(client)} ({tool.path}: "
+                    f"{said!r}) but the PostgreSQL server is version "
+                    f"{servers.version_string(server)}: {tool.name} cannot work with a newer "
+                    f"server. Install the PostgreSQL "
+                    f"{servers.version_string(servers.postgres_major(server))} (or later) "
+                    f"client tools and put them first on the PATH. {NOT_RUN}")
+
+    def source_size(self, project: Project) -> int:
+        address = self.address(project)
+        return servers.scalar(address, "SELECT pg_database_size(current_database())")
+
+    def copy(self, project: Project, destination: str) -> None:
+        address = self.address(project)
+        pg_dump = servers.find_tool(("pg_dump",), "postgresql")
+        with servers.postgres_environment(address) as env:
+            env["PGDATABASE"] = address.database
+            servers.run_tool(
+                [pg_dump.path, "--format=custom", "--no-password", f"--file={destination}"],
+                env, what=f"pg_dump of the {address.describe()}", address=address,
+                after=NOT_RUN)
+
+    def check(self, path: str, version_table: str,
+              project: Project | None = None) -> FileCheck:
+        try:
+            pg_restore = servers.find_tool(("pg_restore",), "postgresql")
+            entries = _pg_list(pg_restore, path)
+            listed = f"pg_restore --list reads {entries} entries"
+            if project is None:
+                revisions = _pg_archive_revisions(pg_restore, path, version_table)
+                return FileCheck(True, f"{listed}; revisions read from the archive "
+                                 "(not restored: no server given)", revisions)
+            address = self.address(project)
+            with self.scratch_database(address) as scratch:
+                with servers.postgres_environment(address) as env:
+                    servers.run_tool(
+                        [pg_restore.path, "--no-owner", "--no-privileges", "--exit-on-error",
+                         "--no-password", f"--jobs={min(4, os.cpu_count() or 1)}",
+                         f"--dbname={_conninfo(scratch)}", path],
+                        env, what="Restoring the copy into a scratch database",
+                        address=address, after="")
+                revisions = self.scratch_revisions(address, scratch, version_table)
+        except BackupError as exc:
+            return FileCheck(False, exc.message.rstrip(". "), ())
+        return FileCheck(True, f"{listed}; restored into a scratch database (dropped since)",
+                         revisions)
+
+    def restore(self, project: Project, backup_path: str) -> None:
+        address = self.address(project)
+        pg_restore = servers.find_tool(("pg_restore",), "postgresql")
+        psql = servers.find_tool(("psql",), "postgresql")
+        _pg_list(pg_restore, backup_path)  # unreadable: refuse before anything is dropped
+        with servers.postgres_environment(address) as env:
+            env["PGDATABASE"] = address.database
+            servers.run_piped(
+                [pg_restore.path, "--clean", "--if-exists", "--no-owner", "--file=-",
+                 backup_path],
+                [psql.path, "--no-psqlrc", "--quiet", "--no-password", "--set=ON_ERROR_STOP=1",
+                 "--single-transaction", "--file=-"],
+                env, prelude=POSTGRES_CLEAR_SQL.encode(),
+                what=f"Restoring the {address.describe()}", address=address,
+                after="The restore runs in one transaction, so the database was left as it was.")
+
+
+    # ------------------------------------------------------------ lock
+
+    def try_lock(self, connection, holder) -> bool:
+        connection.execute(text("SELECT set_config('application_name', :a, false)"),
+                           {"a": servers.holder_label(holder)})
+        return bool(connection.execute(text("SELECT pg_try_advisory_lock(:k)"),
+                                       {"k": PG_LOCK_KEY}).scalar())
+
+    def release_lock(self, connection) -> None:
+        connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": PG_LOCK_KEY})
+
+    def lock_is_held(self, connection) -> bool:
+        return bool(connection.execute(text(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+            "AND classid = ((:k >> 32) & 4294967295)::oid AND objid = (:k & 4294967295)::oid"),
+            {"k": PG_LOCK_KEY}).scalar())
+
+    def describe_holder(self, connection) -> str:
+        try:
+            row = connection.execute(text(
+                "SELECT a.pid, a.application_name, a.client_addr, a.backend_start "
+                "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+                "WHERE l.locktype = 'advisory' AND l.granted "
+                "AND l.classid = ((:k >> 32) & 4294967295)::oid "
+                "AND l.objid = (:k & 4294967295)::oid"), {"k": PG_LOCK_KEY}).first()
+        except Exception as exc:  # the answer is informative only
+            return f"held by another session ({type(exc).__name__})"
+        if row is None:
+            return "held by another session"
+        since = f"{row.backend_start:%Y-%m-%d %H:%M:%S}"
+        return (f"held by session {row.pid} '{row.application_name}' from "
+                f"{row.client_addr or 'local socket'} since {since}")
+
+    # ------------------------------------------------------------ scratch
+
+    def create_scratch(self, conn, name: str) -> None:
+        # Like the source, from template0 so nothing in template1 gets in the way.
+        quote = conn.dialect.identifier_preparer.quote_identifier
+        encoding, collate, ctype = conn.execute(text(
+            "SELECT pg_encoding_to_char(encoding), datcollate, datctype "
+            "FROM pg_database WHERE datname = current_database()")).one()
+        conn.execute(text(
+            f"CREATE DATABASE {quote(name)} TEMPLATE template0 ENCODING "
+            f"{sql_literal(encoding)} LC_COLLATE {sql_literal(collate)} "
+            f"LC_CTYPE {sql_literal(ctype)}"))
+
+    def drop_scratch_sql(self, quoted_name: str) -> str:
+        return f"DROP DATABASE IF EXISTS {quoted_name} WITH (FORCE)"
+
+    def scratch_privilege(self, name: str) -> str:
+        return "the CREATEDB privilege"
+
+
+def _conninfo(database: str) -> str:
+    """A libpq connection string naming the database, so no name is read as options."""
+    return "dbname='" + database.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _pg_list(pg_restore: Tool, path: str) -> int:
+    """How many entries the archive's table of contents has; BackupError if unreadable."""
+    with tempfile.TemporaryFile() as listing:
+        servers.run_tool([pg_restore.path, "--list", path], None, stdout=listing,
+                         what="Reading the archive with pg_restore --list",
+                         address=NO_SERVER, after="")
+        listing.seek(0)
+        return sum(1 for line in listing if line.strip() and not line.startswith(b";"))
+
+
+def _pg_archive_revisions(pg_restore: Tool, path: str, version_table: str) -> tuple[str, ...]:
+    """The version table's rows, read from the archive's COPY data."""
+    with tempfile.TemporaryFile() as data:
+        servers.run_tool([pg_restore.path, "--data-only", f"--table={version_table}",
+                          "--file=-", path], None, stdout=data,
+                         what="Reading the version table from the archive",
+                         address=NO_SERVER, after="")
+        data.seek(0)
+        revisions, copying = [], False
+        for raw in data:
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            if line.startswith("COPY "):
+                copying = True
+            elif line == "\\.":
+                copying = False
+            elif copying:
+                revisions.append(line.split("\t", 1)[0])
+    return tuple(sorted(revisions))
