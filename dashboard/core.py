@@ -69,6 +69,7 @@ class Target:
             version_table=str(self.settings["DASHBOARD_VERSION_TABLE"]),
             python=str(self.settings["DASHBOARD_PYTHON"]),
             lock_timeout=float(self.settings.get("DASHBOARD_LOCK_TIMEOUT") or 60),
+            backup_verify=str(self.settings.get("DASHBOARD_BACKUP_VERIFY") or "full"),
         )
 
     def history(self, project: Project | None = None) -> History:
@@ -179,6 +180,8 @@ class Registry:
                 overrides["DASHBOARD_PYTHON"] = config.python
             if config.version_table:
                 overrides["DASHBOARD_VERSION_TABLE"] = config.version_table
+            if config.backup_verify:
+                overrides["DASHBOARD_BACKUP_VERIFY"] = config.backup_verify
             try:
                 overrides["DASHBOARD_DATABASE_URL"] = config.resolve_url(environ)
             except ConfigurationError as exc:

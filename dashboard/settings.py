@@ -87,6 +87,13 @@ SETTINGS: tuple[Setting, ...] = (
         "another session's locks before it gives up and says so.",
     ),
     Setting(
+        "DASHBOARD_BACKUP_VERIFY",
+        "full",
+        "How deeply a fresh backup is checked before anything runs: 'full' restores it "
+        "into a scratch database (servers) or runs integrity_check (SQLite); 'quick' reads "
+        "the file alone (archive listing, revisions, checksum). See the README for the cost.",
+    ),
+    Setting(
         "DASHBOARD_SECRET_KEY",
         None,
         "Secret for session and CSRF signing. Default: a random key kept in the instance folder.",

@@ -30,7 +30,7 @@ from dashboard.errors import ConfigurationError
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _KEYS = {"alembic_ini", "database_url", "database_url_env", "backup_dir", "read_only",
-         "python", "version_table"}
+         "python", "version_table", "backup_verify"}
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,7 @@ class TargetConfig:
     read_only: bool = False
     python: str | None = None
     version_table: str | None = None
+    backup_verify: str | None = None  # "full" or "quick"
 
     def resolve_url(self, environ) -> str | None:
         if self.database_url_env:
@@ -93,6 +94,8 @@ def _target(name: str, spec, base: str, path: str) -> TargetConfig:
     for key in _KEYS - {"read_only"}:
         if key in spec and not isinstance(spec[key], str):
             raise ConfigurationError(f"{where}: {key} must be a string.")
+    if spec.get("backup_verify", "full") not in ("full", "quick"):
+        raise ConfigurationError(f"{where}: backup_verify must be 'full' or 'quick'.")
     if not isinstance(spec.get("read_only", False), bool):
         raise ConfigurationError(f"{where}: read_only must be true or false.")
 
@@ -113,4 +116,5 @@ def _target(name: str, spec, base: str, path: str) -> TargetConfig:
         read_only=spec.get("read_only", False),
         python=spec.get("python"),
         version_table=spec.get("version_table"),
+        backup_verify=spec.get("backup_verify"),
     )

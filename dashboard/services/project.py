@@ -30,6 +30,7 @@ class Project:
     version_table: str
     python: str
     lock_timeout: float = 60.0  # seconds a restore waits for other sessions' locks
+    backup_verify: str = "full"  # "full" or "quick": how deeply a fresh backup is checked
 
     @property
     def masked_url(self) -> str:
@@ -55,6 +56,7 @@ def load_project(
     version_table: str = "alembic_version",
     python: str = "python3",
     lock_timeout: float = 60.0,
+    backup_verify: str = "full",
 ) -> Project:
     if not os.path.isfile(ini_path):
         raise ConfigurationError(
@@ -100,4 +102,5 @@ def load_project(
         version_table=version_table,
         python=python,
         lock_timeout=float(lock_timeout),
+        backup_verify=backup_verify if backup_verify in ("full", "quick") else "full",
     )
