@@ -229,9 +229,9 @@ def upgrade_database(dashboard: Target, writer: MessageWriter) -> int:
     writer.warn(f"Database migration FAILED (run {run.id}).")
     if run.error:
         writer.warn(run.error)
-    if run.status == runs.RESTORED:
-        writer.warn(f"The database was restored from backup {run.backup_id} and is at "
-                    f"{_revs(run.to_revs)}, as before the run.")
+    if run.status in (runs.RESTORED, runs.CANCELLED):
+        writer.warn(f"The database is at {_revs(run.to_revs)}, as before the run (its "
+                    f"backup {run.backup_id} is kept).")
     writer.warn("See the run's log in the dashboard, or its audit log.")
     return EXIT_FAILED
 

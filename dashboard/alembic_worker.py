@@ -28,14 +28,40 @@ import time
 import traceback
 
 URL_ENV = "DASHBOARD_TARGET_URL"
+EVENTS_ENV = "DASHBOARD_EVENTS_FILE"
 _protocol = sys.stdout
+_events = None  # the run's own record on disk, kept even when the supervisor is gone
 
 
 def emit(event: str, **fields) -> None:
+    """Report one event to the supervisor and to the run's events file.
+
+    A supervisor that died (its pipe is broken) does not stop the action: it
+    goes on to its end, and the events file tells the dashboard what happened."""
     fields["event"] = event
     fields.setdefault("ts", time.time())
-    _protocol.write(json.dumps(fields, default=str) + "\n")
-    _protocol.flush()
+    line = json.dumps(fields, default=str) + "\n"
+    if _events is not None:
+        try:
+            _events.write(line)
+            _events.flush()
+        except (OSError, ValueError):
+            pass
+    try:
+        _protocol.write(line)
+        _protocol.flush()
+    except (OSError, ValueError):
+        pass
+
+
+def _open_events_file() -> None:
+    global _events
+    path = os.environ.get(EVENTS_ENV)
+    if path:
+        try:
+            _events = open(path, "a", encoding="utf-8")
+        except OSError:
+            _events = None
 
 
 def _redirect_stdout() -> None:
@@ -178,15 +204,26 @@ def _step_revision(step) -> str:
     return ",".join(getattr(step, "to_revisions", ()) or getattr(step, "from_revisions", ()) or ())
 
 
-def run_action(ini: str, url: str, action: str, target: str, purge: bool = False) -> None:
+def run_action(ini: str, url: str, action: str, target: str, purge: bool = False,
+               hold_file: str | None = None, lock_timeout: float = 60.0) -> None:
+    """Run one action, reporting each step, every commit and each table written.
+
+    With ``hold_file`` (a SQLite database) the whole action is one SQLite
+    transaction begun with BEGIN IMMEDIATE before the backup is copied (by this
+    process, on the supervisor's word): other writers wait from the start of the
+    backup to the end of the run, so no write they saw commit can be lost, and a
+    failure (or this process dying) rolls everything back. Nothing changes before
+    the supervisor, having verified the backup, says "go" on stdin.
+    """
     from alembic.runtime.environment import EnvironmentContext
     from alembic.runtime.migration import MigrationContext
     from alembic.script import ScriptDirectory
     from sqlalchemy import create_engine
-    from sqlalchemy.pool import NullPool
+    from sqlalchemy.pool import NullPool, StaticPool
 
     config = _config(ini, url)
     script = ScriptDirectory.from_config(config)
+    _watch_connections()
 
     def direction_of(step):
         return "up" if step.is_upgrade else "down"
@@ -202,27 +239,230 @@ def run_action(ini: str, url: str, action: str, target: str, purge: bool = False
         return _report(list(script._stamp_revs(targets, rev)), lambda s: "stamp")
 
     fn = {"upgrade": upgrade, "downgrade": downgrade, "stamp": stamp}[action]
-    engine = create_engine(url, poolclass=NullPool)
+    held = _HeldSqlite(hold_file, lock_timeout) if hold_file else None
+    if not _wait_for_go(held):
+        if held is not None:
+            held.release(commit=False)
+        emit("aborted")
+        return
+    if held is not None:
+        engine = create_engine("sqlite://", creator=held.proxy, poolclass=StaticPool)
+    else:
+        engine = create_engine(url, poolclass=NullPool)
     try:
-        # One transaction for the whole action, handed to env.py through
-        # config.attributes: on PostgreSQL, whose DDL is transactional, a failing
-        # step rolls back every step before it too, so the database ends at the
-        # revision it started from, never half-way. On SQLite and MariaDB, where
-        # DDL commits on its own, the dashboard restores its backup instead.
-        with engine.begin() as connection:
-            config.attributes["connection"] = connection
-            with EnvironmentContext(config, script, fn=fn, as_sql=False, starting_rev=None,
-                                    destination_rev=target, purge=purge):
-                script.run_env()
+        # Handed to env.py through config.attributes (env.py may also open its own):
+        # Alembic begins and ends the transactions itself, as `alembic upgrade` does,
+        # so op.get_context().autocommit_block() works; on PostgreSQL the default is
+        # one transaction for the whole action. Every commit is reported, so the
+        # supervisor never calls a failure "rolled back" when something was committed.
         with engine.connect() as connection:
-            heads = MigrationContext.configure(connection).get_current_heads()
+            config.attributes["connection"] = connection
+            try:
+                with EnvironmentContext(config, script, fn=fn, as_sql=False,
+                                        starting_rev=None, destination_rev=target,
+                                        purge=purge):
+                    script.run_env()
+            except BaseException:
+                if held is not None:
+                    held.release(commit=False)
+                    emit("rolled_back")
+                raise
+            if held is not None:
+                held.release(commit=True)
+        with engine.connect() as connection:
+            heads = MigrationContext.configure(
+                connection, opts={"version_table": _version_table()}
+            ).get_current_heads() if held is None else held.heads
         emit("done", heads=sorted(heads))
     finally:
         engine.dispose()
 
 
+def _wait_for_go(held) -> bool:
+    """Say "ready", then obey the supervisor: copy the held database somewhere, "go",
+    or "abort" (or no answer at all: the supervisor is gone, so nothing runs)."""
+    emit("ready")
+    for line in sys.stdin:
+        try:
+            command = json.loads(line)
+        except ValueError:
+            continue
+        kind = command.get("command")
+        if kind == "go":
+            return True
+        if kind == "copy" and held is not None:
+            try:
+                held.copy_to(command["path"])
+            except Exception as exc:
+                emit("error", error=f"the copy failed: {type(exc).__name__}: {exc}",
+                     traceback="")
+                return False
+            emit("backup_copied", path=command["path"])
+        elif kind == "abort":
+            return False
+    return False
+
+
+def _version_table() -> str:
+    return os.environ.get("DASHBOARD_VERSION_TABLE") or "alembic_version"
+
+
+_WRITE = re.compile(
+    r"^\s*(?:INSERT\s+(?:IGNORE\s+)?INTO|UPDATE|DELETE\s+FROM|ALTER\s+TABLE|CREATE\s+"
+    r"(?:UNIQUE\s+)?(?:TABLE|INDEX(?:\s+CONCURRENTLY)?\s+(?:IF\s+NOT\s+EXISTS\s+)?\S+\s+ON)|"
+    r"DROP\s+TABLE(?:\s+IF\s+EXISTS)?|TRUNCATE(?:\s+TABLE)?|RENAME\s+TABLE)\s+"
+    r"(?:ONLY\s+)?(?:IF\s+(?:NOT\s+)?EXISTS\s+)?([`\"\[]?[\w.$]+[`\"\]]?)", re.IGNORECASE)
+
+
+def _watch_connections() -> None:
+    """Report, from every engine env.py may make: each server session opened, each
+    commit, and each table a statement writes (for the discarded-writes count)."""
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+    from sqlalchemy.pool import Pool
+
+    session_sql = os.environ.get("DASHBOARD_SESSION_SQL")
+    touched: set[str] = set()
+
+    @event.listens_for(Pool, "connect")
+    def _session(dbapi_connection, _record):
+        if not session_sql:
+            return
+        try:
+            cursor = dbapi_connection.cursor()
+            cursor.execute(session_sql)
+            emit("session", id=str(cursor.fetchone()[0]))
+            cursor.close()
+        except Exception:
+            pass
+
+    @event.listens_for(Engine, "commit")
+    def _commit(conn):
+        emit("committed")
+
+    @event.listens_for(Engine, "before_cursor_execute")
+    def _statement(conn, cursor, statement, parameters, context, executemany):
+        match = _WRITE.match(statement or "")
+        if match:
+            name = match.group(1).strip('`"[]').split(".")[-1]
+            if name not in touched:
+                touched.add(name)
+                emit("touched", table=name)
+
+
+class _HeldSqlite:
+    """One SQLite connection holding the write lock for the whole action.
+
+    env.py may open its own engine on the same file: ``sqlite3.connect`` for that
+    file is answered with this same connection (through a proxy whose commit,
+    rollback and close wait for the end of the action), so every statement of the
+    action runs inside the one transaction that holds the lock."""
+
+    def __init__(self, path: str, timeout: float):
+        import sqlite3
+
+        self.path = os.path.realpath(path)
+        self.timeout = timeout
+        self.real_connect = sqlite3.connect
+        self.connection = sqlite3.connect(path, timeout=timeout, isolation_level=None,
+                                          check_same_thread=False)
+        self.connection.execute("BEGIN IMMEDIATE")
+        emit("write_locked")
+        self.heads: list[str] = []
+        held = self
+
+        def connect(database, *args, **kwargs):
+            name = str(database)
+            if name.startswith("file:") or name == ":memory:" or \
+                    os.path.realpath(name) != held.path:
+                return held.real_connect(database, *args, **kwargs)
+            return held.proxy()
+
+        sqlite3.connect = connect
+
+    def proxy(self):
+        return _ConnectionProxy(self.connection)
+
+    def copy_to(self, destination: str) -> None:
+        """Copy the database while this transaction holds the write lock: nobody can
+        change it, so the copy is exactly what a failure must come back to."""
+        import subprocess
+
+        wal = self.connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        if not wal:
+            # cp in a child: closing a descriptor of the file here would drop our lock.
+            subprocess.run(["cp", "--", self.path, destination], check=True,
+                           stdin=subprocess.DEVNULL, capture_output=True)
+            return
+        # The backup API cannot read through the connection that holds the write
+        # lock (SQLITE_LOCKED); a second one reads the last commit, which is the
+        # database as it stands, since nobody else can commit now.
+        deadline = time.monotonic() + self.timeout
+
+        def progress(status, remaining, total):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the copy did not finish within {self.timeout:g} s")
+
+        source = self.real_connect(self.path, timeout=self.timeout)
+        target = self.real_connect(destination, isolation_level=None)
+        try:
+            source.backup(target, progress=progress, sleep=0.05)
+        finally:
+            target.close()
+            source.close()
+
+    def release(self, commit: bool) -> None:
+        import sqlite3
+
+        sqlite3.connect = self.real_connect
+        if self.connection is None:
+            return
+        try:
+            if commit:
+                self.connection.execute("COMMIT")
+                table = _version_table().replace('"', '""')
+                try:
+                    self.heads = [row[0] for row in
+                                  self.connection.execute(f'SELECT version_num FROM "{table}"')]
+                except sqlite3.Error:
+                    self.heads = []
+            else:
+                try:
+                    self.connection.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+        finally:
+            self.connection.close()
+            self.connection = None
+
+
+class _ConnectionProxy:
+    """The held connection as env.py's engine sees it: its own commits, rollbacks and
+    closes wait for the end of the action, which commits or rolls back once."""
+
+    def __init__(self, connection):
+        object.__setattr__(self, "_connection", connection)
+
+    def __getattr__(self, name):
+        return getattr(self._connection, name)
+
+    def __setattr__(self, name, value):
+        if name != "isolation_level":  # the held transaction decides
+            setattr(self._connection, name, value)
+
+    def commit(self):
+        pass
+
+    def rollback(self):
+        pass
+
+    def close(self):
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     _redirect_stdout()
+    _open_events_file()
     parser = argparse.ArgumentParser(prog="alembic_worker")
     sub = parser.add_subparsers(dest="mode", required=True)
     p_headers = sub.add_parser("headers")
@@ -236,6 +476,8 @@ def main(argv: list[str] | None = None) -> int:
     p_run.add_argument("--action", choices=("upgrade", "downgrade", "stamp"), required=True)
     p_run.add_argument("--target", required=True)
     p_run.add_argument("--purge", action="store_true")
+    p_run.add_argument("--hold-sqlite", help="hold this SQLite file's write lock throughout")
+    p_run.add_argument("--lock-timeout", type=float, default=60.0)
     args = parser.parse_args(argv)
     url = os.environ.get(URL_ENV, "")
     try:
@@ -244,10 +486,11 @@ def main(argv: list[str] | None = None) -> int:
         elif args.mode == "sql":
             offline_sql(args.ini, url, args.revision)
         else:
-            run_action(args.ini, url, args.action, args.target, args.purge)
+            run_action(args.ini, url, args.action, args.target, args.purge,
+                       hold_file=args.hold_sqlite, lock_timeout=args.lock_timeout)
     except BaseException as exc:
         emit("error", error=f"{type(exc).__name__}: {exc}".strip(),
-             traceback=traceback.format_exc(limit=8))
+             traceback=traceback.format_exc())
         return 1
     return 0
 

@@ -44,8 +44,33 @@ class ConfigurationError(DashboardError):
     title = "Configuration problem"
 
 
+class Unavailable(DashboardError):
+    """The dashboard cannot do it now: its own folder is read-only, a tool is missing..."""
+
+    status_code = 503
+    title = "Unavailable"
+
+
+class InsufficientStorage(DashboardError):
+    """The dashboard's own folder is full."""
+
+    status_code = 507
+    title = "Disk full"
+
+
 class BackupError(DashboardError):
     """A backup could not be taken or verified; nothing was run."""
 
     status_code = 503
     title = "Backup failed"
+
+
+def error_named(name: str, message: str, detail: str | None = None) -> DashboardError:
+    """The error class called ``name`` (one the runner process raised), rebuilt here."""
+    pending = [DashboardError]
+    while pending:
+        cls = pending.pop()
+        if cls.__name__ == name:
+            return cls(message, detail=detail)
+        pending.extend(cls.__subclasses__())
+    return DashboardError(message, detail=detail)

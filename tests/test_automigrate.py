@@ -123,7 +123,8 @@ def test_a_failed_run_raises_and_the_database_is_unchanged(
 def test_a_held_lock_raises(environ, sample_ini, db_url, db_at_chats, instance_dir):
     project = load_project(str(sample_ini), db_url)
     holder = locking.LockHolder(os.getpid(), "upgrade heads", "run-x", "someone", time.time())
-    with locking.acquire(str(instance_dir), guard.lock_key(project), holder), \
+    with locking.acquire(str(instance_dir), guard.lock_key(project), holder,
+                         beside=guard.lock_file(project)), \
             pytest.raises(AutoMigrateFailed, match="already running"):
         auto_migrate(environ=environ)
 

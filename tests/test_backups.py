@@ -325,7 +325,7 @@ def test_retention_keeps_the_newest(tmp_path, project, instance):
 
     deleted = apply_retention(instance, keep=2)
 
-    assert deleted == [taken[1].id, taken[0].id]
+    assert [r.id for r in deleted] == [taken[1].id, taken[0].id]
     assert [r.id for r in list_backups(instance)] == [taken[3].id, taken[2].id]
     for record in taken[:2]:
         assert not os.path.exists(record.path)

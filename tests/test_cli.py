@@ -220,19 +220,20 @@ def test_failing_revision_exits_1_and_the_database_is_restored(
 
     assert result.returncode == 1, result.stdout + result.stderr
     assert "this revision always fails" in result.stderr
-    assert "restored from backup" in result.stderr
+    assert "rolled back" in result.stderr and "as before the run" in result.stderr
     assert db_revisions(db_at_head) == [UNIFIED_REASONING]
     assert table_names(db_at_head) == tables_before
     assert "half_done" not in table_names(db_at_head)
     events = [e.event for e in audit.list_entries(str(instance_dir))]
-    assert "action_restored" in events
+    assert "action_rolled_back" in events
 
 
 def test_a_held_lock_exits_3(run_cli, sample_ini, db_url, db_at_chats, instance_dir):
     project = load_project(str(sample_ini), db_url)
     holder = locking.LockHolder(os.getpid(), "upgrade heads", "run-elsewhere", "someone",
                                 time.time())
-    with locking.acquire(str(instance_dir), guard.lock_key(project), holder):
+    with locking.acquire(str(instance_dir), guard.lock_key(project), holder,
+                         beside=guard.lock_file(project)):
         result = run_cli()
 
     assert result.returncode == 3, result.stdout + result.stderr

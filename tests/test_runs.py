@@ -31,7 +31,7 @@ def wait_for_run(client, run_id, timeout=60):
     deadline = time.time() + timeout
     while time.time() < deadline:
         body = client.get(f"/api/runs/{run_id}").get_json()
-        if body["status"] in ("succeeded", "failed", "restored"):
+        if body["status"] in ("succeeded", "failed", "restored", "cancelled"):
             return body
         time.sleep(0.1)
     raise AssertionError(f"run {run_id} did not finish: {body}")
@@ -161,7 +161,8 @@ def test_failing_revision_leaves_schema_rows_and_version_as_before(
     assert run["status"] == "restored", run
     assert run["failed_step"] == FAILING_REV
     assert "this migration fails half-way on purpose" in run["error"]
-    assert "restored from the pre-action backup" in run["error"]
+    # SQLite: the whole action was one transaction holding the write lock.
+    assert "transaction was rolled back" in run["error"] and "(checked)" in run["error"]
     assert snapshot(seeded) == before
     assert db_revisions(seeded) == [UNIFIED_REASONING]
     page = client.get(f"/runs/{run['id']}").get_data(as_text=True)
@@ -216,7 +217,8 @@ def test_lock_held_by_another_process_refuses_and_a_dead_holder_frees_it(
             sys.path.insert(0, {str(REPO)!r})
             from dashboard.services import locking
             lock = locking.acquire({str(instance_dir)!r}, {guard.lock_key(project)!r},
-                locking.LockHolder(0, "upgrade heads", "other-run", "someone", time.time()))
+                locking.LockHolder(0, "upgrade heads", "other-run", "someone", time.time()),
+                beside={guard.lock_file(project)!r})
             print("held", flush=True)
             time.sleep(60)
         """)],
@@ -229,12 +231,14 @@ def test_lock_held_by_another_process_refuses_and_a_dead_holder_frees_it(
         assert "someone" in refused.get_json()["error"]["message"]
         banner = client.get("/").get_data(as_text=True)
         assert 'id="lock-holder"' in banner and "someone" in banner
-        assert locking.read_holder(str(instance_dir), guard.lock_key(project)) is not None
+        assert locking.read_holder(str(instance_dir), guard.lock_key(project),
+                                   guard.lock_file(project)) is not None
     finally:
         os.kill(holder.pid, signal.SIGKILL)
         holder.wait()
         holder.stdout.close()
-    assert locking.read_holder(str(instance_dir), guard.lock_key(project)) is None
+    assert locking.read_holder(str(instance_dir), guard.lock_key(project),
+                               guard.lock_file(project)) is None
     assert run_to_end(client, "upgrade", "heads")["status"] == "succeeded"
 
 
@@ -364,7 +368,7 @@ def test_interrupted_run_is_reported_not_left_running(app, client, seeded, insta
     runs.update_run(str(instance_dir), "20200101T000000Z-00000000", status="running")
     assert run_to_end(client, "upgrade", "heads")["status"] == "succeeded"
     ghost = client.get("/api/runs/20200101T000000Z-00000000").get_json()
-    assert ghost["status"] == "failed" and "stopped before it finished" in ghost["error"]
+    assert ghost["status"] == "failed" and "died before it finished" in ghost["error"]
 
 
 def test_password_never_reaches_backup_names_or_audit(app, seeded):
@@ -401,7 +405,7 @@ def test_a_hanging_migration_can_be_cancelled_and_the_database_is_put_back(
     began = time.time()
     run = wait_for_run(client, started["id"])
     assert time.time() - began < 20
-    assert run["status"] == "restored", run
+    assert run["status"] == "cancelled", run
     assert run["failed_step"] == "4a9900000001"
     assert "cancelled" in run["error"]
     assert snapshot(seeded) == before
@@ -440,4 +444,5 @@ def test_a_failed_creation_removes_the_new_file(client, db_path, sample_ini):
     assert run["status"] == "restored", run
     assert "does not exist, as before" in run["error"]
     assert not db_path.exists()
-    assert not list(db_path.parent.glob("target.db*"))
+    # Only the dashboard's lock file is left beside it (empty: nobody holds it).
+    assert [p.name for p in db_path.parent.glob("target.db*")] in ([], ["target.db-mdlock"])

@@ -64,6 +64,11 @@ class DatabaseEngine:
         """The database's file, for engines that keep one; None for servers."""
         return None
 
+    def lock_file(self, url: str) -> str | None:
+        """Where the machine-wide lock of this database lives when the database
+        itself says (a file beside a SQLite file); None: the dashboard's own folder."""
+        return None
+
     def missing_file(self, url: str) -> str | None:
         """A database file that does not exist yet and that an upgrade would create."""
         return None
@@ -116,6 +121,19 @@ class DatabaseEngine:
 
     def restore(self, project: Project, backup_path: str) -> None:
         raise NotImplementedError
+
+    def worker_args(self, project: Project) -> list[str]:
+        """Extra arguments for the worker that runs an action on this database."""
+        return []
+
+    def settle(self, project: Project) -> None:
+        """Let the database finish undoing what a dead writer left (before it is read
+        after a crash)."""
+
+    def schema_differs(self, project: Project, backup_path: str) -> str | None:
+        """After a rollback: how the live schema differs from the backup's, or None
+        when it is the same (or the engine cannot tell cheaply)."""
+        return None
 
     # ---------------------------------------------------------- other sessions
 

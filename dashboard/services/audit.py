@@ -184,6 +184,14 @@ class RestoreSucceeded(AuditEvent):
 
 
 @dataclass(frozen=True, kw_only=True)
+class RestoreFailed(AuditEvent):
+    """Loading a backup failed; the database was left as it was (checked)."""
+
+    name: ClassVar[str] = "restore_failed"
+    outcome: ClassVar[str] = "failed"
+
+
+@dataclass(frozen=True, kw_only=True)
 class RestoreRefused(AuditEvent):
     """The backup of the current state failed, so the restore did not start."""
 

@@ -23,7 +23,7 @@ import secrets
 import shutil
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
@@ -33,8 +33,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from dashboard.engines import DatabaseEngine, engine_for
 from dashboard.engines.base import NOT_RUN, describe_failure, remove_files
-from dashboard.errors import BackupError, BadRequest, NotFound
-from dashboard.services import store
+from dashboard.errors import BackupError, BadRequest, Conflict, NotFound
+from dashboard.services import runs, store
 from dashboard.services.project import Project
 
 log = logging.getLogger(__name__)
@@ -84,11 +84,14 @@ def take_backup(
     backup_dir: str,
     action: str,
     expected_revisions: tuple[str, ...] | list[str] | None = None,
+    copy: Callable[[str], None] | None = None,
 ) -> BackupRecord:
     """Copy the target database, verify the copy and record it; or raise BackupError.
 
     ``expected_revisions`` are the revisions the caller read from the live
-    database just before; the copy must hold exactly those.
+    database just before; the copy must hold exactly those. ``copy`` writes the
+    copy to the path it is given, instead of the engine (the worker does, for a
+    SQLite database whose write lock it already holds).
     """
     fmt = _engine_for_backup(project.database_url)
     fmt.preflight(project)
@@ -115,7 +118,10 @@ def take_backup(
     stage = "copying the database"
     try:
         started = time.perf_counter()
-        fmt.copy(project, temp)
+        if copy is None:
+            fmt.copy(project, temp)
+        else:
+            copy(temp)
         _fsync_path(temp)
         copy_seconds = time.perf_counter() - started
 
@@ -225,8 +231,12 @@ def get_backup(instance_dir: str, backup_id: str) -> BackupRecord:
 
 
 def delete_backup(instance_dir: str, backup_id: str) -> None:
-    """Remove the file, its manifest and its record."""
+    """Remove the file, its manifest and its record; never a backup a run still needs."""
     record = get_backup(instance_dir, backup_id)
+    if record.id in runs.pinned_backups(instance_dir):
+        raise Conflict(f"Backup {record.id} is in use by a run that has not finished (it is "
+                       "the run's way back, or the backup being restored): it cannot be "
+                       "deleted until that run ends.")
     for path in (record.path, _manifest_path(record.path)):
         try:
             os.remove(path)
@@ -239,14 +249,20 @@ def delete_backup(instance_dir: str, backup_id: str) -> None:
         conn.execute(store.backups.delete().where(store.backups.c.id == backup_id))
 
 
-def apply_retention(instance_dir: str, keep: int) -> list[str]:
-    """Delete all but the newest ``keep`` backups; returns the deleted ids."""
+def apply_retention(instance_dir: str, keep: int,
+                    also_keep: set[str] | frozenset[str] = frozenset()) -> list[BackupRecord]:
+    """Delete all but the newest ``keep`` backups; returns the deleted ones.
+
+    A backup an unfinished run needs (and any in ``also_keep``) is never deleted,
+    nor counted against ``keep``."""
     if keep < 0:
         raise BadRequest(f"Cannot keep {keep} backups.")
+    pinned = runs.pinned_backups(instance_dir) | set(also_keep)
+    deletable = [record for record in list_backups(instance_dir) if record.id not in pinned]
     deleted = []
-    for record in list_backups(instance_dir)[keep:]:
+    for record in deletable[keep:]:
         delete_backup(instance_dir, record.id)
-        deleted.append(record.id)
+        deleted.append(record)
     return deleted
 
 

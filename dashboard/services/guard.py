@@ -3,23 +3,30 @@
 One service call per change, in this order: take the lock, take and verify
 a backup, run the migration in a worker process (``supervision``), and
 record the audit entry. If the backup cannot be taken or verified, nothing
-runs. If a step fails, ``recovery`` puts the database back as it was.
+runs. If a step fails, ``recovery`` puts the database back and says how.
+
+Actions and restores are carried out by a runner process of their own
+(``dashboard.runner``): ``start_*`` return once it has the lock and has
+recorded the run, and the runner goes on whatever happens to the caller.
+``prepare`` and ``execute`` are what the runner does.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
+from alembic.util import to_tuple
+
 from dashboard.engines import DatabaseUnreachable
-from dashboard.errors import Conflict, DashboardError, NotFound
+from dashboard.errors import BadRequest, Conflict, DashboardError, NotFound
 from dashboard.services import audit, backups, locking, recovery, runs, supervision
-from dashboard.services.planning import ActionPlan, plan_action
+from dashboard.services.planning import ACTIONS, ActionPlan, plan_action
 from dashboard.services.project import Project
+from dashboard.services.recovery import FailedRun, live_revisions, lock_file, lock_key
 from dashboard.services.revisions import History
 from dashboard.services.status import missing_sqlite_file
 
@@ -27,15 +34,11 @@ if TYPE_CHECKING:
     from dashboard.core import Target
 
 
-def lock_key(project: Project) -> str:
-    """What names the target database for the lock, whatever its spelling (no password)."""
-    return project.engine.identity(project.database_url)
-
-
 def acquire_lock(target: Target, holder: locking.LockHolder) -> locking.ActionLock:
     """This machine's file lock, then the database's own lock (servers only)."""
     project = target.project()
-    lock = locking.acquire(target.locks_dir, lock_key(project), holder)
+    lock = locking.acquire(target.locks_dir, lock_key(project), holder,
+                           beside=lock_file(project))
     try:
         lock.engine_lock = project.engine.acquire_lock(project, holder)
     except DatabaseUnreachable as exc:
@@ -52,67 +55,53 @@ def lock_holder(target: Target) -> str | None:
 
     Reads only: the file lock is probed, the database lock looked up."""
     project = target.project()
-    holder = locking.read_holder(target.locks_dir, lock_key(project))
+    holder = locking.read_holder(target.locks_dir, lock_key(project), lock_file(project))
     if holder is not None:
         return holder.describe()
     return project.engine.lock_holder(project)
 
 
+# ------------------------------------------------------------------ the verbs
+
 def start_action(target: Target, history: History, state: str, action: str, destination: str,
                  user: str, background: bool = True) -> runs.RunRecord:
-    """Validate, take the lock, and run the action (in a thread when ``background``).
+    """Start an upgrade, downgrade or stamp behind the guard; its run once started
+    (with ``background`` False, once finished).
 
-    Raises ``BadRequest`` for a bad target and ``Conflict`` while another
+    Raises ``BadRequest`` for a bad destination and ``Conflict`` while another
     action holds the lock; both before anything is recorded or changed."""
+    from dashboard import runner
+
     target.check_writable()
     recovery.reap_interrupted_runs(target)
-    run_id = runs.new_run_id()
-    # The lock comes first: while another action runs, the state it would be
-    # planned from is in flux, and "already running" is the answer that helps.
-    lock = acquire_lock(target, locking.LockHolder(
-        os.getpid(), f"{action} {destination}", run_id, user, time.time()))
-    try:
-        new_file = missing_sqlite_file(target.project()) if action == "upgrade" else None
-        if new_file:
-            current = ()
-            plan = replace(plan_action(history, (), action, destination), creates_file=new_file)
-        else:
-            current = recovery.live_revisions(target.project())
-            plan = plan_action(history, current, action, destination, state)
-        runs.create_run(target.instance_dir, run_id=run_id, action=action,
-                        target=plan.destination, user=user, from_revs=current)
-        runs.plan_steps(target.instance_dir, run_id, [
-            {"revision": s.revision, "direction": s.direction} for s in plan.steps
-        ])
-    except Exception:
-        lock.release()
-        raise
-    return _launch(target, run_id, lock, background,
-                   lambda: _execute_action(target, run_id, plan, user, lock))
+    if action not in ACTIONS:
+        raise BadRequest(f"Unknown action '{action}': use upgrade, downgrade or stamp.")
+    return runner.launch(target, {"verb": "action", "action": action,
+                                  "destination": destination, "state": str(state),
+                                  "user": user}, wait=not background)
 
 
 def start_restore(target: Target, backup_id: str, user: str,
                   background: bool = True) -> runs.RunRecord:
     """Restore a backup, itself behind the guard: the current state is backed up first."""
+    from dashboard import runner
+
     target.check_writable()
     recovery.reap_interrupted_runs(target)
-    record = backups.get_backup(target.instance_dir, backup_id)
-    run_id = runs.new_run_id()
-    lock = acquire_lock(target, locking.LockHolder(
-        os.getpid(), f"restore {record.id}", run_id, user, time.time()))
+    backups.get_backup(target.instance_dir, backup_id)  # 400/404 before anything starts
+    return runner.launch(target, {"verb": "restore", "backup_id": backup_id, "user": user},
+                         wait=not background)
+
+
+def start_recovery(target: Target, run: runs.RunRecord, why: str) -> None:
+    """Put back the backup of a run whose supervisor died half-way (in a runner)."""
+    from dashboard import runner
+
     try:
-        current = recovery.live_revisions(target.project(), allow_missing=True)
-        runs.create_run(target.instance_dir, run_id=run_id, action="restore",
-                        target=record.id, user=user, from_revs=current,
-                        restore_backup_id=record.id)
-        runs.plan_steps(target.instance_dir, run_id, [
-            {"revision": ",".join(record.revisions) or "base", "direction": "restore"}
-        ])
-    except Exception:
-        lock.release()
-        raise
-    return _launch(target, run_id, lock, background,
-                   lambda: _execute_restore(target, run_id, record, current, user, lock))
+        runner.launch(target, {"verb": "recover", "run_id": run.id, "why": why,
+                               "user": run.user}, wait=False)
+    except locking.LockHeld:
+        pass  # someone runs on this database now; the next look settles it
 
 
 def backup_now(target: Target, user: str) -> backups.BackupRecord:
@@ -121,25 +110,26 @@ def backup_now(target: Target, user: str) -> backups.BackupRecord:
     lock = acquire_lock(target, locking.LockHolder(os.getpid(), "backup", "-", user, time.time()))
     started = time.time()
     try:
+        project = target.project()
         try:
-            current = recovery.live_revisions(target.project())
-            record = backups.take_backup(target.project(), target.instance_dir,
-                                         target.backup_dir, "manual backup",
-                                         expected_revisions=current)
+            current = live_revisions(project)
+            record = backups.take_backup(project, target.instance_dir, target.backup_dir,
+                                         "manual backup", expected_revisions=current)
         except DashboardError as exc:
             audit.record_event(target, audit.BackupFailed(
                 user=user, error=exc.message, duration=time.time() - started))
             raise
-        backups.apply_retention(target.instance_dir, target.retention)
         audit.record_event(target, audit.BackupTaken(
-            user=user, from_revs=record.revisions, to_revs=record.revisions, backup_id=record.id,
-            duration=time.time() - started))
+            user=user, from_revs=record.revisions, to_revs=record.revisions,
+            backup_id=record.id, duration=time.time() - started))
+        _apply_retention(target, user)
         return record
     finally:
         lock.release()
 
 
 def delete_backup(target: Target, backup_id: str, user: str) -> None:
+    """Delete one backup; never one an unfinished run needs (409)."""
     target.check_writable()
     record = backups.get_backup(target.instance_dir, backup_id)
     backups.delete_backup(target.instance_dir, record.id)
@@ -147,142 +137,9 @@ def delete_backup(target: Target, backup_id: str, user: str) -> None:
         user=user, backup_id=record.id, from_revs=record.revisions))
 
 
-def _launch(target, run_id, lock, background, work):
-    if background:
-        threading.Thread(target=work, name=f"run-{run_id}", daemon=True).start()
-    else:
-        work()
-    return runs.get_run(target.instance_dir, run_id)
-
-
-def _take_guard_backup(target: Target, run_id: str, label: str,
-                       expected: tuple[str, ...]) -> backups.BackupRecord:
-    runs.update_run(target.instance_dir, run_id, status=runs.BACKING_UP, started_at=time.time())
-    started = time.time()
-    record = backups.take_backup(target.project(), target.instance_dir,
-                                 target.backup_dir, label,
-                                 expected_revisions=expected)
-    runs.update_run(target.instance_dir, run_id, backup_id=record.id,
-                    backup_seconds=time.time() - started)
-    backups.apply_retention(target.instance_dir, max(target.retention, 1))
-    return record
-
-
-def _execute_action(target: Target, run_id: str, plan: ActionPlan, user: str,
-                    lock: locking.ActionLock) -> None:
-    inst = target.instance_dir
-    started = time.time()
-    backup = None
-    try:
-        if plan.creates_file:
-            _create_database(target, run_id, plan, user, lock, started)
-            return
-        try:
-            expected = recovery.live_revisions(target.project())
-            backup = _take_guard_backup(target, run_id, f"{plan.action} {plan.destination}",
-                                        expected)
-        except DashboardError as exc:
-            message = f"The backup failed, so nothing was run: {exc.message}"
-            runs.update_run(inst, run_id, status=runs.FAILED, error=message,
-                            finished_at=time.time(), to_revs=plan.from_revs)
-            audit.record_event(target, audit.ActionRefused(
-                user=user, action=plan.action, destination=plan.destination,
-                from_revs=plan.from_revs, to_revs=plan.from_revs, run_id=run_id,
-                duration=time.time() - started, error=message))
-            return
-        runs.update_run(inst, run_id, status=runs.RUNNING)
-        outcome = supervision.run_worker(target, run_id, plan, lock)
-        if outcome.ok:
-            runs.update_run(inst, run_id, status=runs.SUCCEEDED, finished_at=time.time(),
-                            to_revs=outcome.heads)
-            audit.record_event(target, audit.ActionSucceeded(
-                user=user, action=plan.action, destination=plan.destination,
-                from_revs=plan.from_revs, to_revs=outcome.heads, backup_id=backup.id,
-                run_id=run_id, duration=time.time() - started))
-            return
-        recovery.recover(target, run_id, plan.action, plan.destination, plan.from_revs, backup,
-                         user, started,
-                         f"Step {outcome.failed_step or '?'} failed: {outcome.error}")
-    except Exception as exc:  # never leave a run "running" behind
-        error = target.project().scrub(f"{type(exc).__name__}: {exc}")
-        if backup is not None:
-            recovery.recover(target, run_id, plan.action, plan.destination, plan.from_revs,
-                             backup, user, started, f"The run stopped: {error}")
-        else:
-            runs.update_run(inst, run_id, status=runs.FAILED, error=error,
-                            finished_at=time.time())
-    finally:
-        lock.release()
-
-
-def _create_database(target: Target, run_id: str, plan: ActionPlan, user: str,
-                     lock: locking.ActionLock, started: float) -> None:
-    """Upgrade a SQLite database that does not exist yet. Nothing to back up;
-    if a step fails, the new file is removed, so it is absent as it was."""
-    inst, path = target.instance_dir, plan.creates_file
-    runs.update_run(inst, run_id, status=runs.RUNNING, started_at=time.time())
-    runs.add_log(inst, run_id, "INFO", f"No backup: {path} did not exist; this upgrade creates it.")
-    outcome = supervision.run_worker(target, run_id, plan, lock)
-    if outcome.ok:
-        runs.update_run(inst, run_id, status=runs.SUCCEEDED, finished_at=time.time(),
-                        to_revs=outcome.heads)
-        audit.record_event(target, audit.DatabaseCreated(
-            user=user, action=plan.action, destination=plan.destination, to_revs=outcome.heads,
-            run_id=run_id, duration=time.time() - started))
-        return
-    target.project().engine.remove_database(target.project().database_url)
-    message = (f"Step {outcome.failed_step or '?'} failed: {outcome.error} The new database "
-               f"file was removed: {path} does not exist, as before.")
-    runs.update_run(inst, run_id, status=runs.RESTORED, error=message, finished_at=time.time())
-    audit.record_event(target, audit.DatabaseCreationUndone(
-        user=user, action=plan.action, destination=plan.destination, run_id=run_id,
-        duration=time.time() - started, error=message))
-
-
-def _execute_restore(target: Target, run_id: str, record, current: tuple[str, ...],
-                     user: str, lock: locking.ActionLock) -> None:
-    inst = target.instance_dir
-    started = time.time()
-    safety = None
-    try:
-        try:
-            safety = _take_guard_backup(target, run_id, f"restore of {record.id}", current)
-        except DashboardError as exc:
-            message = f"The backup of the current state failed, so nothing was restored: " \
-                      f"{exc.message}"
-            runs.update_run(inst, run_id, status=runs.FAILED, error=message,
-                            finished_at=time.time())
-            audit.record_event(target, audit.RestoreRefused(
-                user=user, action="restore", destination=record.id, from_revs=current,
-                run_id=run_id, duration=time.time() - started, error=message))
-            return
-        runs.update_run(inst, run_id, status=runs.RUNNING)
-        runs.update_step(inst, run_id, 1, status="running", started_at=time.time())
-        try:
-            backups.restore_backup_file(target.project(), record)
-        except Exception as exc:
-            runs.update_step(inst, run_id, 1, status="failed", finished_at=time.time())
-            detail = exc.message if isinstance(exc, DashboardError) else str(exc)
-            recovery.recover(target, run_id, "restore", record.id, current, safety, user, started,
-                     f"Restoring {record.id} failed: {detail}")
-            return
-        runs.update_step(inst, run_id, 1, status="succeeded", finished_at=time.time())
-        live = recovery.live_revisions(target.project(), allow_missing=True)
-        runs.update_run(inst, run_id, status=runs.SUCCEEDED, finished_at=time.time(),
-                        to_revs=live)
-        audit.record_event(target, audit.RestoreSucceeded(
-            user=user, action="restore", destination=record.id, from_revs=current, to_revs=live,
-            backup_id=safety.id, run_id=run_id, duration=time.time() - started))
-    except Exception as exc:
-        runs.update_run(inst, run_id, status=runs.FAILED, finished_at=time.time(),
-                        error=target.project().scrub(f"{type(exc).__name__}: {exc}"))
-    finally:
-        lock.release()
-
-
 def cancel_run(target: Target, run_id: str, user: str) -> runs.RunRecord:
-    """Stop a running migration's worker. The guard then puts the database back
-    as for any failed step (rollback on PostgreSQL, the backup elsewhere)."""
+    """Stop a running migration's worker. Its runner then stops the server sessions
+    it left and puts the database back, as for any failed step."""
     target.check_writable()
     run = runs.get_run(target.instance_dir, run_id)
     if run is None:
@@ -301,3 +158,316 @@ def cancel_run(target: Target, run_id: str, user: str) -> runs.RunRecord:
     runs.add_log(target.instance_dir, run_id, "WARNING", supervision.CANCEL_MARK + user)
     os.kill(pid, signal.SIGTERM)
     return runs.get_run(target.instance_dir, run_id)
+
+
+def _apply_retention(target: Target, user: str) -> None:
+    """Old backups beyond the retention go, never one a run needs; each is audited."""
+    for record in backups.apply_retention(target.instance_dir, max(target.retention, 1)):
+        audit.record_event(target, audit.BackupExpired(
+            user=user, backup_id=record.id, from_revs=record.revisions,
+            error=f"kept the newest {target.retention}"))
+
+
+# ------------------------------------------------------------------ the runner's part
+
+@dataclass
+class Prepared:
+    """A run whose lock is held and whose record exists: what the runner executes."""
+
+    verb: str  # action, restore, recover
+    run_id: str
+    user: str
+    lock: locking.ActionLock
+    current: tuple[str, ...] = ()
+    plan: ActionPlan | None = None
+    reachable: frozenset[str] = frozenset()
+    restoring: backups.BackupRecord | None = None
+    dead_run: runs.RunRecord | None = None
+    why: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+def prepare(target: Target, request: dict) -> Prepared:
+    """Take the lock, plan, and record the run; or raise what refuses it."""
+    verb, user = request.get("verb"), str(request.get("user") or "?")
+    if verb == "action":
+        return _prepare_action(target, request, user)
+    if verb == "restore":
+        return _prepare_restore(target, request, user)
+    if verb == "recover":
+        run = runs.get_run(target.instance_dir, str(request.get("run_id")))
+        if run is None or run.finished:
+            raise Conflict("That run is already settled.")
+        lock = acquire_lock(target, locking.LockHolder(
+            os.getpid(), f"recover {run.id}", run.id, user, time.time()))
+        return Prepared("recover", run.id, user, lock, dead_run=run,
+                        why=str(request.get("why") or ""))
+    raise BadRequest(f"Unknown request {verb!r}.")
+
+
+def _prepare_action(target: Target, request: dict, user: str) -> Prepared:
+    action, destination = str(request["action"]), str(request["destination"])
+    run_id = runs.new_run_id()
+    # The lock comes first: while another action runs, the state it would be
+    # planned from is in flux, and "already running" is the answer that helps.
+    lock = acquire_lock(target, locking.LockHolder(
+        os.getpid(), f"{action} {destination}", run_id, user, time.time()))
+    try:
+        project = target.project()
+        history = target.history(project)
+        new_file = missing_sqlite_file(project) if action == "upgrade" else None
+        if new_file:
+            current: tuple[str, ...] = ()
+            plan = replace(plan_action(history, (), action, destination), creates_file=new_file)
+        else:
+            current = live_revisions(project)
+            plan = plan_action(history, current, action, destination, request.get("state"))
+        runs.create_run(target.instance_dir, run_id=run_id, action=action,
+                        target=plan.destination, user=user, from_revs=current)
+        runs.plan_steps(target.instance_dir, run_id, [
+            {"revision": s.revision, "direction": s.direction} for s in plan.steps
+        ])
+    except Exception:
+        lock.release()
+        raise
+    return Prepared("action", run_id, user, lock, current=current, plan=plan,
+                    reachable=_reachable(history, plan))
+
+
+def _prepare_restore(target: Target, request: dict, user: str) -> Prepared:
+    record = backups.get_backup(target.instance_dir, str(request["backup_id"]))
+    run_id = runs.new_run_id()
+    lock = acquire_lock(target, locking.LockHolder(
+        os.getpid(), f"restore {record.id}", run_id, user, time.time()))
+    try:
+        current = live_revisions(target.project(), allow_missing=True)
+        runs.create_run(target.instance_dir, run_id=run_id, action="restore",
+                        target=record.id, user=user, from_revs=current,
+                        restore_backup_id=record.id)
+        runs.plan_steps(target.instance_dir, run_id, [
+            {"revision": ",".join(record.revisions) or "base", "direction": "restore"}
+        ])
+    except Exception:
+        lock.release()
+        raise
+    return Prepared("restore", run_id, user, lock, current=current, restoring=record,
+                    reachable=frozenset(current) | frozenset(record.revisions))
+
+
+def _reachable(history: History, plan: ActionPlan) -> frozenset[str]:
+    """Every revision the plan's steps could leave the database at."""
+    found: set[str] = set(plan.from_revs)
+    for step in plan.steps:
+        for name in step.revision.split(","):
+            found.add(name)
+            script = history.revisions.get(name)
+            if script is not None:
+                found.update(to_tuple(script.down_revision, default=()))
+    return frozenset(found)
+
+
+def execute(target: Target, prepared: Prepared) -> None:
+    """Carry out a prepared run to its final status; the lock is released at the end."""
+    try:
+        if prepared.verb == "action":
+            _execute_action(target, prepared)
+        elif prepared.verb == "restore":
+            _execute_restore(target, prepared)
+        else:
+            _execute_recovery(target, prepared)
+    except Exception as exc:  # never leave a run "running" behind
+        runs.update_run(target.instance_dir, prepared.run_id, status=runs.FAILED,
+                        finished_at=time.time(),
+                        error=target.project().scrub(
+                            f"The run stopped unexpectedly: {type(exc).__name__}: {exc}"))
+    finally:
+        prepared.lock.release()
+
+
+def _execute_action(target: Target, prepared: Prepared) -> None:
+    plan, run_id, user = prepared.plan, prepared.run_id, prepared.user
+    assert plan is not None
+    inst, project = target.instance_dir, target.project()
+    started = time.time()
+    runs.update_run(inst, run_id, status=runs.BACKING_UP, started_at=started)
+    worker = supervision.Worker(target, run_id, plan, prepared.lock)
+    backup = None
+    try:
+        try:
+            worker.wait_for("ready")  # a SQLite worker holds the write lock from here on
+        except supervision.WorkerFailed as exc:
+            _refuse(target, prepared, started,
+                    f"The worker could not start, so nothing was run: {exc}")
+            return
+        marks = None
+        if plan.creates_file:
+            runs.add_log(inst, run_id, "INFO", f"No backup: {plan.creates_file} did not exist; "
+                                               "this upgrade creates it.")
+        else:
+            try:
+                expected = live_revisions(project)
+                copy = worker.copy_database if project.engine.holds_off_writers else None
+                backup = backups.take_backup(
+                    project, inst, target.backup_dir, f"{plan.action} {plan.destination}",
+                    expected_revisions=expected, copy=copy)
+            except (DashboardError, supervision.WorkerFailed) as exc:
+                worker.abort()
+                detail = exc.message if isinstance(exc, DashboardError) else str(exc)
+                _refuse(target, prepared, started,
+                        f"The backup failed, so nothing was run: {detail}")
+                return
+            runs.update_run(inst, run_id, backup_id=backup.id,
+                            backup_seconds=time.time() - started)
+            _apply_retention(target, user)
+            try:
+                marks = project.engine.write_marks(project)
+            except Exception:
+                marks = None
+        runs.update_run(inst, run_id, status=runs.RUNNING)
+        outcome = worker.run_to_end()
+    except Exception as exc:
+        worker.close()
+        error = project.scrub(f"{type(exc).__name__}: {exc}")
+        if backup is None:
+            runs.update_run(inst, run_id, status=runs.FAILED, error=error,
+                            finished_at=time.time())
+            return
+        recovery.recover(target, _failed_run(prepared, started, f"The run stopped: {error}",
+                                             backup))
+        return
+    worker.close()
+    if outcome.ok:
+        runs.update_run(inst, run_id, status=runs.SUCCEEDED, finished_at=time.time(),
+                        to_revs=outcome.heads)
+        event = audit.DatabaseCreated if plan.creates_file else audit.ActionSucceeded
+        audit.record_event(target, event(
+            user=user, action=plan.action, destination=plan.destination,
+            from_revs=plan.from_revs, to_revs=outcome.heads,
+            backup_id=backup.id if backup else None, run_id=run_id,
+            duration=time.time() - started))
+        return
+    failure = f"Step {outcome.failed_step} failed: {outcome.error}" if outcome.failed_step \
+        else f"env.py failed before the first step: {outcome.error}"
+    if outcome.cancelled:
+        failure = f"The run was cancelled: {outcome.error}."
+    if plan.creates_file:
+        _undo_creation(target, prepared, started, failure)
+        return
+    recovery.recover(target, _failed_run(prepared, started, failure, backup, outcome, marks))
+
+
+def _failed_run(prepared: Prepared, started: float, failure: str, backup,
+                outcome: supervision.WorkerOutcome | None = None, marks=None) -> FailedRun:
+    plan = prepared.plan
+    return FailedRun(
+        run_id=prepared.run_id, action=plan.action if plan else prepared.verb,
+        destination=plan.destination if plan else "", from_revs=prepared.current,
+        user=prepared.user, started=started, failure=failure, backup=backup,
+        reachable=prepared.reachable,
+        rolled_back=bool(outcome and outcome.rolled_back),
+        cancelled=bool(outcome and outcome.cancelled),
+        sessions=outcome.sessions if outcome else (),
+        touched=outcome.touched if outcome else frozenset(), marks=marks)
+
+
+def _refuse(target: Target, prepared: Prepared, started: float, message: str) -> None:
+    plan = prepared.plan
+    runs.update_run(target.instance_dir, prepared.run_id, status=runs.FAILED, error=message,
+                    finished_at=time.time(), to_revs=prepared.current)
+    audit.record_event(target, audit.ActionRefused(
+        user=prepared.user, action=plan.action if plan else prepared.verb,
+        destination=plan.destination if plan else None, from_revs=prepared.current,
+        to_revs=prepared.current, run_id=prepared.run_id, duration=time.time() - started,
+        error=message))
+
+
+def _undo_creation(target: Target, prepared: Prepared, started: float, failure: str) -> None:
+    """A failed upgrade that created its database: the new file goes, as it was absent."""
+    plan = prepared.plan
+    project = target.project()
+    project.engine.remove_database(project.database_url)
+    message = (f"{failure} The new database file was removed: {plan.creates_file} does not "
+               "exist, as before.")
+    runs.update_run(target.instance_dir, prepared.run_id, status=runs.RESTORED, error=message,
+                    finished_at=time.time())
+    audit.record_event(target, audit.DatabaseCreationUndone(
+        user=prepared.user, action=plan.action, destination=plan.destination,
+        run_id=prepared.run_id, duration=time.time() - started, error=message))
+
+
+def _execute_restore(target: Target, prepared: Prepared) -> None:
+    record, run_id, user = prepared.restoring, prepared.run_id, prepared.user
+    assert record is not None
+    inst, project = target.instance_dir, target.project()
+    started = time.time()
+    runs.update_run(inst, run_id, status=runs.BACKING_UP, started_at=started)
+    try:
+        safety = backups.take_backup(project, inst, target.backup_dir,
+                                     f"restore of {record.id}",
+                                     expected_revisions=prepared.current)
+    except DashboardError as exc:
+        message = ("The backup of the current state failed, so nothing was restored: "
+                   f"{exc.message}")
+        runs.update_run(inst, run_id, status=runs.FAILED, error=message,
+                        finished_at=time.time())
+        audit.record_event(target, audit.RestoreRefused(
+            user=user, action="restore", destination=record.id, from_revs=prepared.current,
+            run_id=run_id, duration=time.time() - started, error=message))
+        return
+    runs.update_run(inst, run_id, backup_id=safety.id, backup_seconds=time.time() - started,
+                    status=runs.RUNNING)
+    _apply_retention(target, user)
+    runs.update_step(inst, run_id, 1, status="running", started_at=time.time())
+    try:
+        backups.restore_backup_file(project, record)
+    except Exception as exc:
+        runs.update_step(inst, run_id, 1, status="failed", finished_at=time.time())
+        detail = exc.message if isinstance(exc, DashboardError) else project.scrub(str(exc))
+        failure = f"Restoring {record.id} failed: {detail}"
+        live = live_revisions(project, allow_missing=True)
+        if tuple(sorted(live)) == tuple(sorted(prepared.current)) and \
+                project.engine.schema_differs(project, safety.path) is None:
+            message = (f"{failure} The database was left as it was, at {_revs(live)} "
+                       f"(checked); backup {safety.id} of it was taken first.")
+            runs.update_run(inst, run_id, status=runs.FAILED, error=message,
+                            finished_at=time.time(), to_revs=live)
+            audit.record_event(target, audit.RestoreFailed(
+                user=user, action="restore", destination=record.id,
+                from_revs=prepared.current, to_revs=live, backup_id=safety.id, run_id=run_id,
+                duration=time.time() - started, error=message))
+            return
+        failed = _failed_run(prepared, started, failure, safety)
+        failed.action, failed.destination = "restore", record.id
+        recovery.recover(target, failed)
+        return
+    runs.update_step(inst, run_id, 1, status="succeeded", finished_at=time.time())
+    live = live_revisions(project, allow_missing=True)
+    runs.update_run(inst, run_id, status=runs.SUCCEEDED, finished_at=time.time(),
+                    to_revs=live)
+    audit.record_event(target, audit.RestoreSucceeded(
+        user=user, action="restore", destination=record.id, from_revs=prepared.current,
+        to_revs=live, backup_id=safety.id, run_id=run_id, duration=time.time() - started))
+
+
+def _execute_recovery(target: Target, prepared: Prepared) -> None:
+    """A run whose supervisor died half-way: its own backup is put back."""
+    run = prepared.dead_run
+    assert run is not None
+    try:
+        backup = backups.get_backup(target.instance_dir, run.backup_id or "")
+    except DashboardError:
+        backup = None
+    reachable = frozenset(run.from_revs) | {
+        name for step in run.steps for name in step.revision.split(",")}
+    recovery.recover(target, FailedRun(
+        run_id=run.id, action=run.action, destination=run.target, from_revs=run.from_revs,
+        user=run.user, started=run.started_at or time.time(), failure=prepared.why,
+        backup=backup, reachable=reachable))
+
+
+def _revs(revisions) -> str:
+    return ", ".join(revisions) if revisions else "base (no revision)"
+
+
+__all__ = ["start_action", "start_restore", "backup_now", "delete_backup", "cancel_run",
+           "lock_key", "lock_holder", "Project"]

@@ -10,6 +10,7 @@ written into the file for the "already running" message.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -17,7 +18,7 @@ import os
 import time
 from dataclasses import dataclass
 
-from dashboard.errors import Conflict
+from dashboard.errors import Conflict, DashboardError, InsufficientStorage, Unavailable
 
 
 @dataclass(frozen=True)
@@ -65,20 +66,41 @@ class ActionLock:
         self.release()
 
 
-def lock_path(instance_dir: str, target_key: str) -> str:
+def lock_path(instance_dir: str, target_key: str, beside: str | None = None) -> str:
+    """The lock file: ``beside`` the database when its engine names one and its folder
+    takes it, else in the instance folder, named after the database's identity."""
+    if beside and os.access(os.path.dirname(beside) or ".", os.W_OK):
+        return beside
     digest = hashlib.sha256(target_key.encode()).hexdigest()[:16]
     folder = os.path.join(instance_dir, "locks")
-    os.makedirs(folder, exist_ok=True)
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as exc:
+        raise _state_error(exc, folder) from exc
     return os.path.join(folder, f"target-{digest}.lock")
 
 
+def _state_error(exc: OSError, where: str):
+    """A full or read-only folder of the dashboard's own, said plainly (503/507)."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return InsufficientStorage(f"The disk holding {where} is full: the dashboard cannot "
+                                   "record the lock of this action, so nothing was run. "
+                                   "Free some space and try again.")
+    return Unavailable(f"The dashboard cannot write {where} ({exc.strerror}): it cannot "
+                       "record the lock of this action, so nothing was run. Make the "
+                       "folder writable and try again.")
+
+
 def acquire(instance_dir: str, target_key: str, holder: LockHolder,
-            wait: float = 1.0) -> ActionLock:
+            wait: float = 1.0, beside: str | None = None) -> ActionLock:
     """Take the lock, waiting at most ``wait`` seconds (a run that has just
     recorded its result is still letting go), or raise ``Conflict`` naming
     who holds it."""
-    path = lock_path(instance_dir, target_key)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    path = lock_path(instance_dir, target_key, beside)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise _state_error(exc, path) from exc
     deadline = time.monotonic() + wait
     while True:
         try:
@@ -89,17 +111,25 @@ def acquire(instance_dir: str, target_key: str, holder: LockHolder,
                 time.sleep(0.05)
                 continue
             os.close(fd)
-            current = read_holder(instance_dir, target_key)
+            current = read_holder(instance_dir, target_key, beside)
             message = current.describe() if current else "A migration is already running."
             raise LockHeld(message) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, json.dumps(holder.__dict__).encode(), 0)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(holder.__dict__).encode(), 0)
+    except OSError as exc:  # never keep a lock nobody can release
+        os.close(fd)
+        raise _state_error(exc, path) from exc
     return ActionLock(fd, path)
 
 
-def read_holder(instance_dir: str, target_key: str) -> LockHolder | None:
+def read_holder(instance_dir: str, target_key: str,
+                beside: str | None = None) -> LockHolder | None:
     """Who holds the lock, or None when nobody does."""
-    path = lock_path(instance_dir, target_key)
+    try:
+        path = lock_path(instance_dir, target_key, beside)
+    except DashboardError:
+        return None
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:

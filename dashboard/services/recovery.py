@@ -1,18 +1,23 @@
-"""Putting the database back after a failed step, and runs whose process died.
+"""Putting the database back after a failed or cancelled run, and saying how.
 
-PostgreSQL rolls a failed action back itself (its DDL is transactional and
-the action runs in one transaction); elsewhere the pre-action backup is
-restored and checked. A run left unfinished by a dead process is marked
-final, never silently retried.
+A run's outcome is said only after it is checked: "rolled back" when the
+database undid the action itself (SQLite's one held transaction; PostgreSQL's
+transaction when nothing was committed on the way) and its revisions, and
+where the engine can tell its schema, are as before; "restored" when the
+pre-run backup was loaded and checked; otherwise "failed", with the state
+left and where the backup is. A restore never runs over changes the run did
+not make. A run left unfinished by a dead process is settled at the next
+start from what its worker recorded and what the database holds.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from dashboard.errors import Conflict, DashboardError
-from dashboard.services import audit, backups, locking, runs
+from dashboard.services import audit, backups, locking, runs, supervision
 from dashboard.services.project import Project
 from dashboard.services.status import DatabaseUnreachable, read_database_revisions
 
@@ -25,6 +30,10 @@ def lock_key(project: Project) -> str:
     return project.engine.identity(project.database_url)
 
 
+def lock_file(project: Project) -> str | None:
+    return project.engine.lock_file(project.database_url)
+
+
 def live_revisions(project: Project, allow_missing: bool = False) -> tuple[str, ...]:
     """The database's revisions, read now."""
     try:
@@ -35,61 +44,200 @@ def live_revisions(project: Project, allow_missing: bool = False) -> tuple[str, 
         raise Conflict(f"The database cannot be read: {exc}") from exc
 
 
-def recover(target: Target, run_id: str, action: str, target_rev: str,
-             from_revs: tuple[str, ...], backup, user: str, started: float,
-             failure: str) -> None:
-    """After a failed step: put the database back as it was, and say how."""
+@dataclass
+class FailedRun:
+    """What recovery needs to know of the run it puts right."""
+
+    run_id: str
+    action: str
+    destination: str
+    from_revs: tuple[str, ...]
+    user: str
+    started: float
+    failure: str  # what went wrong, in words
+    backup: backups.BackupRecord | None
+    # Every revision this run could have left the database at: a restore refuses to
+    # run over a database found anywhere else (someone else changed it).
+    reachable: frozenset[str] = frozenset()
+    rolled_back: bool = False  # the database undid the action itself
+    cancelled: bool = False
+    sessions: tuple[str, ...] = ()
+    touched: frozenset[str] = frozenset()
+    marks: dict | None = field(default=None, repr=False)
+
+
+def recover(target: Target, failed: FailedRun) -> str:
+    """After a failed or cancelled run: put the database back as it was, check it,
+    record what happened. Returns the run's final status."""
+    project = target.project()
     inst = target.instance_dir
-    if target.project().engine.transactional_ddl:
-        live = live_revisions(target.project(), allow_missing=True)
-        if live == tuple(from_revs):
-            message = (f"{failure} The transaction was rolled back; the database is at "
-                       f"{', '.join(live) or 'base'} as before.")
-            runs.update_run(inst, run_id, status=runs.RESTORED, error=message,
-                            finished_at=time.time(), to_revs=live)
-            audit.record_event(target, audit.ActionRolledBack(
-                user=user, action=action, destination=target_rev, from_revs=from_revs,
-                to_revs=live, backup_id=backup.id, run_id=run_id, duration=time.time() - started,
-                error=message))
-            return
-    runs.update_run(inst, run_id, status=runs.RESTORING, error=failure)
+    if failed.sessions:
+        # A worker that is gone may leave a statement running on the server, holding
+        # its locks: stop it before anything is said or restored.
+        still = project.engine.end_sessions(project, list(failed.sessions))
+        if still:
+            runs.add_log(inst, failed.run_id, "WARNING",
+                         f"Stopped {len(still)} server session(s) the worker left running: "
+                         + ", ".join(still))
+    project.engine.settle(project)
+    live = live_revisions(project, allow_missing=True)
+    if failed.rolled_back:
+        problem = _differs_from_start(project, failed, live)
+        if problem is None:
+            how = ("The run's one transaction was rolled back" if not failed.cancelled
+                   else "The run was stopped and its transaction rolled back")
+            message = (f"{failed.failure} {how}; the database is at "
+                       f"{_revs(live)} as before (checked).")
+            return _final(target, failed, runs.CANCELLED if failed.cancelled else runs.RESTORED,
+                          message, live, discarded=[],
+                          event=audit.ActionCancelled if failed.cancelled
+                          else audit.ActionRolledBack)
+        runs.add_log(inst, failed.run_id, "WARNING",
+                     f"The rollback did not bring the database back as it was ({problem}); "
+                     "restoring the pre-action backup instead.")
+    if failed.backup is None:
+        message = (f"{failed.failure} There is no backup to restore; the database is at "
+                   f"{_revs(live)}.")
+        return _final(target, failed, runs.FAILED, message, live, discarded=None,
+                      event=audit.ActionFailed)
+    unexpected = set(live) - set(failed.reachable) - set(failed.from_revs)
+    if unexpected:
+        message = (f"{failed.failure} The database is now at {_revs(live)}, which this run "
+                   "could not have left it at: something else changed it, so its backup "
+                   f"{failed.backup.id} was NOT restored over those changes. Compare the "
+                   f"database with the backup ({failed.backup.path}) and restore it by hand "
+                   "if needed.")
+        return _final(target, failed, runs.FAILED, message, live, discarded=None,
+                      event=audit.ActionFailed)
+    runs.update_run(inst, failed.run_id, status=runs.RESTORING, error=failed.failure)
+    discarded = _discarded_writes(project, failed)
     try:
-        backups.restore_backup_file(target.project(), backup)
+        backups.restore_backup_file(project, failed.backup)
     except Exception as exc:
         detail = exc.message if isinstance(exc, DashboardError) else str(exc)
-        message = (f"{failure} Restoring the pre-action backup {backup.id} ALSO failed: "
-                   f"{detail}. The database may be half-migrated; the verified backup is at "
-                   f"{backup.path}.")
-        runs.update_run(inst, run_id, status=runs.FAILED, error=message, finished_at=time.time())
-        audit.record_event(target, audit.ActionFailed(
-            user=user, action=action, destination=target_rev, from_revs=from_revs,
-            backup_id=backup.id, run_id=run_id, duration=time.time() - started, error=message))
-        return
-    live = live_revisions(target.project(), allow_missing=True)
-    message = (f"{failure} The database was restored from the pre-action backup {backup.id} "
-               f"(verified) and is at {', '.join(live) or 'base'} as before.")
-    runs.update_run(inst, run_id, status=runs.RESTORED, error=message,
-                    finished_at=time.time(), to_revs=live)
-    audit.record_event(target, audit.ActionRestored(
-        user=user, action=action, destination=target_rev, from_revs=from_revs, to_revs=live,
-        backup_id=backup.id, run_id=run_id, duration=time.time() - started, error=message))
+        live = live_revisions(project, allow_missing=True)
+        message = (f"{failed.failure} Restoring the pre-action backup {failed.backup.id} ALSO "
+                   f"failed: {detail}. The database is at {_revs(live)} and may be "
+                   f"half-migrated; the verified backup is at {failed.backup.path}.")
+        return _final(target, failed, runs.FAILED, message, live, discarded=None,
+                      event=audit.ActionFailed)
+    live = live_revisions(project, allow_missing=True)
+    message = (f"{failed.failure} The database was restored from the pre-action backup "
+               f"{failed.backup.id} (checked) and is at {_revs(live)} as before.")
+    if discarded:
+        lost = ", ".join(f"{d['table']} ({d['rows']} row{'s' if d['rows'] != 1 else ''})"
+                         for d in discarded)
+        message += (f" Writes other sessions made during the run were discarded with it: "
+                    f"{lost}.")
+    elif discarded is None:
+        message += (" Whether other sessions wrote to the database during the run cannot be "
+                    "told: any such writes were discarded with it.")
+    return _final(target, failed, runs.CANCELLED if failed.cancelled else runs.RESTORED,
+                  message, live, discarded=discarded,
+                  event=audit.ActionCancelled if failed.cancelled else audit.ActionRestored)
 
+
+def _differs_from_start(project: Project, failed: FailedRun,
+                        live: tuple[str, ...]) -> str | None:
+    if tuple(sorted(live)) != tuple(sorted(failed.from_revs)):
+        return f"it is at {_revs(live)}, not {_revs(failed.from_revs)}"
+    if failed.backup is not None:
+        return project.engine.schema_differs(project, failed.backup.path)
+    return None
+
+
+def _discarded_writes(project: Project, failed: FailedRun) -> list | None:
+    try:
+        return project.engine.discarded_writes(project, failed.marks, set(failed.touched))
+    except Exception:
+        return None
+
+
+def _final(target: Target, failed: FailedRun, status: str, message: str,
+           live: tuple[str, ...], *, discarded, event) -> str:
+    inst = target.instance_dir
+    runs.update_run(inst, failed.run_id, status=status, error=message,
+                    finished_at=time.time(), to_revs=live, discarded_writes=discarded)
+    audit.record_event(target, event(
+        user=failed.user, action=failed.action, destination=failed.destination,
+        from_revs=failed.from_revs, to_revs=live,
+        backup_id=failed.backup.id if failed.backup else None, run_id=failed.run_id,
+        duration=time.time() - failed.started, error=message))
+    return status
+
+
+def _revs(revisions) -> str:
+    return ", ".join(revisions) if revisions else "base (no revision)"
+
+
+# ------------------------------------------------------------------ dead runs
 
 def reap_interrupted_runs(target: Target) -> list[str]:
-    """Runs left unfinished by a process that died: their lock is free again.
+    """Settle runs left unfinished by a process that died (their lock is free again).
 
-    They are marked failed with what to check, never silently retried."""
-    if locking.read_holder(target.locks_dir, lock_key(target.project())) is not None:
+    What the worker wrote in its events file is brought into the run; then, from
+    what the database holds: finished by its worker (succeeded), undone by the
+    database (failed, nothing applied), or somewhere between (its backup is
+    restored, behind the lock). Never silently retried."""
+    project = target.project()
+    if locking.read_holder(target.locks_dir, lock_key(project), lock_file(project)):
+        return []
+    unfinished = runs.unfinished_runs(target.instance_dir)
+    if not unfinished:
         return []
     reaped = []
-    for run in runs.unfinished_runs(target.instance_dir):
-        message = ("The process running this action stopped before it finished (the server "
-                   "or worker died). The database may be half-migrated: compare it with "
-                   f"backup {run.backup_id or '(none taken)'} and restore that backup if needed.")
-        runs.update_run(target.instance_dir, run.id, status=runs.FAILED, error=message,
-                        finished_at=time.time())
-        audit.record_event(target, audit.ActionInterrupted(
-            user=run.user, action=run.action, destination=run.target, from_revs=run.from_revs,
-            backup_id=run.backup_id, run_id=run.id, error=message))
+    for run in unfinished:
+        try:
+            _settle_dead_run(target, project, run)
+        except Exception as exc:  # a damaged record must not stop the others
+            runs.update_run(target.instance_dir, run.id, status=runs.FAILED,
+                            finished_at=time.time(),
+                            error=project.scrub(f"Settling this interrupted run failed: "
+                                                f"{type(exc).__name__}: {exc}"))
         reaped.append(run.id)
     return reaped
+
+
+def _settle_dead_run(target: Target, project: Project, run: runs.RunRecord) -> None:
+    from dashboard.services import guard
+
+    inst = target.instance_dir
+    report = supervision.replay_events(inst, run.id, project)
+    project.engine.settle(project)
+    live = live_revisions(project, allow_missing=True)
+    prefix = "The process supervising this run died before it finished."
+    if "step_started" not in report.events:
+        message = f"{prefix} Nothing had run yet; the database is at {_revs(live)}."
+        _dead_final(target, run, runs.FAILED, message, live)
+        return
+    if report.heads is not None and tuple(sorted(report.heads)) == tuple(sorted(live)):
+        message = (f"{prefix} Its worker went on and finished the action by itself: the "
+                   f"database is at {_revs(live)}.")
+        _dead_final(target, run, runs.SUCCEEDED, message, live, error=False)
+        return
+    undone_by_database = project.engine.holds_off_writers or (
+        project.engine.transactional_ddl and not report.committed)
+    if tuple(sorted(live)) == tuple(sorted(run.from_revs)) and undone_by_database:
+        message = (f"{prefix} Its transaction was rolled back by the database: the database "
+                   f"is at {_revs(live)} as before; nothing of the run remains.")
+        _dead_final(target, run, runs.FAILED, message, live)
+        return
+    if run.backup_id is None or run.action == "restore":
+        message = (f"{prefix} The database is at {_revs(live)}; it may be half-changed, and "
+                   "there is no backup of this run to restore: check it by hand.")
+        _dead_final(target, run, runs.FAILED, message, live)
+        return
+    # Between revisions, or changes a non-transactional engine cannot undo: put the
+    # run's own backup back, behind the lock, as the runner of any restore does.
+    guard.start_recovery(target, run, f"{prefix} The database was left at {_revs(live)}.")
+
+
+def _dead_final(target: Target, run: runs.RunRecord, status: str, message: str,
+                live: tuple[str, ...], error: bool = True) -> None:
+    runs.update_run(target.instance_dir, run.id, status=status, finished_at=time.time(),
+                    to_revs=live, error=message if error else None)
+    runs.add_log(target.instance_dir, run.id, "WARNING", message)
+    event = audit.ActionSucceeded if status == runs.SUCCEEDED else audit.ActionInterrupted
+    audit.record_event(target, event(
+        user=run.user, action=run.action, destination=run.target, from_revs=run.from_revs,
+        to_revs=live, backup_id=run.backup_id, run_id=run.id, error=message))

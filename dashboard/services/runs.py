@@ -21,8 +21,9 @@ RUNNING = "running"
 RESTORING = "restoring"
 SUCCEEDED = "succeeded"
 FAILED = "failed"
-RESTORED = "restored"
-FINISHED = (SUCCEEDED, FAILED, RESTORED)
+RESTORED = "restored"  # a step failed; the database was put back and checked
+CANCELLED = "cancelled"  # stopped by a person; the database was put back and checked
+FINISHED = (SUCCEEDED, FAILED, RESTORED, CANCELLED)
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,9 @@ class RunRecord:
     started_at: float | None
     finished_at: float | None
     backup_seconds: float | None
+    # Writes other sessions made during the run that its restore threw away:
+    # [{"table", "rows"}]; [] when none; None when unknown or no restore happened.
+    discarded_writes: list | None = None
     steps: tuple[RunStep, ...] = ()
     logs: tuple[RunLog, ...] = field(default=(), repr=False)
 
@@ -102,6 +106,7 @@ class RunRecord:
             "failed_step": self.failed_step, "user": self.user,
             "created_at": self.created_at, "started_at": self.started_at,
             "finished_at": self.finished_at, "backup_seconds": self.backup_seconds,
+            "destination": self.target, "discarded_writes": self.discarded_writes,
             "logs": [{"ts": log.ts, "level": log.level, "message": log.message}
                      for log in self.logs[-200:]],
         }
@@ -125,6 +130,9 @@ def update_run(instance_dir: str, run_id: str, **values) -> None:
     for key in ("from_revs", "to_revs"):
         if key in values:
             values[key] = store.dumps(values[key])
+    if "discarded_writes" in values:
+        values["discarded_writes"] = (None if values["discarded_writes"] is None
+                                      else store.dumps(values["discarded_writes"]))
     with store.store_engine(instance_dir).begin() as conn:
         conn.execute(update(store.runs).where(store.runs.c.id == run_id).values(**values))
 
@@ -176,6 +184,8 @@ def _record(row, steps=(), logs=()) -> RunRecord:
         error=row["error"], failed_step=row["failed_step"], user=row["user"],
         created_at=row["created_at"], started_at=row["started_at"],
         finished_at=row["finished_at"], backup_seconds=row["backup_seconds"],
+        discarded_writes=(None if row.get("discarded_writes") is None
+                          else store.loads(row["discarded_writes"])),
         steps=tuple(RunStep(s["idx"], s["revision"], s["direction"], s["status"],
                             s["started_at"], s["finished_at"]) for s in steps),
         logs=tuple(RunLog(entry["ts"], entry["level"], entry["message"]) for entry in logs),
@@ -196,6 +206,12 @@ def unfinished_runs(instance_dir: str) -> list[RunRecord]:
         rows = conn.execute(select(store.runs).where(
             store.runs.c.status.not_in(FINISHED))).mappings().all()
     return [_record(row) for row in rows]
+
+
+def pinned_backups(instance_dir: str) -> set[str]:
+    """Backups an unfinished run needs: its pre-run backup, or the one it restores."""
+    return {bid for run in unfinished_runs(instance_dir)
+            for bid in (run.backup_id, run.restore_backup_id) if bid}
 
 
 def worker_pid(instance_dir: str, run_id: str) -> int | None:

@@ -64,6 +64,7 @@ runs = Table(
     Column("started_at", Float),
     Column("finished_at", Float),
     Column("backup_seconds", Float),
+    Column("discarded_writes", Text),  # JSON list, or NULL when unknown
 )
 
 run_steps = Table(
@@ -114,6 +115,18 @@ _APPEND_ONLY = (
 )
 
 
+def _add_missing_columns(engine: Engine) -> None:
+    """A store made by an older version gains the columns added since."""
+    with engine.begin() as conn:
+        for table in metadata.sorted_tables:
+            present = {row[1] for row in conn.execute(text(f'PRAGMA table_info("{table.name}")'))}
+            for column in table.columns:
+                if column.name not in present:
+                    kind = column.type.compile(engine.dialect)
+                    conn.execute(text(f'ALTER TABLE "{table.name}" ADD COLUMN '
+                                      f'"{column.name}" {kind}'))
+
+
 def dumps(value) -> str:
     return json.dumps(list(value) if isinstance(value, (tuple, set, frozenset)) else value)
 
@@ -143,6 +156,7 @@ def store_engine(instance_dir: str) -> Engine:
                 cursor.close()
 
             metadata.create_all(engine)
+            _add_missing_columns(engine)
             with engine.begin() as conn:
                 for statement in _APPEND_ONLY:
                     conn.execute(text(statement))

@@ -1,29 +1,51 @@
 """Supervising the worker process that runs a migration.
 
 The worker (``dashboard/alembic_worker.py``) runs under the project's own
-interpreter and reports each step as a JSON line; this records each report
-in the dashboard's store as it arrives, so any page shows live progress.
+interpreter, waits for a word on its standard input before it changes
+anything, and reports each step, commit, table written and server session as
+a JSON line. This records each report in the dashboard's store as it
+arrives, so any page shows live progress. The worker also keeps its own
+events file, so a run whose supervisor died can still be told apart later.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from dashboard.services import locking, runs
 from dashboard.services.alembic_process import parse_events, worker_command, worker_environment
 from dashboard.services.planning import ActionPlan
-from dashboard.services.project import Project
 
 if TYPE_CHECKING:
     from dashboard.core import Target
 
 CANCEL_MARK = "Cancel requested by "
+EVENTS_FOLDER = "runs"
+
+
+class WorkerFailed(Exception):
+    """The worker stopped before it said what the supervisor waited for."""
+
+
+@dataclass
+class WorkerReport:
+    """What the worker said so far, as far as the guard must remember it."""
+
+    running_step: dict | None = None
+    heads: tuple[str, ...] | None = None
+    error: str | None = None
+    committed: bool = False  # something was committed before the end
+    rolled_back: bool = False  # the worker rolled its one held transaction back
+    sessions: list[str] = field(default_factory=list)
+    touched: set[str] = field(default_factory=set)
+    events: list[str] = field(default_factory=list)  # kinds seen, in order
 
 
 @dataclass
@@ -32,57 +54,159 @@ class WorkerOutcome:
     heads: tuple[str, ...] = ()
     error: str | None = None
     failed_step: str | None = None
+    cancelled: bool = False
+    # The database undid the action itself: the one transaction of a database that
+    # holds writers off, or of transactional DDL when nothing was committed.
+    rolled_back: bool = False
+    sessions: tuple[str, ...] = ()
+    touched: frozenset[str] = frozenset()
 
 
-def run_worker(target: Target, run_id: str, plan: ActionPlan,
-                lock: locking.ActionLock) -> WorkerOutcome:
-    """Run the worker and record what it reports, line by line, as it happens."""
-    project, inst = target.project(), target.instance_dir
-    args = ["run", "--ini", project.ini_path, "--action", plan.action, "--target", plan.destination]
-    if plan.purge:
-        args.append("--purge")
-    report = _WorkerReport()
-    with tempfile.TemporaryFile(mode="w+", encoding="utf-8") as stderr:
-        with subprocess.Popen(
-            worker_command(project, *args), env=worker_environment(project),
-            cwd=os.path.dirname(project.ini_path), stdout=subprocess.PIPE, stderr=stderr,
-            stdin=subprocess.DEVNULL, text=True, pass_fds=(lock.fd,),
-        ) as proc:
-            runs.update_run(inst, run_id, pid=proc.pid)
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                for event in parse_events(line):
-                    report = _record_event(inst, run_id, project, event, report)
-            returncode = proc.wait()
-        heads, error, running_step = report.heads, report.error, report.running_step
-        if heads is not None and returncode == 0 and error is None:
-            return WorkerOutcome(True, heads)
-        if error is None and returncode == -signal.SIGTERM and _cancel_requested(inst, run_id):
+def events_path(instance_dir: str, run_id: str) -> str:
+    return os.path.join(instance_dir, EVENTS_FOLDER, f"{run_id}.jsonl")
+
+
+class Worker:
+    """One worker process running one action, and what it reported."""
+
+    def __init__(self, target: Target, run_id: str, plan: ActionPlan,
+                 lock: locking.ActionLock):
+        self.target = target
+        self.project = target.project()
+        self.run_id = run_id
+        self.plan = plan
+        self.report = WorkerReport()
+        self.holds_writers = self.project.engine.holds_off_writers
+        args = ["run", "--ini", self.project.ini_path, "--action", plan.action,
+                "--target", plan.destination,
+                *self.project.engine.worker_args(self.project)]
+        if plan.purge:
+            args.append("--purge")
+        env = worker_environment(self.project)
+        env["DASHBOARD_EVENTS_FILE"] = self._events_file()
+        env["DASHBOARD_VERSION_TABLE"] = self.project.version_table
+        session_sql = self.project.engine.session_id_sql()
+        if session_sql:
+            env["DASHBOARD_SESSION_SQL"] = session_sql
+        self._stderr = tempfile.TemporaryFile(mode="w+", encoding="utf-8")
+        self.proc = subprocess.Popen(
+            worker_command(self.project, *args), env=env,
+            cwd=os.path.dirname(self.project.ini_path), stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=self._stderr, text=True,
+            pass_fds=(lock.fd,) if lock.fd >= 0 else (),
+        )
+        runs.update_run(target.instance_dir, run_id, pid=self.proc.pid)
+
+    def _events_file(self) -> str:
+        path = events_path(self.target.instance_dir, self.run_id)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        return path
+
+    # ------------------------------------------------------------ talking
+
+    def wait_for(self, kind: str) -> dict:
+        """Record what the worker reports until it says ``kind``; WorkerFailed if it
+        stops first (its error, or how it exited)."""
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            for event in parse_events(line):
+                self._record(event)
+                if event.get("event") == kind:
+                    return event
+                if event.get("event") == "error":
+                    raise WorkerFailed(self.report.error)
+        self.proc.wait()
+        raise WorkerFailed(self.report.error or self._exit_description())
+
+    def send(self, command: str, **fields) -> None:
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(json.dumps({"command": command, **fields}) + "\n")
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            pass  # it is gone; the end of its output says why
+
+    def copy_database(self, destination: str) -> None:
+        """The held database copied by the worker, under the write lock it holds."""
+        self.send("copy", path=destination)
+        self.wait_for("backup_copied")
+
+    def abort(self) -> None:
+        """Nothing may run: the worker rolls back what it holds and exits."""
+        self.send("abort")
+        self._finish()
+
+    def run_to_end(self) -> WorkerOutcome:
+        """Let the worker run the action, and record everything it reports."""
+        self.send("go")
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            for event in parse_events(line):
+                self._record(event)
+        returncode = self._finish()
+        return self._outcome(returncode)
+
+    def _finish(self) -> int:
+        try:
+            if self.proc.stdin is not None:
+                self.proc.stdin.close()
+        except OSError:
+            pass
+        returncode = self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        return returncode
+
+    def _outcome(self, returncode: int) -> WorkerOutcome:
+        report, inst = self.report, self.target.instance_dir
+        if report.heads is not None and returncode == 0 and report.error is None:
+            return WorkerOutcome(True, report.heads, sessions=tuple(report.sessions),
+                                 touched=frozenset(report.touched))
+        cancelled = cancel_requested(inst, self.run_id)
+        error = report.error
+        if cancelled:
             error = "the run was cancelled, and its worker stopped"
         if error is None:
-            stderr.seek(0)
-            tail = project.scrub(stderr.read()[-2000:]).strip()
-            error = f"the worker exited with status {returncode}" + (f": {tail}" if tail else "")
-    failed = None
-    if running_step is not None:
-        failed = running_step["revision"]
-        runs.update_step(inst, run_id, running_step["index"], status="failed",
-                         finished_at=time.time())
-    runs.update_run(inst, run_id, failed_step=failed)
-    return WorkerOutcome(False, error=error, failed_step=failed)
+            error = self._exit_description()
+        failed = None
+        if report.running_step is not None:
+            failed = report.running_step["revision"]
+            runs.update_step(inst, self.run_id, report.running_step["index"], status="failed",
+                             finished_at=time.time())
+        runs.update_run(inst, self.run_id, failed_step=failed)
+        engine = self.project.engine
+        # Held writers: the worker's one transaction, rolled back by it or, if it died,
+        # by SQLite from its journal. Transactional DDL: rolled back by the server,
+        # unless something was committed on the way (an autocommit block, env.py's own
+        # commits), which only the backup can undo.
+        rolled_back = self.holds_writers or (engine.transactional_ddl and not report.committed)
+        return WorkerOutcome(False, error=error, failed_step=failed, cancelled=cancelled,
+                             rolled_back=rolled_back, sessions=tuple(report.sessions),
+                             touched=frozenset(report.touched))
+
+    def _exit_description(self) -> str:
+        returncode = self.proc.poll()
+        if returncode == -signal.SIGTERM and cancel_requested(self.target.instance_dir,
+                                                              self.run_id):
+            return "the run was cancelled, and its worker stopped"
+        self._stderr.seek(0)
+        tail = self.project.scrub(self._stderr.read()[-2000:]).strip()
+        return f"the worker exited with status {returncode}" + (f": {tail}" if tail else "")
+
+    def _record(self, event: dict) -> None:
+        record_event(self.target.instance_dir, self.run_id, self.project, event, self.report)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._stderr.close()
 
 
-@dataclass
-class _WorkerReport:
-    running_step: dict | None = None
-    heads: tuple[str, ...] | None = None
-    error: str | None = None
-
-
-def _record_event(inst: str, run_id: str, project: Project, event: dict,
-                  report: _WorkerReport) -> _WorkerReport:
-    """Store one line the worker reported; returns what the supervisor must remember."""
+def record_event(inst: str, run_id: str, project, event: dict, report: WorkerReport) -> None:
+    """Store one line the worker reported, and remember what the guard needs."""
     kind = event.get("event")
+    report.events.append(str(kind))
     if kind == "plan":
         runs.plan_steps(inst, run_id, event["steps"])
     elif kind == "step_started":
@@ -95,17 +219,39 @@ def _record_event(inst: str, run_id: str, project: Project, event: dict,
     elif kind == "log":
         runs.add_log(inst, run_id, event.get("level", "INFO"),
                      project.scrub(event.get("message", "")), event.get("ts"))
+    elif kind == "committed":
+        if report.heads is None and "step_started" in report.events:
+            report.committed = True
+    elif kind == "rolled_back":
+        report.rolled_back = True
+    elif kind == "session":
+        report.sessions.append(str(event.get("id")))
+    elif kind == "touched":
+        report.touched.add(str(event.get("table")))
     elif kind == "done":
         report.heads = tuple(event.get("heads", ()))
     elif kind == "error":
         report.error = project.scrub(event.get("error", "unknown error"))
-        runs.add_log(inst, run_id, "ERROR", project.scrub(event.get("traceback", report.error)))
+        runs.add_log(inst, run_id, "ERROR", project.scrub(event.get("traceback") or
+                                                          report.error))
+
+
+def replay_events(inst: str, run_id: str, project) -> WorkerReport:
+    """What a worker wrote in its events file: for a run whose supervisor died."""
+    report = WorkerReport()
+    try:
+        with open(events_path(inst, run_id), encoding="utf-8") as handle:
+            lines = handle.read()
+    except OSError:
+        return report
+    for event in parse_events(lines):
+        try:
+            record_event(inst, run_id, project, event, report)
+        except Exception:
+            continue
     return report
 
 
-CANCEL_MARK = "Cancel requested by "
-
-
-def _cancel_requested(inst: str, run_id: str) -> bool:
+def cancel_requested(inst: str, run_id: str) -> bool:
     run = runs.get_run(inst, run_id)
     return bool(run and any(log.message.startswith(CANCEL_MARK) for log in run.logs))

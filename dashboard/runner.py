@@ -1,0 +1,151 @@
+"""The process that owns one run, from its lock to its final word.
+
+A web request or the command line starts it and waits only for its first
+line ("started", or why not: the lock is held, the destination is unknown);
+from then on it runs by itself, in a session of its own. So killing the web
+server, or the command line, never leaves a run without its supervisor: the
+runner takes and checks the backup, lets the worker run, puts the database
+back if a step fails, and records every outcome in the dashboard's store.
+
+Started as ``python -m dashboard.runner``; the request (the target's
+settings, which may hold a URL with a password) comes in an environment
+variable, never on the command line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import subprocess
+import sys
+import threading
+import time
+
+from dashboard.errors import DashboardError, Unavailable, error_named
+from dashboard.settings import REPO_ROOT
+
+REQUEST_ENV = "DASHBOARD_RUN_REQUEST"
+HANDSHAKE_SECONDS = 300.0
+POLL_SECONDS = 0.1
+
+
+def launch(target, request: dict, wait: bool):
+    """Start a runner for ``request`` on ``target``; return its run once it has
+    started (or, with ``wait``, once it has finished). Raises what the runner
+    refused with: a held lock, a bad destination, a read-only instance folder."""
+    from dashboard.services import runs
+
+    payload = {"target": {"settings": _json_safe(target.settings), "name": target.name,
+                          "read_only": target.read_only, "backup_dir": target.backup_folder,
+                          "lock_dir": target.lock_dir},
+               **request}
+    env = dict(os.environ)
+    env[REQUEST_ENV] = json.dumps(payload)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(REPO_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dashboard.runner"], env=env, stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
+    except OSError as exc:
+        raise Unavailable(f"The run could not be started: {exc.strerror}.") from exc
+    # Reap it whenever it ends, so no zombie is left in a long-lived server.
+    threading.Thread(target=proc.wait, name="runner-reaper", daemon=True).start()
+    answer = _handshake(proc)
+    if not answer.get("ok"):
+        error = answer.get("error") or {}
+        raise error_named(error.get("kind", ""), error.get("message", "The run did not start."),
+                          error.get("detail"))
+    run_id = answer["run_id"]
+    if not wait:
+        return runs.get_run(target.instance_dir, run_id)
+    while True:
+        run = runs.get_run(target.instance_dir, run_id)
+        if run is None or run.finished:
+            return run
+        if proc.poll() is not None:  # it died without its final word
+            target.reap_interrupted_runs()
+            run = runs.get_run(target.instance_dir, run_id)
+            if run is None or run.finished:
+                return run
+        time.sleep(POLL_SECONDS)
+
+
+def _handshake(proc: subprocess.Popen) -> dict:
+    assert proc.stdout is not None
+    deadline = time.monotonic() + HANDSHAKE_SECONDS
+    line = b""
+    while not line.endswith(b"\n"):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise Unavailable("The run did not say whether it started within "
+                              f"{HANDSHAKE_SECONDS:g} s; see the runs page.")
+        ready, _, _ = select.select([proc.stdout], [], [], left)
+        if not ready:
+            continue
+        chunk = os.read(proc.stdout.fileno(), 65536)
+        if not chunk:
+            break
+        line += chunk
+    proc.stdout.close()
+    try:
+        return json.loads(line.decode("utf-8"))
+    except ValueError:
+        return {"ok": False, "error": {"kind": "Unavailable", "message":
+                "The run stopped before it started (its process exited with status "
+                f"{proc.wait()})."}}
+
+
+def _json_safe(settings: dict) -> dict:
+    return {key: (str(value) if not isinstance(value, (str, int, float, bool, type(None)))
+                  else value) for key, value in settings.items()}
+
+
+# ------------------------------------------------------------------ the runner
+
+
+def main() -> int:
+    from dashboard.core import Target
+    from dashboard.services import guard
+
+    raw = os.environ.pop(REQUEST_ENV, "")
+    handshake = os.fdopen(os.dup(1), "w", encoding="utf-8")
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+    sys.stdout = sys.stderr = open(os.devnull, "w", encoding="utf-8")
+
+    def answer(data: dict) -> None:
+        try:
+            handshake.write(json.dumps(data) + "\n")
+            handshake.close()
+        except OSError:
+            pass  # the caller is gone; the run goes on and records itself
+
+    try:
+        request = json.loads(raw)
+        spec = request["target"]
+        target = Target(spec["settings"], name=spec["name"], read_only=spec["read_only"],
+                        backup_dir=spec["backup_dir"], lock_dir=spec["lock_dir"])
+        target = target.pinned(target.project())
+        prepared = guard.prepare(target, request)
+    except DashboardError as exc:
+        answer({"ok": False, "error": {"kind": type(exc).__name__, "message": exc.message,
+                                       "detail": exc.detail}})
+        return 0
+    except Exception as exc:
+        from dashboard.redact import scrub
+
+        url = (json.loads(raw or "{}").get("target", {}).get("settings", {})
+               .get("DASHBOARD_DATABASE_URL") if raw else None)
+        answer({"ok": False, "error": {"kind": "Unavailable", "message": scrub(
+            f"The run could not start: {type(exc).__name__}: {exc}", url)}})
+        return 1
+    answer({"ok": True, "run_id": prepared.run_id})
+    guard.execute(target, prepared)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
