@@ -40,7 +40,7 @@ def emit(event: str, **fields) -> None:
     goes on to its end, and the events file tells the dashboard what happened."""
     fields["event"] = event
     fields.setdefault("ts", time.time())
-    line = json.dumps(fields, default=str) + "\n"
+    line = _scrub(json.dumps(fields, default=str)) + "\n"
     if _events is not None:
         try:
             _events.write(line)
@@ -52,6 +52,29 @@ def emit(event: str, **fields) -> None:
         _protocol.flush()
     except (OSError, ValueError):
         pass
+
+
+def _scrub(text: str) -> str:
+    """The password out of what is reported, in each form the dashboard names
+    (``DASHBOARD_SECRET_FORMS``, longest first), also as JSON escapes it."""
+    for form in _SECRET_FORMS:
+        text = text.replace(form, "***")
+    return text
+
+
+def _secret_forms() -> list[str]:
+    try:
+        forms = json.loads(os.environ.get("DASHBOARD_SECRET_FORMS") or "[]")
+    except ValueError:
+        return []
+    found = set()
+    for form in forms:
+        found.add(form)
+        found.add(json.dumps(form)[1:-1])  # as it stands inside a JSON string
+    return sorted((f for f in found if f), key=len, reverse=True)
+
+
+_SECRET_FORMS = _secret_forms()
 
 
 def _open_events_file() -> None:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from alembic.util import to_tuple
 
 from dashboard.engines import DatabaseUnreachable
+from dashboard.engines.base import remove_files
 from dashboard.errors import BadRequest, Conflict, DashboardError, NotFound
 from dashboard.services import audit, backups, locking, recovery, runs, supervision
 from dashboard.services.planning import ACTIONS, ActionPlan, plan_action
@@ -76,9 +77,29 @@ def start_action(target: Target, history: History, state: str, action: str, dest
     recovery.reap_interrupted_runs(target)
     if action not in ACTIONS:
         raise BadRequest(f"Unknown action '{action}': use upgrade, downgrade or stamp.")
+    _check_plan(target, history, state, action, destination)
     return runner.launch(target, {"verb": "action", "action": action,
                                   "destination": destination, "state": str(state),
                                   "user": user}, wait=not background)
+
+
+def _check_plan(target: Target, history: History, state: str, action: str,
+                destination: str) -> None:
+    """Refuse a bad destination, or nothing to do, at once, before a runner starts.
+
+    Not while another action holds the lock: the state is in flux then, and the
+    runner's "already running" is the answer that helps."""
+    project = target.project()
+    if locking.read_holder(target.locks_dir, lock_key(project), lock_file(project)):
+        return
+    if action == "upgrade" and missing_sqlite_file(project):
+        plan_action(history, (), action, destination)
+        return
+    try:
+        current = live_revisions(project)
+    except Conflict:
+        return  # the runner says what it finds
+    plan_action(history, current, action, destination, state)
 
 
 def start_restore(target: Target, backup_id: str, user: str,
@@ -282,6 +303,8 @@ def execute(target: Target, prepared: Prepared) -> None:
                             f"The run stopped unexpectedly: {type(exc).__name__}: {exc}"))
     finally:
         prepared.lock.release()
+        # The worker's own record matters only to a run nobody saw end.
+        remove_files(supervision.events_path(target.instance_dir, prepared.run_id))
 
 
 def _execute_action(target: Target, prepared: Prepared) -> None:

@@ -44,6 +44,11 @@ UNREACHABLE = State.UNREACHABLE
 class DatabaseInfo:
     url: str  # masked
     dialect: str
+    # Other sessions' writes are held off for a whole run (SQLite): none can be lost.
+    writes_held_off: bool = False
+    # A failed run is undone by the database itself when nothing was committed on the
+    # way (PostgreSQL), so writes made meanwhile survive it.
+    transactional_ddl: bool = False
 
 
 @dataclass(frozen=True)
@@ -117,7 +122,9 @@ def read_database_revisions(project: Project) -> DatabaseRevisions:
 
 
 def migration_status(project: Project, history: History) -> MigrationStatus:
-    database = DatabaseInfo(url=project.masked_url, dialect=project.dialect)
+    database = DatabaseInfo(url=project.masked_url, dialect=project.dialect,
+                            writes_held_off=project.engine.holds_off_writers,
+                            transactional_ddl=project.engine.transactional_ddl)
     if history.error:
         raise ConfigurationError(
             "The revision history cannot be read.", detail=history.error
