@@ -41,8 +41,8 @@ POLL_SECONDS = 0.2
 EPILOG = f"""\
 exit codes:
   {EXIT_OK}  success; the database is up to date (--check: the state could be read)
-  {EXIT_FAILED}  the migration failed (the database was restored from its backup when
-     the output says so); --check-pending: revisions are pending or the database
+  {EXIT_FAILED}  the migration failed (the output says how the database was put back,
+     or what state it is in); --check-pending: revisions are pending or the database
      is uninitialized
   {EXIT_ERROR}  usage or configuration error: alembic.ini missing, database unreachable,
      database at a revision no script defines
@@ -222,7 +222,17 @@ def upgrade_database(dashboard: Target, writer: MessageWriter) -> int:
     except planning.NothingToDo:  # someone else applied them since we looked
         writer.say("Database is up to date: another process applied the migrations.")
         return EXIT_OK
-    run = follow_run(dashboard.instance_dir, run.id, writer)
+    try:
+        run = follow_run(dashboard.instance_dir, run.id, writer)
+    except KeyboardInterrupt:
+        # The run's own process goes on without us: stop it properly, then wait for the
+        # database to be put back (a second Ctrl-C leaves it to finish on its own).
+        writer.warn("Interrupted: cancelling the run; the database will be put back.")
+        try:
+            guard.cancel_run(dashboard, run.id, current_user())
+        except DashboardError as exc:
+            writer.warn(f"It could not be cancelled: {exc.message}")
+        run = follow_run(dashboard.instance_dir, run.id, writer)
     if run.status == runs.SUCCEEDED:
         writer.say(f"Database migrations completed successfully: now at {_revs(run.to_revs)}")
         return EXIT_OK
@@ -307,8 +317,9 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
             return EXIT_LOCKED
         return EXIT_ERROR
     except KeyboardInterrupt:
-        writer.warn("Interrupted. If a migration was running, its worker may still finish; "
-                    "the dashboard's Runs page shows how it ended and names its backup.")
+        writer.warn("Interrupted. A migration that was running goes on by itself to its end "
+                    "(or is put back if it fails); the dashboard's Runs page shows how it "
+                    "ended and names its backup.")
         return 130
 
 

@@ -87,8 +87,17 @@ def app_config(sample_ini, db_url, instance_dir) -> dict:
 
 
 @pytest.fixture
-def app(app_config):
-    return create_app(app_config)
+def make_app(app_config):
+    """A dashboard over the scratch project and database, with settings changed as
+    the test says: ``make_app(DASHBOARD_BACKUP_RETENTION=2)``."""
+    def make(**overrides):
+        return create_app({**app_config, **overrides})
+    return make
+
+
+@pytest.fixture
+def app(make_app):
+    return make_app()
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -7,8 +7,11 @@ shared lock, a restore when a revision fails.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -84,11 +87,19 @@ def cli_env(sample_ini, db_url, instance_dir) -> dict[str, str]:
 
 @pytest.fixture
 def run_cli(cli_env):
+    """migrate_db.py's main() in this process: its exit code and what it printed.
+    (Tests of the command as a process, its cwd or its interpreter, run it as one.)"""
+    import migrate_db
+
     def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "migrate_db.py", *args], cwd=REPO, env=env or cli_env,
-            capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL,
-        )
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = migrate_db.main(list(args), environ=env or cli_env, out=out, err=err)
+            except SystemExit as exc:  # argparse: --help, usage errors
+                code = exc.code if isinstance(exc.code, int) else 2
+        return subprocess.CompletedProcess(["migrate_db.py", *args], code, out.getvalue(),
+                                           err.getvalue())
     return run
 
 
@@ -306,3 +317,28 @@ def test_a_password_is_never_printed(run_cli, cli_env):
         assert result.returncode == 2
         assert "s3cret-pw" not in result.stdout + result.stderr
     assert "app:***@127.0.0.1" in results[0].stdout
+
+
+def test_ctrl_c_cancels_the_run_and_the_database_is_put_back(cli_env, sample_ini, db_at_head):
+    from tests.test_guard_sqlite import write_revision
+
+    write_revision(sample_ini, "c7c700000001", UNIFIED_REASONING, table="half", sleep=60)
+    tables_before = table_names(db_at_head)
+    proc = subprocess.Popen([sys.executable, "migrate_db.py"], cwd=REPO, env=cli_env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        for line in proc.stdout:
+            if "Running database migrations" in line or time.monotonic() > deadline:
+                break
+        time.sleep(2.5)  # the backup is taken and the step is sleeping
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, out + err
+    assert "cancelling the run" in err and "cancelled" in err, out + err
+    assert db_revisions(db_at_head) == [UNIFIED_REASONING]
+    assert table_names(db_at_head) == tables_before
