@@ -327,6 +327,7 @@ def _execute_action(target: Target, prepared: Prepared) -> None:
             runs.add_log(inst, run_id, "INFO", f"No backup: {plan.creates_file} did not exist; "
                                                "this upgrade creates it.")
         else:
+            backup_started = time.time()
             try:
                 expected = live_revisions(project)
                 copy = worker.copy_database if project.engine.holds_off_writers else None
@@ -340,7 +341,7 @@ def _execute_action(target: Target, prepared: Prepared) -> None:
                         f"The backup failed, so nothing was run: {detail}")
                 return
             runs.update_run(inst, run_id, backup_id=backup.id,
-                            backup_seconds=time.time() - started)
+                            backup_seconds=time.time() - backup_started)
             _apply_retention(target, user)
             try:
                 marks = project.engine.write_marks(project)
