@@ -240,8 +240,8 @@ def upgrade_database(dashboard: Target, writer: MessageWriter) -> int:
     if run.error:
         writer.warn(run.error)
     if run.status in (runs.RESTORED, runs.CANCELLED):
-        writer.warn(f"The database is at {_revs(run.to_revs)}, as before the run (its "
-                    f"backup {run.backup_id} is kept).")
+        kept = f" (its backup {run.backup_id} is kept)" if run.backup_id else ""
+        writer.warn(f"The database is at {_revs(run.to_revs)}, as before the run{kept}.")
     writer.warn("See the run's log in the dashboard, or its audit log.")
     return EXIT_FAILED
 

@@ -401,7 +401,8 @@ class _HeldSqlite:
                 return held.real_connect(database, *args, **kwargs)
             return held.proxy()
 
-        sqlite3.connect = connect
+        # SQLAlchemy's pysqlite dialect calls sqlite3.dbapi2.connect.
+        sqlite3.connect = sqlite3.dbapi2.connect = connect
 
     def proxy(self):
         return _ConnectionProxy(self.connection)
@@ -437,7 +438,7 @@ class _HeldSqlite:
     def release(self, commit: bool) -> None:
         import sqlite3
 
-        sqlite3.connect = self.real_connect
+        sqlite3.connect = sqlite3.dbapi2.connect = self.real_connect
         if self.connection is None:
             return
         try:

@@ -591,3 +591,61 @@ def test_a_backup_being_restored_cannot_be_deleted(client, at_head):
         if run_id:
             finish_quietly(client, run_id)
     assert wait_for_run(client, run_id)["status"] == "succeeded"
+
+
+# ---------------------------------------------------------------- a project from `alembic init`
+
+
+@pytest.fixture
+def plain_project(tmp_path) -> Path:
+    """A project made by the real `alembic init`: its env.py builds its own engine from
+    sqlalchemy.url and ignores any connection the dashboard could hand it."""
+    from alembic.config import Config
+
+    from alembic import command
+
+    root = tmp_path / "plain"
+    root.mkdir()
+    config = Config(str(root / "alembic.ini"))
+    command.init(config, str(root / "alembic"))
+    ini = root / "alembic.ini"
+    text = ini.read_text().replace("sqlalchemy.url = driver://user:pass@localhost/dbname",
+                                   f"sqlalchemy.url = sqlite:///{root / 'app.db'}")
+    ini.write_text(text)
+    return ini
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_a_project_made_by_alembic_init_runs_in_the_held_transaction(plain_project, tmp_path,
+                                                                     fails):
+    db = plain_project.parent / "app.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
+        conn.execute("INSERT INTO notes (body) VALUES ('kept')")
+    versions = plain_project.parent / "alembic" / "versions"
+    (versions / "aaa100000001_first.py").write_text(
+        '"""first"""\nimport sqlalchemy as sa\nfrom alembic import op\n'
+        'revision = "aaa100000001"\ndown_revision = None\n'
+        'def upgrade():\n'
+        '    op.create_table("t1", sa.Column("id", sa.Integer, primary_key=True))\n'
+        '    op.execute("UPDATE notes SET body = \'changed\'")\n'
+        'def downgrade():\n    op.drop_table("t1")\n')
+    write_revision(plain_project, "bbb200000002", "aaa100000001", table="t2", fail=fails)
+    before = rows(db)
+    client = create_app({
+        "TESTING": True, "WTF_CSRF_ENABLED": False, "DASHBOARD_SECRET_KEY": "t",
+        "DASHBOARD_ALEMBIC_INI": str(plain_project), "DASHBOARD_DATABASE_URL": None,
+        "DASHBOARD_INSTANCE_DIR": str(tmp_path / "inst"), "DASHBOARD_SEED_SAMPLE": False,
+    }).test_client()
+    started = post_run(client)
+    assert started.status_code == 202, started.get_json()
+    run = wait_for_run(client, started.get_json()["id"])
+    if fails:
+        assert run["status"] == "restored", run
+        assert "rolled back" in run["error"], run["error"]
+        assert rows(db) == before
+    else:
+        assert run["status"] == "succeeded", run
+        assert {"t1", "t2", "notes", "alembic_version"} <= tables(db)
+        with sqlite3.connect(db) as conn:
+            assert conn.execute("SELECT body FROM notes").fetchall() == [("changed",)]
