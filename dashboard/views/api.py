@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from urllib.parse import urlsplit
 
 from flask import current_app, jsonify, request, url_for
@@ -56,9 +57,16 @@ def _json_body() -> dict:
     if not request.is_json:
         raise UnsupportedMediaType("API requests that change something must be "
                                    "Content-Type: application/json.")
-    body = request.get_json(silent=True)
-    if body is None:
-        body = {} if not request.get_data() else None
+    raw = request.get_data(cache=True)
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except RecursionError:
+        # The parser recurses once per level: a hostile body must not be a 500.
+        raise BadRequest("The JSON body is nested too deeply.") from None
+    except ValueError:
+        raise BadRequest("The request body is not valid JSON.") from None
     if not isinstance(body, dict):
         raise BadRequest("The request body must be a JSON object.")
     return body

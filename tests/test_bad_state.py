@@ -1,0 +1,109 @@
+"""The dashboard in bad conditions: a full or read-only instance folder, hostile
+request bodies and origins, a damaged or deleted store, odd file names, long
+histories. Each answers a clear error (never a 500) and loses nothing.
+
+Driven through the JSON API and pages of ``create_app`` and through real
+dashboard server processes, on real file systems (tmpfs mounts), real files and
+real subprocesses.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from dashboard import create_app
+from tests.conftest import UNIFIED_REASONING, migrate
+from tests.test_guard_sqlite import (
+    FINISHED,
+    STEP_ONE,
+    add_user,
+    write_revision,
+)
+
+# ---------------------------------------------------------------- helpers
+
+
+@pytest.fixture
+def at_head(sample_ini, db_url, db_path):
+    """The sample database at its head, with two users."""
+    migrate(sample_ini, db_url, "heads")
+    add_user(db_path, "ada@example.com")
+    add_user(db_path, "linus@example.com")
+    return db_path
+
+
+@pytest.fixture
+def pending(at_head, sample_ini):
+    """One revision to apply (it creates table step_one)."""
+    write_revision(sample_ini, STEP_ONE, UNIFIED_REASONING, table="step_one")
+    return at_head
+
+
+def server_wait_for_run(server, run_id, timeout=60.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        _, run = server.request("GET", f"/api/runs/{run_id}")
+        if run["status"] in FINISHED or time.monotonic() > deadline:
+            return run
+        time.sleep(0.1)
+
+
+def fill(folder: Path) -> Path:
+    """Fill the file system holding ``folder`` to the last block; returns the filler."""
+    filler = folder / "filler.bin"
+    with open(filler, "wb", buffering=0) as handle:
+        for chunk in (1 << 20, 1 << 12, 1):
+            block = b"\0" * chunk
+            while True:
+                try:
+                    handle.write(block)
+                except OSError:
+                    break
+    return filler
+
+
+@contextmanager
+def read_only_view(folder: Path):
+    """Make ``folder`` read-only for every new open, as a remount would, while files
+    already open stay usable (a read-only bind mount over it); undone on exit."""
+    subprocess.run(["mount", "--bind", str(folder), str(folder)], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(folder)], check=True)
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def clear_error_problems(status, body, expected: int, words: tuple[str, ...]) -> list[str]:
+    """What is wrong with an answer that should be a clear JSON error ``expected``."""
+    if status != expected:
+        return [f"expected a clear {expected}, got {status}: {str(body)[:300]}"]
+    if not isinstance(body, dict) or "error" not in body:
+        return [f"not a JSON error: {str(body)[:300]}"]
+    if not any(word in body["error"]["message"].lower() for word in words):
+        return [f"the message does not say why ({' / '.join(words)}): {body}"]
+    return []
+
+
+# ---------------------------------------------------------------- 7. hostile JSON
+
+
+@pytest.mark.parametrize("body", [
+    "[" * 1000 + "]" * 1000,
+    '{"a":' * 1000 + "1" + "}" * 1000,
+    '{"action": "upgrade", "target": ' + "[" * 1000 + "]" * 1000 + "}",
+], ids=["lists", "objects", "inside-an-object"])
+def test_a_deeply_nested_json_body_is_a_400(app_config, at_head, body):
+    app_config["PROPAGATE_EXCEPTIONS"] = False  # an unhandled error is a 500, as users get it
+    client = create_app(app_config).test_client()
+    response = client.post("/api/runs", data=body, content_type="application/json")
+    assert response.status_code == 400, (
+        f"a JSON body nested 1000 deep answered {response.status_code}: "
+        f"{response.get_data(as_text=True)[:300]}")
+    assert "error" in response.get_json()
+    assert client.get("/api/runs").get_json()["runs"] == []
