@@ -107,3 +107,29 @@ def test_a_deeply_nested_json_body_is_a_400(app_config, at_head, body):
         f"{response.get_data(as_text=True)[:300]}")
     assert "error" in response.get_json()
     assert client.get("/api/runs").get_json()["runs"] == []
+
+
+# ---------------------------------------------------------------- 9. origins
+
+
+@pytest.mark.parametrize("origin", [
+    "http://127.0.0.1:5000.evil.com",
+    "http://127.0.0.1:9999",
+    "https://127.0.0.1:5000",
+])
+def test_an_origin_is_compared_by_scheme_host_and_port(client, at_head, origin):
+    base = "http://127.0.0.1:5000"
+    refused = client.post("/api/backups", json={}, base_url=base, headers={"Origin": origin})
+    assert refused.status_code == 403, (
+        f"a POST from origin {origin} to {base} was accepted: {refused.status_code}")
+    refused = client.post("/api/runs", json={"action": "upgrade", "target": "heads"},
+                          base_url=base, headers={"Origin": origin})
+    assert refused.status_code == 403
+    assert client.get("/api/backups").get_json()["backups"] == []
+    assert client.get("/api/runs").get_json()["runs"] == []
+
+
+def test_the_same_origin_as_the_host_is_accepted(client, at_head):
+    base = "http://127.0.0.1:5000"
+    accepted = client.post("/api/backups", json={}, base_url=base, headers={"Origin": base})
+    assert accepted.status_code == 201, accepted.get_json()

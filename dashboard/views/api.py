@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import json
-from urllib.parse import urlsplit
 
-from flask import current_app, jsonify, request, url_for
+from flask import jsonify, request, url_for
 from werkzeug.exceptions import Forbidden, UnsupportedMediaType
 
 from dashboard import security
@@ -77,12 +76,11 @@ def refuse_foreign_origin():
     if request.method in ("GET", "HEAD", "OPTIONS"):
         return None
     origin = request.headers.get("Origin")
-    if origin and origin != "null":
-        host = security.host_name(urlsplit(origin).netloc)
-        if host not in security.allowed_hosts(current_app):
-            raise Forbidden(f"Requests from origin {origin} are refused.")
-    elif origin == "null":
+    if origin == "null":
         raise Forbidden("Requests from an opaque origin are refused.")
+    if origin and not security.same_origin(origin, request.scheme, request.host):
+        raise Forbidden(f"Requests from origin {origin} are refused: only pages of "
+                        f"{request.scheme}://{request.host} itself may send them.")
     return None
 
 
