@@ -29,7 +29,7 @@ import pytest
 from dashboard import create_app
 from tests.conftest import CHATS, REPO, UNIFIED_REASONING, db_revisions, migrate
 
-FINISHED = ("succeeded", "failed", "restored")
+FINISHED = ("succeeded", "failed", "restored", "cancelled")
 STEP_ONE = "9a1d00000001"  # creates table step_one
 STEP_TWO = "9a1d00000002"  # sleeps, creates table step_two (or fails)
 

@@ -230,13 +230,19 @@ def get_backup(instance_dir: str, backup_id: str) -> BackupRecord:
     return _record(row)
 
 
-def delete_backup(instance_dir: str, backup_id: str) -> None:
-    """Remove the file, its manifest and its record; never a backup a run still needs."""
+def deletable_backup(instance_dir: str, backup_id: str) -> BackupRecord:
+    """The backup, if it may be deleted: never one a run still needs (409)."""
     record = get_backup(instance_dir, backup_id)
     if record.id in runs.pinned_backups(instance_dir):
         raise Conflict(f"Backup {record.id} is in use by a run that has not finished (it is "
                        "the run's way back, or the backup being restored): it cannot be "
                        "deleted until that run ends.")
+    return record
+
+
+def delete_backup(instance_dir: str, backup_id: str) -> None:
+    """Remove the file, its manifest and its record; never a backup a run still needs."""
+    record = deletable_backup(instance_dir, backup_id)
     for path in (record.path, _manifest_path(record.path)):
         try:
             os.remove(path)
