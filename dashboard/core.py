@@ -20,6 +20,8 @@ from dashboard.services.project import Project, load_project
 from dashboard.services.revisions import History, HistoryCache
 from dashboard.settings import REPO_ROOT
 
+SQL_CACHE_ENTRIES = 4096  # offline SQL of one revision in one direction each
+
 
 class Target:
     """One database and its project: config, project, status, and the guard's needs."""
@@ -107,22 +109,34 @@ class Target:
         return alembic_process.import_headers(project, paths, self.timeout)
 
     def offline_sql(self, project: Project, revision) -> alembic_process.OfflineSql:
-        """Offline SQL of one revision, cached until its file or env.py changes."""
-        env_py = os.path.join(project.script_location, "env.py")
-        key = (
-            revision.revision,
-            _mtime(revision.path),
-            _mtime(env_py),
-            project.database_url,
-            project.ini_path,
-        )
-        if key not in self._sql_cache:
-            if len(self._sql_cache) > 256:
-                self._sql_cache.clear()
-            self._sql_cache[key] = alembic_process.offline_sql(
-                project, revision.revision, self.timeout
-            )
-        return self._sql_cache[key]
+        """Offline SQL of one revision, both ways, cached until its file or env.py changes."""
+        found = self._step_sql(project, [revision], ("up", "down"))
+        return alembic_process.OfflineSql.of(found[revision.revision, "up"],
+                                             found[revision.revision, "down"])
+
+    def downgrade_sql(self, project: Project, revisions) -> dict[str, alembic_process.StepSql]:
+        """Each revision's downgrade SQL: what is not cached comes from one subprocess."""
+        found = self._step_sql(project, revisions, ("down",))
+        return {r.revision: found[r.revision, "down"] for r in revisions}
+
+    def _step_sql(self, project: Project, revisions, directions: tuple[str, ...]
+                  ) -> dict[tuple[str, str], alembic_process.StepSql]:
+        env_mtime = _mtime(os.path.join(project.script_location, "env.py"))
+        keys = {
+            (r.revision, direction): (r.revision, direction, _mtime(r.path), env_mtime,
+                                      project.database_url, project.ini_path)
+            for r in revisions for direction in directions
+        }
+        missing = list(dict.fromkeys(name for (name, _), key in keys.items()
+                                     if key not in self._sql_cache))
+        fresh = (alembic_process.offline_sql(project, missing, self.timeout, directions)
+                 if missing else {})
+        if len(self._sql_cache) + len(fresh) > SQL_CACHE_ENTRIES:
+            self._sql_cache.clear()
+        for pair, step in fresh.items():
+            if step.lasting:  # a timeout is tried again next time
+                self._sql_cache[keys[pair]] = step
+        return {pair: fresh.get(pair) or self._sql_cache[key] for pair, key in keys.items()}
 
     def ensure_sample_database(self) -> bool:
         """On first start against the sample project, create its database at an

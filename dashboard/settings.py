@@ -57,7 +57,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "DASHBOARD_SUBPROCESS_TIMEOUT",
         60,
-        "Seconds allowed for one offline-SQL or header-import subprocess.",
+        "Seconds allowed for one offline-SQL or header-import subprocess (a preview's "
+        "batch of offline SQL gets this once per 50 revisions).",
         int,
     ),
     Setting(

@@ -10,6 +10,7 @@ real subprocesses.
 from __future__ import annotations
 
 import subprocess
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +19,7 @@ import pytest
 
 from dashboard import create_app
 from tests.conftest import UNIFIED_REASONING, migrate
+from tests.history_factory import linear, make_project, stamp_database
 from tests.test_guard_sqlite import (
     FINISHED,
     STEP_ONE,
@@ -133,3 +135,36 @@ def test_the_same_origin_as_the_host_is_accepted(client, at_head):
     base = "http://127.0.0.1:5000"
     accepted = client.post("/api/backups", json={}, base_url=base, headers={"Origin": base})
     assert accepted.status_code == 201, accepted.get_json()
+
+
+# ---------------------------------------------------------------- 11. long downgrade preview
+
+
+def test_a_downgrade_preview_to_base_generates_its_sql_in_one_subprocess(tmp_path):
+    spec = linear(20)
+    ini = make_project(tmp_path / "project", spec)
+    url = stamp_database(tmp_path / "long.db", [spec.revisions[-1].revision])
+    calls = tmp_path / "python-calls"
+    wrapper = tmp_path / "python-wrapper"
+    wrapper.write_text(f'#!/bin/sh\necho "$*" >> "{calls}"\nexec "{sys.executable}" "$@"\n')
+    wrapper.chmod(0o755)
+    client = create_app({
+        "TESTING": True, "WTF_CSRF_ENABLED": False, "DASHBOARD_SECRET_KEY": "t",
+        "DASHBOARD_ALEMBIC_INI": str(ini), "DASHBOARD_DATABASE_URL": url,
+        "DASHBOARD_INSTANCE_DIR": str(tmp_path / "instance"), "DASHBOARD_SEED_SAMPLE": False,
+        "DASHBOARD_PYTHON": str(wrapper),
+    }).test_client()
+    assert client.get("/api/status").get_json()["state"] == "up_to_date"
+    calls.unlink(missing_ok=True)
+
+    started = time.monotonic()
+    page = client.get("/actions/preview?action=downgrade&target=base")
+    elapsed = time.monotonic() - started
+    assert page.status_code == 200, page.get_data(as_text=True)[:500]
+    html = page.get_data(as_text=True)
+    missing = [r.revision for r in spec.revisions if f"table t_{r.revision}" not in html]
+    assert not missing, f"the preview does not name what {len(missing)} steps drop: {missing}"
+    started_pythons = calls.read_text().splitlines() if calls.exists() else []
+    assert len(started_pythons) == 1, (
+        f"the preview of {len(spec.revisions)} downgrade steps started "
+        f"{len(started_pythons)} Python processes in {elapsed:.1f} s, e.g. {started_pythons[:2]}")

@@ -360,6 +360,32 @@ def test_downgrade_preview_names_what_it_drops(client, seeded):
     assert client.get("/actions/preview?action=downgrade&target=zzzz").status_code == 400
 
 
+def test_a_downgrade_preview_keeps_each_revisions_sql_until_its_file_changes(
+        app_config, seeded, tmp_path):
+    from dashboard import create_app
+
+    calls = tmp_path / "python-calls"
+    wrapper = tmp_path / "python-wrapper"
+    wrapper.write_text(f'#!/bin/sh\necho "$*" >> "{calls}"\nexec "{sys.executable}" "$@"\n')
+    wrapper.chmod(0o755)
+    client = create_app({**app_config, "DASHBOARD_PYTHON": str(wrapper)}).test_client()
+    url = "/actions/preview?action=downgrade&target=" + USERS
+
+    def started(page) -> list[str]:
+        assert page.status_code == 200 and "table chat_sessions" in page.get_data(as_text=True)
+        lines = calls.read_text().splitlines() if calls.exists() else []
+        calls.unlink(missing_ok=True)
+        return lines
+
+    first = started(client.get(url))
+    assert len(first) == 1 and first[0].count("--revision") == 2, first
+    assert started(client.get(url)) == [], "the same preview again starts no Python"
+    chats = next((tmp_path / "project" / "alembic" / "versions").glob(f"{CHATS}_*.py"))
+    os.utime(chats, ns=(time.time_ns(), time.time_ns() + 10**9))
+    again = started(client.get(url))
+    assert len(again) == 1 and again[0].count("--revision") == 1 and CHATS in again[0], again
+
+
 def test_interrupted_run_is_reported_not_left_running(app, client, seeded, instance_dir):
     from dashboard.services import runs
 
