@@ -16,14 +16,16 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from sqlalchemy.engine import URL
 
 from dashboard import create_app
-from tests.conftest import UNIFIED_REASONING, migrate
+from tests.conftest import CHATS, UNIFIED_REASONING, db_revisions, migrate
 from tests.history_factory import linear, make_project, stamp_database
 from tests.test_guard_sqlite import (
     FINISHED,
     STEP_ONE,
     add_user,
+    wait_for_run,
     write_revision,
 )
 
@@ -135,6 +137,35 @@ def test_the_same_origin_as_the_host_is_accepted(client, at_head):
     base = "http://127.0.0.1:5000"
     accepted = client.post("/api/backups", json={}, base_url=base, headers={"Origin": base})
     assert accepted.status_code == 201, accepted.get_json()
+
+
+# ---------------------------------------------------------------- 10. odd file names
+
+
+def test_a_hash_and_a_question_mark_in_the_sqlite_path_work(app_config, sample_ini, tmp_path):
+    folder = tmp_path / "a#b?c"
+    folder.mkdir()
+    database = folder / "target.db"
+    url = URL.create("sqlite", database=str(database)).render_as_string()
+    migrate(sample_ini, url, CHATS)
+    assert database.is_file(), "the test's own URL names the file"
+    app_config["DASHBOARD_DATABASE_URL"] = url
+    client = create_app(app_config).test_client()
+
+    status = client.get("/api/status").get_json()
+    assert status["state"] == "pending" and status["current"] == [CHATS], status
+    backup = client.post("/api/backups", json={})
+    assert backup.status_code == 201, backup.get_json()
+    assert Path(backup.get_json()["path"]).is_file()
+    started = client.post("/api/runs", json={"action": "upgrade", "target": "heads"})
+    assert started.status_code == 202, started.get_json()
+    run = wait_for_run(client, started.get_json()["id"])
+    assert run["status"] == "succeeded", run
+    assert db_revisions(database) == [UNIFIED_REASONING]
+    assert client.get("/api/status").get_json()["state"] == "up_to_date"
+    assert sorted(p.name for p in folder.iterdir()) == ["target.db"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a#b?c", "instance", "project"], \
+        "a file was created beside the database's folder"
 
 
 # ---------------------------------------------------------------- 11. long downgrade preview

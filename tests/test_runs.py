@@ -242,6 +242,32 @@ def test_lock_held_by_another_process_refuses_and_a_dead_holder_frees_it(
     assert run_to_end(client, "upgrade", "heads")["status"] == "succeeded"
 
 
+def test_the_lock_file_goes_with_its_holder_and_one_waiting_locks_the_next(tmp_path):
+    import threading
+
+    holder = locking.LockHolder(os.getpid(), "upgrade heads", "run-1", "someone", time.time())
+    folder = str(tmp_path)
+    first = locking.acquire(folder, "sqlite:the-db", holder)
+    waiter: dict = {}
+    thread = threading.Thread(target=lambda: waiter.setdefault(
+        "lock", locking.acquire(folder, "sqlite:the-db", holder, wait=10)))
+    thread.start()
+    time.sleep(0.3)
+    assert "lock" not in waiter, "the lock is held"
+    first.release()
+    thread.join(10)
+    second = waiter["lock"]
+    try:
+        assert os.path.exists(second.path)
+        assert os.fstat(second.fd).st_ino == os.stat(second.path).st_ino
+        with pytest.raises(locking.LockHeld):
+            locking.acquire(folder, "sqlite:the-db", holder, wait=0.2)
+    finally:
+        second.release()
+    assert not os.path.exists(second.path), "nothing is left behind"
+    assert locking.read_holder(folder, "sqlite:the-db") is None
+
+
 def test_restore_is_backed_up_first_and_the_audit_log_survives(client, seeded):
     upgraded = run_to_end(client, "upgrade", "heads")
     before_upgrade = upgraded["backup_id"]

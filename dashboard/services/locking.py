@@ -5,7 +5,9 @@ the last process holding it dies, so a lock left by a dead server or worker
 is released by construction, never by guessing from a PID. The worker
 subprocess inherits the descriptor, so the lock stays held while a
 migration runs even if the process that started it is gone. Who holds it is
-written into the file for the "already running" message.
+written into the file for the "already running" message. The holder removes
+the file when it lets go, so nothing is left beside the database; whoever
+locked the old file meanwhile sees it is gone and locks the new one.
 """
 
 from __future__ import annotations
@@ -54,6 +56,8 @@ class ActionLock:
         if self.fd >= 0:
             try:
                 os.ftruncate(self.fd, 0)
+                if _same_file(self.fd, self.path):
+                    os.unlink(self.path)  # still locked: nobody can take this one now
             except OSError:
                 pass
             os.close(self.fd)
@@ -97,30 +101,40 @@ def acquire(instance_dir: str, target_key: str, holder: LockHolder,
     recorded its result is still letting go), or raise ``Conflict`` naming
     who holds it."""
     path = lock_path(instance_dir, target_key, beside)
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    except OSError as exc:
-        raise _state_error(exc, path) from exc
     deadline = time.monotonic() + wait
     while True:
         try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise _state_error(exc, path) from exc
+        try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            break
         except BlockingIOError:
+            os.close(fd)
             if time.monotonic() < deadline:
                 time.sleep(0.05)
                 continue
-            os.close(fd)
             current = read_holder(instance_dir, target_key, beside)
             message = current.describe() if current else "A migration is already running."
             raise LockHeld(message) from None
+        if _same_file(fd, path):
+            break
+        os.close(fd)  # its holder removed it as it let go: lock the file there now
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(holder.__dict__).encode(), 0)
     except OSError as exc:  # never keep a lock nobody can release
-        os.close(fd)
+        ActionLock(fd, path).release()
         raise _state_error(exc, path) from exc
     return ActionLock(fd, path)
+
+
+def _same_file(fd: int, path: str) -> bool:
+    try:
+        mine, there = os.fstat(fd), os.stat(path)
+    except OSError:
+        return False
+    return (mine.st_dev, mine.st_ino) == (there.st_dev, there.st_ino)
 
 
 def read_holder(instance_dir: str, target_key: str,

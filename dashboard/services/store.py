@@ -25,7 +25,7 @@ from sqlalchemy import (
     event,
     text,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import URL, Engine
 
 metadata = MetaData()
 
@@ -146,7 +146,9 @@ def store_engine(instance_dir: str) -> Engine:
         engine = _engines.get(path)
         if engine is None:
             os.makedirs(instance_dir, exist_ok=True)
-            engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": 30})
+            # URL.create percent-encodes the path: a '#' or '?' in it is part of the name.
+            engine = create_engine(URL.create("sqlite", database=path),
+                                   connect_args={"timeout": 30})
 
             @event.listens_for(engine, "connect")
             def _pragmas(dbapi_connection, _record):
