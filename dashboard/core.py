@@ -11,14 +11,17 @@ its own from the same settings. The revision a run goes to is its
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import subprocess
 
-from dashboard.errors import ConfigurationError
+from dashboard.errors import ConfigurationError, DashboardError
 from dashboard.services import alembic_process
 from dashboard.services.project import Project, load_project
 from dashboard.services.revisions import History, HistoryCache
 from dashboard.settings import REPO_ROOT
+
+log = logging.getLogger(__name__)
 
 SQL_CACHE_ENTRIES = 4096  # offline SQL of one revision in one direction each
 
@@ -104,6 +107,20 @@ class Target:
             return reap_interrupted_runs(self)
         except ConfigurationError:
             return []
+
+    def settle_store(self) -> None:
+        """At start-up: list again any backup whose record a lost store took with it,
+        and settle runs left unfinished. A store that cannot be used (a read-only or
+        full folder, a damaged file) does not stop the start: every page that needs
+        it says why (503/507) until it can be used."""
+        from dashboard.services.backups import import_manifests
+
+        try:
+            project = self.project()
+            import_manifests(self.instance_dir, self.backup_dir, project.masked_url)
+            self.reap_interrupted_runs()
+        except DashboardError as exc:
+            log.warning("target %s: %s", self.name, exc.message)
 
     def _import_headers(self, project: Project, paths):
         return alembic_process.import_headers(project, paths, self.timeout)

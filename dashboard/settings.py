@@ -36,7 +36,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "DASHBOARD_INSTANCE_DIR",
         str(REPO_ROOT / "instance"),
-        "Folder for the dashboard's own state store and backups.",
+        "Folder for the dashboard's own state store (dashboard.db and the audit journal "
+        "audit.jsonl) and backups.",
     ),
     Setting(
         "DASHBOARD_PYTHON",

@@ -21,10 +21,12 @@ from sqlalchemy.engine import URL
 from dashboard import create_app
 from tests.conftest import CHATS, UNIFIED_REASONING, db_revisions, migrate
 from tests.history_factory import linear, make_project, stamp_database
+from tests.sqlite_helpers import mounted_tmpfs
 from tests.test_guard_sqlite import (
     FINISHED,
     STEP_ONE,
     add_user,
+    dashboard_server,
     wait_for_run,
     write_revision,
 )
@@ -94,6 +96,68 @@ def clear_error_problems(status, body, expected: int, words: tuple[str, ...]) ->
     return []
 
 
+# ---------------------------------------------------------------- 6. full / read-only folder
+
+
+def test_a_full_instance_folder_is_a_507_and_the_lock_is_released(
+        sample_ini, db_url, pending, instance_dir, tmp_path):
+    with mounted_tmpfs(instance_dir, "32m"):
+        with dashboard_server(sample_ini, db_url, instance_dir, tmp_path / "server.log") \
+                as server:
+            status, backup = server.request("POST", "/api/backups", {})
+            assert status == 201, backup
+            filler = fill(instance_dir)
+            refused = server.request("POST", "/api/runs", {"action": "upgrade", "target": "heads"})
+            assert db_revisions(pending) == [UNIFIED_REASONING]
+            filler.unlink()
+            again = server.request("POST", "/api/runs", {"action": "upgrade", "target": "heads"})
+            run = server_wait_for_run(server, again[1]["id"]) if again[0] == 202 else None
+    problems = clear_error_problems(*refused, 507, ("full", "space"))
+    if again[0] != 202:
+        problems.append(f"with space again, the next action is refused: {again}")
+    assert not problems, "\n".join(problems)
+    assert run["status"] == "succeeded", run
+    assert db_revisions(pending) == [STEP_ONE]
+
+
+def test_an_instance_folder_turned_read_only_is_a_503_and_the_lock_is_released(
+        sample_ini, db_url, pending, instance_dir, tmp_path):
+    with mounted_tmpfs(instance_dir, "64m"):
+        with dashboard_server(sample_ini, db_url, instance_dir, tmp_path / "server.log") \
+                as server:
+            status, backup = server.request("POST", "/api/backups", {})
+            assert status == 201, backup
+            with read_only_view(instance_dir):
+                refused = server.request("POST", "/api/runs",
+                                         {"action": "upgrade", "target": "heads"})
+            assert db_revisions(pending) == [UNIFIED_REASONING]
+            again = server.request("POST", "/api/runs", {"action": "upgrade", "target": "heads"})
+            run = server_wait_for_run(server, again[1]["id"]) if again[0] == 202 else None
+    problems = clear_error_problems(*refused, 503, ("read-only", "read only", "writ"))
+    if again[0] != 202:
+        problems.append(f"writable again, the next action is refused: {again}")
+    assert not problems, "\n".join(problems)
+    assert run["status"] == "succeeded", run
+    assert db_revisions(pending) == [STEP_ONE]
+
+
+def test_a_read_only_instance_folder_is_a_503_until_it_is_writable(
+        sample_ini, db_url, pending, instance_dir, tmp_path):
+    with mounted_tmpfs(instance_dir, "64m", read_only=True):
+        with dashboard_server(sample_ini, db_url, instance_dir, tmp_path / "server.log") \
+                as server:
+            refused = server.request("POST", "/api/runs", {"action": "upgrade", "target": "heads"})
+            assert db_revisions(pending) == [UNIFIED_REASONING]
+            subprocess.run(["mount", "-o", "remount,rw", str(instance_dir)], check=True)
+            again = server.request("POST", "/api/runs", {"action": "upgrade", "target": "heads"})
+            run = server_wait_for_run(server, again[1]["id"]) if again[0] == 202 else None
+    problems = clear_error_problems(*refused, 503, ("read-only", "read only", "writ"))
+    if again[0] != 202:
+        problems.append(f"writable again, the next action is refused: {again}")
+    assert not problems, "\n".join(problems)
+    assert run["status"] == "succeeded", run
+
+
 # ---------------------------------------------------------------- 7. hostile JSON
 
 
@@ -111,6 +175,69 @@ def test_a_deeply_nested_json_body_is_a_400(app_config, at_head, body):
         f"{response.get_data(as_text=True)[:300]}")
     assert "error" in response.get_json()
     assert client.get("/api/runs").get_json()["runs"] == []
+
+
+# ---------------------------------------------------------------- 8. damaged / deleted store
+
+
+def test_a_damaged_store_is_a_clear_503_naming_the_file(app_config, at_head, instance_dir):
+    instance_dir.mkdir()
+    store = instance_dir / "dashboard.db"
+    store.write_bytes(b"this is not a SQLite database, it was overwritten\n" * 200)
+    app_config["PROPAGATE_EXCEPTIONS"] = False
+    try:
+        app = create_app(app_config)
+    except Exception as exc:
+        pytest.fail(f"create_app crashed on a damaged {store}: {type(exc).__name__}: {exc}")
+    client = app.test_client()
+    for url in ("/api/runs", "/api/backups", "/api/audit"):
+        response = client.get(url)
+        assert response.status_code == 503, (url, response.status_code)
+        assert str(store) in response.get_json()["error"]["message"], response.get_json()
+    started = client.post("/api/runs", json={"action": "upgrade", "target": "heads"})
+    assert started.status_code == 503, started.status_code
+    for url in ("/", "/runs", "/backups", "/audit"):
+        page = client.get(url)
+        assert page.status_code == 503, (url, page.status_code)
+        assert str(store) in page.get_data(as_text=True), url
+    assert store.read_bytes().startswith(b"this is not a SQLite database"), "kept as found"
+
+
+def test_a_deleted_store_keeps_the_backups_and_the_audit_log(
+        sample_ini, db_url, at_head, instance_dir, tmp_path):
+    log = tmp_path / "server.log"
+    with dashboard_server(sample_ini, db_url, instance_dir, log) as server:
+        taken = []
+        for email in ("grace@example.com", "barbara@example.com"):
+            status, backup = server.request("POST", "/api/backups", {})
+            assert status == 201, backup
+            taken.append(backup)
+            add_user(at_head, email)
+        _, listed_before = server.request("GET", "/api/backups")
+        _, audit_before = server.request("GET", "/api/audit")
+    assert len(audit_before["entries"]) >= 2
+    for name in ("dashboard.db", "dashboard.db-wal", "dashboard.db-shm"):
+        (instance_dir / name).unlink(missing_ok=True)
+
+    with dashboard_server(sample_ini, db_url, instance_dir, log) as server:
+        status, listed = server.request("GET", "/api/backups")
+        _, audit = server.request("GET", "/api/audit")
+    assert status == 200, listed
+
+    def summary(backups):
+        return [(b["id"], b["sha256"], b["revisions"], b["path"]) for b in backups["backups"]]
+
+    problems = []
+    if summary(listed) != summary(listed_before):
+        problems.append(f"after dashboard.db was deleted the backups are not listed from their "
+                        f"manifests: {summary(listed)}, expected {summary(listed_before)}")
+    kept = [(e["event"], e["backup_id"]) for e in audit["entries"]]
+    lost = [(e["event"], e["backup_id"]) for e in audit_before["entries"]
+            if (e["event"], e["backup_id"]) not in kept]
+    if lost:
+        problems.append(f"the audit entries {lost} are lost with dashboard.db; "
+                        f"the audit log now holds {kept}")
+    assert not problems, "\n".join(problems)
 
 
 # ---------------------------------------------------------------- 9. origins

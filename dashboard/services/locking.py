@@ -12,7 +12,6 @@ locked the old file meanwhile sees it is gone and locks the new one.
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import hashlib
 import json
@@ -20,7 +19,8 @@ import os
 import time
 from dataclasses import dataclass
 
-from dashboard.errors import Conflict, DashboardError, InsufficientStorage, Unavailable
+from dashboard.errors import Conflict, DashboardError
+from dashboard.services.store import storage_error
 
 
 @dataclass(frozen=True)
@@ -80,19 +80,8 @@ def lock_path(instance_dir: str, target_key: str, beside: str | None = None) -> 
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as exc:
-        raise _state_error(exc, folder) from exc
+        raise storage_error(exc, folder) from exc
     return os.path.join(folder, f"target-{digest}.lock")
-
-
-def _state_error(exc: OSError, where: str):
-    """A full or read-only folder of the dashboard's own, said plainly (503/507)."""
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return InsufficientStorage(f"The disk holding {where} is full: the dashboard cannot "
-                                   "record the lock of this action, so nothing was run. "
-                                   "Free some space and try again.")
-    return Unavailable(f"The dashboard cannot write {where} ({exc.strerror}): it cannot "
-                       "record the lock of this action, so nothing was run. Make the "
-                       "folder writable and try again.")
 
 
 def acquire(instance_dir: str, target_key: str, holder: LockHolder,
@@ -106,7 +95,7 @@ def acquire(instance_dir: str, target_key: str, holder: LockHolder,
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
-            raise _state_error(exc, path) from exc
+            raise storage_error(exc, path) from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -125,7 +114,7 @@ def acquire(instance_dir: str, target_key: str, holder: LockHolder,
         os.pwrite(fd, json.dumps(holder.__dict__).encode(), 0)
     except OSError as exc:  # never keep a lock nobody can release
         ActionLock(fd, path).release()
-        raise _state_error(exc, path) from exc
+        raise storage_error(exc, path) from exc
     return ActionLock(fd, path)
 
 
