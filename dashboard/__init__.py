@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import time
@@ -14,6 +15,7 @@ from dashboard.core import Registry
 from dashboard.settings import settings_from_environ
 
 csrf = CSRFProtect()
+log = logging.getLogger(__name__)
 
 
 def create_app(test_config: dict | None = None) -> Flask:
@@ -22,7 +24,10 @@ def create_app(test_config: dict | None = None) -> Flask:
     if test_config:
         app.config.update(test_config)
     instance_dir = str(app.config["DASHBOARD_INSTANCE_DIR"])
-    os.makedirs(instance_dir, exist_ok=True)
+    try:
+        os.makedirs(instance_dir, exist_ok=True)
+    except OSError as exc:  # every page that needs it says so (503) until it exists
+        log.warning("cannot create the instance folder %s: %s", instance_dir, exc)
     app.instance_path = instance_dir
     app.config["SECRET_KEY"] = app.config.get("DASHBOARD_SECRET_KEY") or _instance_secret(
         instance_dir
@@ -72,7 +77,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     dashboard.ensure_sample_database()
     for each in registry.targets.values():
         if each.name not in registry.errors:
-            each.reap_interrupted_runs()
+            each.settle_store()
     return app
 
 
@@ -87,7 +92,14 @@ def _instance_secret(instance_dir: str) -> str:
     except OSError:
         pass
     key = secrets.token_hex(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="ascii") as handle:
-        handle.write(key)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as handle:
+            handle.write(key)
+    except OSError as exc:
+        # A read-only or full instance folder must not stop the dashboard from
+        # starting (it answers 503 until the folder is usable): forms signed with
+        # this key last until the next start.
+        log.warning("cannot keep the secret key in %s (%s): using one for this run only",
+                    path, exc.strerror)
     return key

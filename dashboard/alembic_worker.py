@@ -9,7 +9,8 @@ on the command line, where any user could read a password in the process list.
 
 Modes:
   headers --ini INI FILE...         import revision files whose headers are not literals
-  sql --ini INI --revision R        the SQL of one revision's upgrade and downgrade (offline)
+  sql --ini INI --revision R [--revision R2 ...] [--direction up|down]
+                                    the SQL of each revision's upgrade and downgrade (offline)
   run --ini INI --action upgrade|downgrade|stamp --target T
                                     run an action, reporting each step
 """
@@ -139,20 +140,32 @@ def read_headers(ini: str, paths: list[str]) -> None:
     emit("headers", results=results)
 
 
-def offline_sql(ini: str, url: str, revision: str) -> None:
-    """Emit the SQL of the revision's upgrade and of its downgrade, each on its own."""
+def offline_sql(ini: str, url: str, revisions: list[str],
+                directions: tuple[str, ...] = ("up", "down")) -> None:
+    """Emit the SQL of each revision's upgrade and of its downgrade, each on its own.
+
+    Many revisions in one process: a preview of a long downgrade starts one
+    Python, not one per step. One revision that fails does not stop the others."""
     from alembic.script import ScriptDirectory
 
     config = _config(ini, url)
     script = ScriptDirectory.from_config(config)
-    target = script.get_revision(revision)
-    for direction in ("up", "down"):
+    for revision in revisions:
         try:
-            sql = _offline_step_sql(config, script, target, direction)
+            target = script.get_revision(revision)
         except BaseException as exc:
-            emit("sql", direction=direction, sql=None, error=f"{type(exc).__name__}: {exc}")
-        else:
-            emit("sql", direction=direction, sql=sql, error=None)
+            for direction in directions:
+                emit("sql", revision=revision, direction=direction, sql=None,
+                     error=f"{type(exc).__name__}: {exc}")
+            continue
+        for direction in directions:
+            try:
+                sql = _offline_step_sql(config, script, target, direction)
+            except BaseException as exc:
+                emit("sql", revision=revision, direction=direction, sql=None,
+                     error=f"{type(exc).__name__}: {exc}")
+            else:
+                emit("sql", revision=revision, direction=direction, sql=sql, error=None)
 
 
 def _offline_step_sql(config, script, target, direction: str) -> str:
@@ -494,7 +507,8 @@ def main(argv: list[str] | None = None) -> int:
     p_headers.add_argument("paths", nargs="+")
     p_sql = sub.add_parser("sql")
     p_sql.add_argument("--ini", required=True)
-    p_sql.add_argument("--revision", required=True)
+    p_sql.add_argument("--revision", action="append", required=True)
+    p_sql.add_argument("--direction", choices=("up", "down"), action="append")
     p_run = sub.add_parser("run")
     p_run.add_argument("--ini", required=True)
     p_run.add_argument("--action", choices=("upgrade", "downgrade", "stamp"), required=True)
@@ -508,7 +522,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.mode == "headers":
             read_headers(args.ini, args.paths)
         elif args.mode == "sql":
-            offline_sql(args.ini, url, args.revision)
+            offline_sql(args.ini, url, args.revision, tuple(args.direction or ("up", "down")))
         else:
             run_action(args.ini, url, args.action, args.target, args.purge,
                        hold_file=args.hold_sqlite, lock_timeout=args.lock_timeout)

@@ -11,14 +11,19 @@ its own from the same settings. The revision a run goes to is its
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import subprocess
 
-from dashboard.errors import ConfigurationError
+from dashboard.errors import ConfigurationError, DashboardError
 from dashboard.services import alembic_process
 from dashboard.services.project import Project, load_project
 from dashboard.services.revisions import History, HistoryCache
 from dashboard.settings import REPO_ROOT
+
+log = logging.getLogger(__name__)
+
+SQL_CACHE_ENTRIES = 4096  # offline SQL of one revision in one direction each
 
 
 class Target:
@@ -103,26 +108,52 @@ class Target:
         except ConfigurationError:
             return []
 
+    def settle_store(self) -> None:
+        """At start-up: list again any backup whose record a lost store took with it,
+        and settle runs left unfinished. A store that cannot be used (a read-only or
+        full folder, a damaged file) does not stop the start: every page that needs
+        it says why (503/507) until it can be used."""
+        from dashboard.services.backups import import_manifests
+
+        try:
+            project = self.project()
+            import_manifests(self.instance_dir, self.backup_dir, project.masked_url)
+            self.reap_interrupted_runs()
+        except DashboardError as exc:
+            log.warning("target %s: %s", self.name, exc.message)
+
     def _import_headers(self, project: Project, paths):
         return alembic_process.import_headers(project, paths, self.timeout)
 
     def offline_sql(self, project: Project, revision) -> alembic_process.OfflineSql:
-        """Offline SQL of one revision, cached until its file or env.py changes."""
-        env_py = os.path.join(project.script_location, "env.py")
-        key = (
-            revision.revision,
-            _mtime(revision.path),
-            _mtime(env_py),
-            project.database_url,
-            project.ini_path,
-        )
-        if key not in self._sql_cache:
-            if len(self._sql_cache) > 256:
-                self._sql_cache.clear()
-            self._sql_cache[key] = alembic_process.offline_sql(
-                project, revision.revision, self.timeout
-            )
-        return self._sql_cache[key]
+        """Offline SQL of one revision, both ways, cached until its file or env.py changes."""
+        found = self._step_sql(project, [revision], ("up", "down"))
+        return alembic_process.OfflineSql.of(found[revision.revision, "up"],
+                                             found[revision.revision, "down"])
+
+    def downgrade_sql(self, project: Project, revisions) -> dict[str, alembic_process.StepSql]:
+        """Each revision's downgrade SQL: what is not cached comes from one subprocess."""
+        found = self._step_sql(project, revisions, ("down",))
+        return {r.revision: found[r.revision, "down"] for r in revisions}
+
+    def _step_sql(self, project: Project, revisions, directions: tuple[str, ...]
+                  ) -> dict[tuple[str, str], alembic_process.StepSql]:
+        env_mtime = _mtime(os.path.join(project.script_location, "env.py"))
+        keys = {
+            (r.revision, direction): (r.revision, direction, _mtime(r.path), env_mtime,
+                                      project.database_url, project.ini_path)
+            for r in revisions for direction in directions
+        }
+        missing = list(dict.fromkeys(name for (name, _), key in keys.items()
+                                     if key not in self._sql_cache))
+        fresh = (alembic_process.offline_sql(project, missing, self.timeout, directions)
+                 if missing else {})
+        if len(self._sql_cache) + len(fresh) > SQL_CACHE_ENTRIES:
+            self._sql_cache.clear()
+        for pair, step in fresh.items():
+            if step.lasting:  # a timeout is tried again next time
+                self._sql_cache[keys[pair]] = step
+        return {pair: fresh.get(pair) or self._sql_cache[key] for pair, key in keys.items()}
 
     def ensure_sample_database(self) -> bool:
         """On first start against the sample project, create its database at an

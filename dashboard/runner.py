@@ -107,7 +107,7 @@ def _json_safe(settings: dict) -> dict:
 
 def main() -> int:
     from dashboard.core import Target
-    from dashboard.services import guard
+    from dashboard.services import guard, store
 
     raw = os.environ.pop(REQUEST_ENV, "")
     handshake = os.fdopen(os.dup(1), "w", encoding="utf-8")
@@ -117,6 +117,10 @@ def main() -> int:
     sys.stdout = sys.stderr = open(os.devnull, "w", encoding="utf-8")
 
     def answer(data: dict) -> None:
+        if not data.get("ok"):
+            # Let go of the instance folder before saying no: the caller may act at
+            # once (try again, remount the folder) while this process is still exiting.
+            store.close_all()
         try:
             handshake.write(json.dumps(data) + "\n")
             handshake.close()
@@ -144,6 +148,7 @@ def main() -> int:
         return 1
     answer({"ok": True, "run_id": prepared.run_id})
     guard.execute(target, prepared)
+    store.close_all()  # the run is settled: nothing of the instance folder stays open
     return 0
 
 

@@ -7,6 +7,8 @@ names, never be framed, run no inline script.
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from flask import Flask, abort, request
 
 CONTENT_SECURITY_POLICY = (
@@ -28,6 +30,32 @@ def host_name(host_header: str) -> str:
         end = host.find("]")
         return host[: end + 1] if end != -1 else host
     return host.rsplit(":", 1)[0] if ":" in host else host
+
+
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _origin_key(scheme: str, netloc: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) with the scheme's default port filled in; None if malformed."""
+    scheme = scheme.lower()
+    try:
+        parts = urlsplit(f"//{netloc}")
+        port = parts.port or DEFAULT_PORTS.get(scheme)
+    except ValueError:  # '127.0.0.1:5000.evil.com' has no valid port
+        return None
+    if not parts.hostname or port is None or parts.username is not None:
+        return None
+    return scheme, parts.hostname.lower(), port
+
+
+def same_origin(origin: str, scheme: str, host_header: str) -> bool:
+    """Whether an Origin header names this request's own origin: the same scheme,
+    host and port as the request came in on (not just the same host name)."""
+    parts = urlsplit(origin)
+    if parts.path or parts.query or parts.fragment:
+        return False
+    mine = _origin_key(scheme, host_header)
+    return mine is not None and _origin_key(parts.scheme, parts.netloc) == mine
 
 
 def init_app(app: Flask) -> None:

@@ -36,7 +36,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "DASHBOARD_INSTANCE_DIR",
         str(REPO_ROOT / "instance"),
-        "Folder for the dashboard's own state store and backups.",
+        "Folder for the dashboard's own state store (dashboard.db and the audit journal "
+        "audit.jsonl) and backups.",
     ),
     Setting(
         "DASHBOARD_PYTHON",
@@ -57,7 +58,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "DASHBOARD_SUBPROCESS_TIMEOUT",
         60,
-        "Seconds allowed for one offline-SQL or header-import subprocess.",
+        "Seconds allowed for one offline-SQL or header-import subprocess (a preview's "
+        "batch of offline SQL gets this once per 50 revisions).",
         int,
     ),
     Setting(

@@ -105,6 +105,15 @@ def test_manifest_store_and_checksum_agree(tmp_path, project, instance):
     assert list_backups(instance) == [record]
 
 
+def test_a_hash_and_a_question_mark_in_the_instance_folder_keep_the_store_inside(tmp_path,
+                                                                               project):
+    instance = tmp_path / "in#st?ance"
+    record = backup(project, str(instance), tmp_path / "backups")
+    assert list_backups(str(instance)) == [record]
+    assert "dashboard.db" in files_in(instance)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["app.db", "backups", "in#st?ance"]
+
+
 def test_no_credentials_in_names_manifest_or_store(tmp_path, source, instance):
     project = project_for(f"sqlite://alice:s3cret@/{source}")
     assert project.masked_url == f"sqlite://alice:***@/{source}"

@@ -120,3 +120,60 @@ def test_downgrade_through_the_preview_page(server, page, browser_errors):
     conn.close()
     assert "chat_sessions" not in tables and "users" in tables
     assert browser_errors == []
+
+
+def test_deleting_a_backup_asks_in_a_dialog_first(server, page, browser_errors):
+    page.goto(server.url + "/backups")
+    page.click("#backup-now")
+    rows = page.locator("table.backups tbody tr[id^=b-]")
+    expect(rows).to_have_count(1)
+    backup_files = list((server.instance_dir / "backups").iterdir())
+    assert len(backup_files) == 2, backup_files  # the file and its manifest
+
+    asked = []
+
+    def answer(dialog, accept):
+        asked.append(dialog.message)
+        dialog.accept() if accept else dialog.dismiss()
+
+    page.once("dialog", lambda dialog: answer(dialog, False))
+    rows.get_by_role("button", name="Delete").click()
+    page.wait_for_timeout(500)
+    expect(rows).to_have_count(1)
+    assert all(path.exists() for path in backup_files)
+
+    page.once("dialog", lambda dialog: answer(dialog, True))
+    rows.get_by_role("button", name="Delete").click()
+    expect(rows).to_have_count(0)
+    assert not any(path.exists() for path in backup_files)
+    assert len(asked) == 2 and "Delete backup" in asked[0], asked
+    assert "/backups" in page.url and "/delete" not in page.url
+    assert browser_errors == []
+
+
+def test_cancelling_a_run_asks_in_a_dialog_first(server, page, browser_errors, tmp_path):
+    from tests.conftest import UNIFIED_REASONING
+    from tests.test_guard_sqlite import write_revision
+
+    write_revision(tmp_path / "project" / "alembic.ini", "9a1d0000e2e1", UNIFIED_REASONING,
+                   table="slow_step", sleep=30)
+    page.goto(server.url + "/")
+    page.click("#upgrade-button")
+    page.wait_for_url("**/runs/*")
+    expect(page.locator("#run-panel .progress-text")).to_contain_text("9a1d0000e2e1",
+                                                                      timeout=30_000)
+    asked = []
+
+    def accept(dialog):
+        asked.append(dialog.message)
+        dialog.accept()
+
+    page.once("dialog", accept)
+    page.click("#cancel-button")
+    wait_for_run(page, "cancelled")
+    assert asked and "Stop this migration" in asked[0], asked
+    with sqlite3.connect(server.database) as conn:
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    conn.close()
+    assert "slow_step" not in tables
+    assert browser_errors == []

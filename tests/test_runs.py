@@ -242,6 +242,32 @@ def test_lock_held_by_another_process_refuses_and_a_dead_holder_frees_it(
     assert run_to_end(client, "upgrade", "heads")["status"] == "succeeded"
 
 
+def test_the_lock_file_goes_with_its_holder_and_one_waiting_locks_the_next(tmp_path):
+    import threading
+
+    holder = locking.LockHolder(os.getpid(), "upgrade heads", "run-1", "someone", time.time())
+    folder = str(tmp_path)
+    first = locking.acquire(folder, "sqlite:the-db", holder)
+    waiter: dict = {}
+    thread = threading.Thread(target=lambda: waiter.setdefault(
+        "lock", locking.acquire(folder, "sqlite:the-db", holder, wait=10)))
+    thread.start()
+    time.sleep(0.3)
+    assert "lock" not in waiter, "the lock is held"
+    first.release()
+    thread.join(10)
+    second = waiter["lock"]
+    try:
+        assert os.path.exists(second.path)
+        assert os.fstat(second.fd).st_ino == os.stat(second.path).st_ino
+        with pytest.raises(locking.LockHeld):
+            locking.acquire(folder, "sqlite:the-db", holder, wait=0.2)
+    finally:
+        second.release()
+    assert not os.path.exists(second.path), "nothing is left behind"
+    assert locking.read_holder(folder, "sqlite:the-db") is None
+
+
 def test_restore_is_backed_up_first_and_the_audit_log_survives(client, seeded):
     upgraded = run_to_end(client, "upgrade", "heads")
     before_upgrade = upgraded["backup_id"]
@@ -358,6 +384,32 @@ def test_downgrade_preview_names_what_it_drops(client, seeded):
     assert "table user_settings" in html
     assert 'name="target" value="' + USERS in html
     assert client.get("/actions/preview?action=downgrade&target=zzzz").status_code == 400
+
+
+def test_a_downgrade_preview_keeps_each_revisions_sql_until_its_file_changes(
+        app_config, seeded, tmp_path):
+    from dashboard import create_app
+
+    calls = tmp_path / "python-calls"
+    wrapper = tmp_path / "python-wrapper"
+    wrapper.write_text(f'#!/bin/sh\necho "$*" >> "{calls}"\nexec "{sys.executable}" "$@"\n')
+    wrapper.chmod(0o755)
+    client = create_app({**app_config, "DASHBOARD_PYTHON": str(wrapper)}).test_client()
+    url = "/actions/preview?action=downgrade&target=" + USERS
+
+    def started(page) -> list[str]:
+        assert page.status_code == 200 and "table chat_sessions" in page.get_data(as_text=True)
+        lines = calls.read_text().splitlines() if calls.exists() else []
+        calls.unlink(missing_ok=True)
+        return lines
+
+    first = started(client.get(url))
+    assert len(first) == 1 and first[0].count("--revision") == 2, first
+    assert started(client.get(url)) == [], "the same preview again starts no Python"
+    chats = next((tmp_path / "project" / "alembic" / "versions").glob(f"{CHATS}_*.py"))
+    os.utime(chats, ns=(time.time_ns(), time.time_ns() + 10**9))
+    again = started(client.get(url))
+    assert len(again) == 1 and again[0].count("--revision") == 1 and CHATS in again[0], again
 
 
 def test_interrupted_run_is_reported_not_left_running(app, client, seeded, instance_dir):

@@ -103,28 +103,55 @@ def import_headers(project: Project, paths: list[str], timeout: float
 
 
 @dataclass(frozen=True)
+class StepSql:
+    """The offline SQL of one revision in one direction, or why there is none."""
+
+    sql: str | None
+    error: str | None = None
+    lasting: bool = True  # False when the worker itself failed (a timeout): try again later
+
+
+@dataclass(frozen=True)
 class OfflineSql:
     upgrade_sql: str | None
     downgrade_sql: str | None
     upgrade_error: str | None = None
     downgrade_error: str | None = None
 
+    @classmethod
+    def of(cls, up: StepSql, down: StepSql) -> OfflineSql:
+        return cls(up.sql, down.sql, up.error, down.error)
 
-def offline_sql(project: Project, revision: str, timeout: float) -> OfflineSql:
-    """The SQL a revision's upgrade and downgrade would run on the target's dialect."""
+
+# A batch may take the subprocess timeout once per this many revisions.
+REVISIONS_PER_TIMEOUT = 50
+
+
+def offline_sql(project: Project, revisions: list[str], timeout: float,
+                directions: tuple[str, ...] = ("up", "down")) -> dict[tuple[str, str], StepSql]:
+    """The SQL each revision's upgrade and downgrade would run on the target's dialect,
+    keyed by (revision, direction): every revision in one subprocess."""
+    args = ["sql", "--ini", project.ini_path]
+    for revision in revisions:
+        args += ["--revision", revision]
+    for direction in directions:
+        args += ["--direction", direction]
+    allowed = timeout * max(1, -(-len(revisions) // REVISIONS_PER_TIMEOUT))
     try:
-        events = call_worker(
-            project, ["sql", "--ini", project.ini_path, "--revision", revision], timeout
-        )
+        events = call_worker(project, args, allowed)
     except WorkerFailed as exc:
-        return OfflineSql(None, None, str(exc), str(exc))
-    found = {e["direction"]: e for e in events if e.get("event") == "sql"}
-    up, down = found.get("up", {}), found.get("down", {})
-    missing = "no output"
-    return OfflineSql(
-        upgrade_sql=up.get("sql"),
-        downgrade_sql=down.get("sql"),
-        upgrade_error=project.scrub(up["error"]) if up.get("error") else (None if up else missing),
-        downgrade_error=(project.scrub(down["error"]) if down.get("error")
-                         else (None if down else missing)),
-    )
+        failed = StepSql(None, str(exc), lasting=False)
+        return {(r, d): failed for r in revisions for d in directions}
+    found = {(e.get("revision"), e.get("direction")): e for e in events
+             if e.get("event") == "sql"}
+    out = {}
+    for revision in revisions:
+        for direction in directions:
+            event = found.get((revision, direction))
+            if event is None:
+                out[revision, direction] = StepSql(None, "no output", lasting=False)
+            elif event.get("error"):
+                out[revision, direction] = StepSql(None, project.scrub(event["error"]))
+            else:
+                out[revision, direction] = StepSql(event.get("sql"))
+    return out

@@ -3,7 +3,9 @@
 Kept in the dashboard's own store, never in the target database, so that
 restoring the target cannot erase the record of having restored it. Triggers
 in the store refuse UPDATE and DELETE on the table, so append-only is
-enforced by the store, not just by the absence of a function.
+enforced by the store, not just by the absence of a function. Each entry is
+also appended to a JSON-lines journal beside the store, so losing the store
+does not lose the log.
 """
 
 from __future__ import annotations
@@ -58,14 +60,17 @@ def current_user() -> str:
 
 
 def record(instance_dir: str, entry: AuditEntry) -> None:
-    """Append one entry. The only writer of the audit table."""
+    """Append one entry. The only writer of the audit table and of its journal
+    (``audit.jsonl`` beside the store, fsynced before the entry is committed), from
+    which a new store reads the log back if ``dashboard.db`` is lost."""
     engine = store.store_engine(instance_dir)
     values = dict(entry.__dict__)
     values.pop("id")
     values["from_revs"] = store.dumps(entry.from_revs)
     values["to_revs"] = store.dumps(entry.to_revs)
     with engine.begin() as conn:
-        conn.execute(insert(store.audit).values(**values))
+        result = conn.execute(insert(store.audit).values(**values))
+        store.append_audit_journal(instance_dir, {**values, "id": result.inserted_primary_key[0]})
 
 
 def list_entries(instance_dir: str, limit: int = 500) -> list[AuditEntry]:

@@ -218,6 +218,56 @@ def list_backups(instance_dir: str) -> list[BackupRecord]:
         return [_record(row) for row in rows]
 
 
+def import_manifests(instance_dir: str, backup_dir: str, database: str) -> list[BackupRecord]:
+    """List again the backups of ``database`` (its masked URL) whose file and manifest
+    are in ``backup_dir`` but whose record is not in the store: after ``dashboard.db``
+    was lost or moved aside. Returns the records added."""
+    try:
+        names = sorted(os.listdir(backup_dir))
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise store.storage_error(exc, backup_dir) from exc
+    with store.store_engine(instance_dir).connect() as conn:
+        known = set(conn.execute(select(store.backups.c.id)).scalars())
+    found = []
+    for name in names:
+        if not name.endswith(".json") or name.startswith("."):
+            continue
+        manifest = os.path.join(os.path.abspath(backup_dir), name)
+        record = _from_manifest(manifest)
+        if record is not None and record.id not in known and record.database == database:
+            found.append(record)
+    if found:
+        with store.store_engine(instance_dir).begin() as conn:
+            conn.execute(store.backups.insert().prefix_with("OR IGNORE"),
+                         [_row(record) for record in found])
+        log.info("listed %d backups again from their manifests in %s", len(found), backup_dir)
+    return found
+
+
+def _from_manifest(manifest: str) -> BackupRecord | None:
+    """The record a manifest describes, if its backup file is beside it."""
+    path = manifest[: -len(".json")]
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(manifest, encoding="utf-8") as handle:
+            data = json.load(handle)
+        record = BackupRecord(
+            id=str(data["id"]), created_at=float(data["created_at"]),
+            database=str(data["database"]), dialect=str(data["dialect"]),
+            revisions=tuple(str(r) for r in data["revisions"]), action=str(data["action"]),
+            path=path, file_name=os.path.basename(path), size=int(data["size"]),
+            sha256=str(data["sha256"]), verified=bool(data["verified"]),
+            verification=str(data.get("verification") or ""),
+            copy_seconds=data.get("copy_seconds"), verify_seconds=data.get("verify_seconds"))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("cannot read the backup manifest %s: %s", manifest, exc)
+        return None
+    return record if BACKUP_ID.fullmatch(record.id) else None
+
+
 def get_backup(instance_dir: str, backup_id: str) -> BackupRecord:
     if not isinstance(backup_id, str) or not BACKUP_ID.fullmatch(backup_id):
         raise BadRequest(f"{backup_id!r} is not a backup id (like 20240131T235959Z-0a1b2c3d).")
@@ -230,13 +280,19 @@ def get_backup(instance_dir: str, backup_id: str) -> BackupRecord:
     return _record(row)
 
 
-def delete_backup(instance_dir: str, backup_id: str) -> None:
-    """Remove the file, its manifest and its record; never a backup a run still needs."""
+def deletable_backup(instance_dir: str, backup_id: str) -> BackupRecord:
+    """The backup, if it may be deleted: never one a run still needs (409)."""
     record = get_backup(instance_dir, backup_id)
     if record.id in runs.pinned_backups(instance_dir):
         raise Conflict(f"Backup {record.id} is in use by a run that has not finished (it is "
                        "the run's way back, or the backup being restored): it cannot be "
                        "deleted until that run ends.")
+    return record
+
+
+def delete_backup(instance_dir: str, backup_id: str) -> None:
+    """Remove the file, its manifest and its record; never a backup a run still needs."""
+    record = deletable_backup(instance_dir, backup_id)
     for path in (record.path, _manifest_path(record.path)):
         try:
             os.remove(path)

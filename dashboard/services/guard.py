@@ -149,18 +149,22 @@ def backup_now(target: Target, user: str) -> backups.BackupRecord:
         lock.release()
 
 
+def deletable_backup(target: Target, backup_id: str) -> backups.BackupRecord:
+    """The backup a delete would remove, or why it cannot be: what its confirmation names."""
+    target.check_writable()
+    return backups.deletable_backup(target.instance_dir, backup_id)
+
+
 def delete_backup(target: Target, backup_id: str, user: str) -> None:
     """Delete one backup; never one an unfinished run needs (409)."""
-    target.check_writable()
-    record = backups.get_backup(target.instance_dir, backup_id)
+    record = deletable_backup(target, backup_id)
     backups.delete_backup(target.instance_dir, record.id)
     audit.record_event(target, audit.BackupDeleted(
         user=user, backup_id=record.id, from_revs=record.revisions))
 
 
-def cancel_run(target: Target, run_id: str, user: str) -> runs.RunRecord:
-    """Stop a running migration's worker. Its runner then stops the server sessions
-    it left and puts the database back, as for any failed step."""
+def cancellable_run(target: Target, run_id: str) -> tuple[runs.RunRecord, int]:
+    """The running run a cancel would stop, and its worker's pid; or why not (404/409)."""
     target.check_writable()
     run = runs.get_run(target.instance_dir, run_id)
     if run is None:
@@ -176,9 +180,16 @@ def cancel_run(target: Target, run_id: str, user: str) -> runs.RunRecord:
         cmdline = b""
     if b"alembic_worker.py" not in cmdline:  # the worker is gone; its pid may be reused
         raise Conflict(f"Run {run_id} has no worker left to stop.")
-    runs.add_log(target.instance_dir, run_id, "WARNING", supervision.CANCEL_MARK + user)
+    return run, pid
+
+
+def cancel_run(target: Target, run_id: str, user: str) -> runs.RunRecord:
+    """Stop a running migration's worker. Its runner then stops the server sessions
+    it left and puts the database back, as for any failed step."""
+    run, pid = cancellable_run(target, run_id)
+    runs.add_log(target.instance_dir, run.id, "WARNING", supervision.CANCEL_MARK + user)
     os.kill(pid, signal.SIGTERM)
-    return runs.get_run(target.instance_dir, run_id)
+    return runs.get_run(target.instance_dir, run.id)
 
 
 def _apply_retention(target: Target, user: str) -> None:

@@ -65,10 +65,12 @@ def preview_action(dashboard, project, history, status, action: str, target: str
     sql_errors: dict[str, str] = {}
     if action == "downgrade":
         columns = live_columns(project)
+        found = dashboard.downgrade_sql(project, [history.revisions[step.revision]
+                                                  for step in plan.steps])
         for step in plan.steps:
-            sql = dashboard.offline_sql(project, history.revisions[step.revision])
-            if sql.downgrade_sql is None:
-                sql_errors[step.revision] = sql.downgrade_error or "no SQL"
+            sql = found[step.revision]
+            if sql.sql is None:
+                sql_errors[step.revision] = sql.error or "no SQL"
             else:
-                drops[step.revision] = dropped_objects(sql.downgrade_sql, columns)
+                drops[step.revision] = dropped_objects(sql.sql, columns)
     return plan, drops, sql_errors, resulting_revisions(history, plan)

@@ -5,12 +5,13 @@ the last process holding it dies, so a lock left by a dead server or worker
 is released by construction, never by guessing from a PID. The worker
 subprocess inherits the descriptor, so the lock stays held while a
 migration runs even if the process that started it is gone. Who holds it is
-written into the file for the "already running" message.
+written into the file for the "already running" message. The holder removes
+the file when it lets go, so nothing is left beside the database; whoever
+locked the old file meanwhile sees it is gone and locks the new one.
 """
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import hashlib
 import json
@@ -18,7 +19,8 @@ import os
 import time
 from dataclasses import dataclass
 
-from dashboard.errors import Conflict, DashboardError, InsufficientStorage, Unavailable
+from dashboard.errors import Conflict, DashboardError
+from dashboard.services.store import storage_error
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,8 @@ class ActionLock:
         if self.fd >= 0:
             try:
                 os.ftruncate(self.fd, 0)
+                if _same_file(self.fd, self.path):
+                    os.unlink(self.path)  # still locked: nobody can take this one now
             except OSError:
                 pass
             os.close(self.fd)
@@ -76,19 +80,8 @@ def lock_path(instance_dir: str, target_key: str, beside: str | None = None) -> 
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as exc:
-        raise _state_error(exc, folder) from exc
+        raise storage_error(exc, folder) from exc
     return os.path.join(folder, f"target-{digest}.lock")
-
-
-def _state_error(exc: OSError, where: str):
-    """A full or read-only folder of the dashboard's own, said plainly (503/507)."""
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return InsufficientStorage(f"The disk holding {where} is full: the dashboard cannot "
-                                   "record the lock of this action, so nothing was run. "
-                                   "Free some space and try again.")
-    return Unavailable(f"The dashboard cannot write {where} ({exc.strerror}): it cannot "
-                       "record the lock of this action, so nothing was run. Make the "
-                       "folder writable and try again.")
 
 
 def acquire(instance_dir: str, target_key: str, holder: LockHolder,
@@ -97,30 +90,40 @@ def acquire(instance_dir: str, target_key: str, holder: LockHolder,
     recorded its result is still letting go), or raise ``Conflict`` naming
     who holds it."""
     path = lock_path(instance_dir, target_key, beside)
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    except OSError as exc:
-        raise _state_error(exc, path) from exc
     deadline = time.monotonic() + wait
     while True:
         try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise storage_error(exc, path) from exc
+        try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            break
         except BlockingIOError:
+            os.close(fd)
             if time.monotonic() < deadline:
                 time.sleep(0.05)
                 continue
-            os.close(fd)
             current = read_holder(instance_dir, target_key, beside)
             message = current.describe() if current else "A migration is already running."
             raise LockHeld(message) from None
+        if _same_file(fd, path):
+            break
+        os.close(fd)  # its holder removed it as it let go: lock the file there now
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(holder.__dict__).encode(), 0)
     except OSError as exc:  # never keep a lock nobody can release
-        os.close(fd)
-        raise _state_error(exc, path) from exc
+        ActionLock(fd, path).release()
+        raise storage_error(exc, path) from exc
     return ActionLock(fd, path)
+
+
+def _same_file(fd: int, path: str) -> bool:
+    try:
+        mine, there = os.fstat(fd), os.stat(path)
+    except OSError:
+        return False
+    return (mine.st_dev, mine.st_ino) == (there.st_dev, there.st_ino)
 
 
 def read_holder(instance_dir: str, target_key: str,

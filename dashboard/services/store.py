@@ -4,12 +4,18 @@ It lives in its own SQLite file in the instance folder, never in the target
 database, so restoring the target cannot erase the record of having done
 so. Web requests, the run monitor and the command line all read and write
 it; WAL mode lets readers go on while a run records its progress.
+
+Whatever goes wrong with the store's file or folder (a full disk, a read-only
+folder, a damaged file) is translated here, once, into ``InsufficientStorage``
+(507) or ``Unavailable`` (503) naming the file and what to do.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import sqlite3
 import threading
 
 from sqlalchemy import (
@@ -23,9 +29,13 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    insert,
+    select,
     text,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import URL, Engine
+
+from dashboard.errors import DashboardError, InsufficientStorage, Unavailable
 
 metadata = MetaData()
 
@@ -135,30 +145,194 @@ def loads(value: str | None):
     return json.loads(value) if value else []
 
 
+STORE_FILE = "dashboard.db"
+AUDIT_JOURNAL = "audit.jsonl"
+
 _engines: dict[str, Engine] = {}
 _engines_lock = threading.Lock()
 
 
 def store_engine(instance_dir: str) -> Engine:
-    """One engine per store file per process; creates the schema once."""
-    path = os.path.abspath(os.path.join(instance_dir, "dashboard.db"))
+    """One engine per store file per process; creates the schema once.
+
+    Every error of the store's file (full or read-only folder, damaged file) comes
+    out of it as ``InsufficientStorage`` or ``Unavailable``, naming the file."""
+    path = os.path.abspath(os.path.join(instance_dir, STORE_FILE))
     with _engines_lock:
         engine = _engines.get(path)
         if engine is None:
-            os.makedirs(instance_dir, exist_ok=True)
-            engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": 30})
-
-            @event.listens_for(engine, "connect")
-            def _pragmas(dbapi_connection, _record):
-                cursor = dbapi_connection.cursor()
-                cursor.execute("PRAGMA journal_mode=WAL")
-                cursor.execute("PRAGMA busy_timeout=30000")
-                cursor.close()
-
-            metadata.create_all(engine)
-            _add_missing_columns(engine)
-            with engine.begin() as conn:
-                for statement in _APPEND_ONLY:
-                    conn.execute(text(statement))
+            engine = _open_store(path)
             _engines[path] = engine
         return engine
+
+
+def _open_store(path: str) -> Engine:
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    except OSError as exc:
+        raise storage_error(exc, os.path.dirname(path)) from exc
+    # URL.create percent-encodes the path: a '#' or '?' in it is part of the name.
+    engine = create_engine(URL.create("sqlite", database=path), connect_args={"timeout": 30})
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_connection, _record):
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(engine, "handle_error")
+    def _translate(context):
+        return storage_error(context.original_exception, path)
+
+    try:
+        metadata.create_all(engine)
+        _add_missing_columns(engine)
+        with engine.begin() as conn:
+            for statement in _APPEND_ONLY:
+                conn.execute(text(statement))
+            if conn.execute(select(audit.c.id).limit(1)).first() is None:
+                _import_audit_journal(conn, os.path.dirname(path))
+    except BaseException:
+        engine.dispose()
+        raise
+    return engine
+
+
+def close_all() -> None:
+    """Close every store file this process holds open (a process about to stop)."""
+    with _engines_lock:
+        for engine in _engines.values():
+            engine.dispose()
+        _engines.clear()
+
+
+# ------------------------------------------------------------------ the audit journal
+# Every audit entry is also appended, as one JSON line, to a file beside the store,
+# so a store that is lost or moved aside does not take the audit log with it: a new
+# store reads the entries back from it.
+
+
+def append_audit_journal(instance_dir: str, row: dict) -> None:
+    """Append one audit row (as stored, with its id) and make it durable."""
+    path = os.path.join(instance_dir, AUDIT_JOURNAL)
+    line = json.dumps({**row, "from_revs": loads(row.get("from_revs")),
+                       "to_revs": loads(row.get("to_revs"))}, sort_keys=True) + "\n"
+    try:
+        new = not os.path.exists(path)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, line.encode("utf-8"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if new:
+            _fsync_folder(instance_dir)
+    except OSError as exc:
+        raise storage_error(exc, path) from exc
+
+
+def _import_audit_journal(conn, instance_dir: str) -> None:
+    path = os.path.join(instance_dir, AUDIT_JOURNAL)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            lines = handle.readlines()
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise storage_error(exc, path) from exc
+    names = {column.name for column in audit.columns}
+    rows = []
+    for line in lines:
+        try:
+            entry = json.loads(line)
+            row = {key: value for key, value in entry.items() if key in names}
+            row["from_revs"], row["to_revs"] = dumps(row["from_revs"]), dumps(row["to_revs"])
+            rows.append(row)
+        except (ValueError, KeyError, TypeError):
+            continue  # a line torn by a crash: the others still count
+    if rows:
+        conn.execute(insert(audit).prefix_with("OR IGNORE"), rows)
+
+
+def _fsync_folder(folder: str) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# ------------------------------------------------------------------ errors
+
+
+def storage_error(exc: BaseException, where: str) -> DashboardError | None:
+    """A full, read-only or damaged instance folder or store, said plainly:
+    ``InsufficientStorage`` (507) or ``Unavailable`` (503), naming ``where`` and
+    what to do. Any OSError is one; a SQLite error that is not (a constraint, a
+    busy database) gives None."""
+    folder = where if os.path.isdir(where) else os.path.dirname(where)
+    kind = _kind_of(exc, folder)
+    reason = getattr(exc, "strerror", None) or str(exc)
+    if kind == "full":
+        return InsufficientStorage(
+            f"The disk holding {folder} is full ({reason}): the dashboard cannot record what "
+            "it does there, so it does nothing. Free some space and try again.", detail=reason)
+    if kind == "read-only":
+        why = ("its file system is read-only" if _read_only_fs(folder)
+               else "it is not writable by the dashboard's user")
+        return Unavailable(
+            f"The dashboard cannot write {where}: {why} ({reason}). It records every action "
+            f"there, so it does nothing until it can: make {folder} writable and try again.",
+            detail=reason)
+    if kind == "damaged":
+        return Unavailable(
+            f"The dashboard's store {where} is damaged ({reason}). Move it aside (rename it, "
+            f"for example to {os.path.basename(where)}.damaged) and reload: a new store is "
+            "made, the backups are listed again from their manifests and the audit log is "
+            f"read back from {AUDIT_JOURNAL} beside it.", detail=reason)
+    if kind == "unusable":
+        return Unavailable(f"The dashboard cannot use {where} ({reason}). Check the folder "
+                           "and its disk, then try again.", detail=reason)
+    return None
+
+
+def _kind_of(exc: BaseException, folder: str) -> str | None:
+    if isinstance(exc, OSError):
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return "full"
+        if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            return "read-only"
+        return "unusable"
+    if not isinstance(exc, sqlite3.Error):
+        return None
+    code = getattr(exc, "sqlite_errorcode", -1) & 0xFF  # the primary code
+    if code == sqlite3.SQLITE_FULL:
+        return "full"
+    if code in (sqlite3.SQLITE_READONLY, sqlite3.SQLITE_PERM):
+        return "read-only"
+    if code in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT):
+        return "damaged"
+    if code in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_IOERR):
+        # SQLite does not say why it could not open or write the file: the folder does.
+        if _free_bytes(folder) == 0:
+            return "full"
+        if _read_only_fs(folder) or not os.access(folder, os.W_OK):
+            return "read-only"
+        return "unusable"
+    return None
+
+
+def _read_only_fs(folder: str) -> bool:
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def _free_bytes(folder: str) -> int | None:
+    try:
+        info = os.statvfs(folder)
+    except OSError:
+        return None
+    return info.f_bavail * info.f_frsize

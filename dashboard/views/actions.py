@@ -82,9 +82,20 @@ def _messages(dashboard) -> dict[str, str]:
         return {}
 
 
+def _confirmed() -> bool:
+    """Whether a POST that destroys something carries the confirmation's answer.
+
+    Without it the view shows what would be destroyed and asks, so the page
+    confirms without JavaScript; htmx sends it with ``hx-vals`` after ``hx-confirm``."""
+    return request.form.get("confirm") == "yes"
+
+
 @bp.post("/runs/<run_id>/cancel")
 def cancel(run_id: str):
     dashboard = current_dashboard()
+    if not _confirmed():
+        run, _ = guard.cancellable_run(dashboard, run_id)
+        return render_template("cancel_run.html", run=run, project=dashboard.project())
     guard.cancel_run(dashboard, run_id, current_user())
     return redirect(url_for("actions.run_page", run_id=run_id), code=303)
 
@@ -144,6 +155,9 @@ def restore(backup_id: str):
 @bp.post("/backups/<backup_id>/delete")
 def delete(backup_id: str):
     dashboard = current_dashboard()
+    if not _confirmed():
+        record = guard.deletable_backup(dashboard, backup_id)
+        return render_template("delete_backup.html", backup=record, project=dashboard.project())
     guard.delete_backup(dashboard, backup_id, current_user())
     return redirect(url_for("actions.backups_page"), code=303)
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
+import json
 
-from flask import current_app, jsonify, request, url_for
+from flask import jsonify, request, url_for
 from werkzeug.exceptions import Forbidden, UnsupportedMediaType
 
 from dashboard import security
@@ -56,9 +56,16 @@ def _json_body() -> dict:
     if not request.is_json:
         raise UnsupportedMediaType("API requests that change something must be "
                                    "Content-Type: application/json.")
-    body = request.get_json(silent=True)
-    if body is None:
-        body = {} if not request.get_data() else None
+    raw = request.get_data(cache=True)
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except RecursionError:
+        # The parser recurses once per level: a hostile body must not be a 500.
+        raise BadRequest("The JSON body is nested too deeply.") from None
+    except ValueError:
+        raise BadRequest("The request body is not valid JSON.") from None
     if not isinstance(body, dict):
         raise BadRequest("The request body must be a JSON object.")
     return body
@@ -69,12 +76,11 @@ def refuse_foreign_origin():
     if request.method in ("GET", "HEAD", "OPTIONS"):
         return None
     origin = request.headers.get("Origin")
-    if origin and origin != "null":
-        host = security.host_name(urlsplit(origin).netloc)
-        if host not in security.allowed_hosts(current_app):
-            raise Forbidden(f"Requests from origin {origin} are refused.")
-    elif origin == "null":
+    if origin == "null":
         raise Forbidden("Requests from an opaque origin are refused.")
+    if origin and not security.same_origin(origin, request.scheme, request.host):
+        raise Forbidden(f"Requests from origin {origin} are refused: only pages of "
+                        f"{request.scheme}://{request.host} itself may send them.")
     return None
 
 
