@@ -229,7 +229,7 @@ def test_two_dashboards_on_one_sqlite_file_spelled_differently_run_one_at_a_time
 
 def test_the_command_line_with_its_own_instance_folder_waits_its_turn(
         app_config, at_head, sample_ini, tmp_path):
-    write_revision(sample_ini, STEP_ONE, UNIFIED_REASONING, sleep=3)
+    write_revision(sample_ini, STEP_ONE, UNIFIED_REASONING, sleep=8)
     client = create_app(app_config).test_client()
     started = post_run(client)
     assert started.status_code == 202, started.get_json()
