@@ -74,8 +74,8 @@ class DatabaseEngine:
         return None
 
     def remove_database(self, url: str) -> None:
-        """Remove a database this dashboard has just created (a failed first upgrade)."""
-        raise NotImplementedError
+        """Remove a database this dashboard has just created (a failed first upgrade);
+        only an engine whose ``missing_file`` names one ever creates one."""
 
     # ---------------------------------------------------------- reading
 
@@ -94,33 +94,37 @@ class DatabaseEngine:
 
     def preflight(self, project: Project) -> None:
         """Raise BackupError, before anything is written, if the tools or server won't do."""
-        raise BackupError(f"Backups of {self.name} databases are not supported yet",
-                          detail=NOT_RUN)
+        raise self.unsupported()
+
+    def unsupported(self) -> BackupError:
+        """What an engine the dashboard cannot back up says to every backup verb."""
+        return BackupError(f"Backups of {self.name} databases are not supported yet",
+                           detail=NOT_RUN)
 
     def source_name(self, project: Project) -> str:
-        raise NotImplementedError
+        raise self.unsupported()
 
     def source_size(self, project: Project) -> int:
-        raise NotImplementedError
+        raise self.unsupported()
 
     def live_revisions(self, project: Project) -> tuple[str, ...]:
-        raise NotImplementedError
+        raise self.unsupported()
 
     def copy(self, project: Project, destination: str) -> None:
-        raise NotImplementedError
+        raise self.unsupported()
 
     def check(self, path: str, version_table: str, project: Project | None = None) -> FileCheck:
         """Is the file a sound backup, and of which revisions.
 
         With ``project``, a server engine restores the file into a scratch
         database on that server; without, it checks the file alone."""
-        raise NotImplementedError
+        raise self.unsupported()
 
     def check_live(self, project: Project) -> FileCheck:
-        raise NotImplementedError
+        raise self.unsupported()
 
     def restore(self, project: Project, backup_path: str) -> None:
-        raise NotImplementedError
+        raise self.unsupported()
 
     def worker_args(self, project: Project) -> list[str]:
         """Extra arguments for the worker that runs an action on this database."""
