@@ -504,5 +504,5 @@ def _revs(revisions) -> str:
     return ", ".join(revisions) if revisions else "base (no revision)"
 
 
-__all__ = ["start_action", "start_restore", "backup_now", "delete_backup", "cancel_run",
-           "lock_key", "lock_holder", "Project"]
+__all__ = ["start_action", "start_restore", "backup_now", "deletable_backup", "delete_backup",
+           "cancellable_run", "cancel_run", "lock_key", "lock_holder", "Project"]
