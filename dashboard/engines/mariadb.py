@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from typing import TYPE_CHECKING
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
     from dashboard.services.project import Project
 
 ENGINE_LOCK_NAME = "migration-dashboard"
+LOCK_NAME_LIMIT = 64  # characters, GET_LOCK's limit
 
 class MariaDbEngine(ServerEngine):
     """MariaDB and MySQL: an SQL dump by mariadb-dump (or mysqldump), loaded back
@@ -126,22 +128,25 @@ class MariaDbEngine(ServerEngine):
 
     # ------------------------------------------------------------ lock
 
+    # One lock per schema: GET_LOCK names are server-wide, so a bare name would
+    # make a migration of one database wait for every other of the server.
+
     def try_lock(self, connection, holder) -> bool:
         return bool(connection.execute(text("SELECT GET_LOCK(:n, 0)"),
-                                       {"n": ENGINE_LOCK_NAME}).scalar())
+                                       {"n": _lock_of(connection)}).scalar())
 
     def release_lock(self, connection) -> None:
-        connection.execute(text("SELECT RELEASE_LOCK(:n)"), {"n": ENGINE_LOCK_NAME})
+        connection.execute(text("SELECT RELEASE_LOCK(:n)"), {"n": _lock_of(connection)})
 
     def lock_is_held(self, connection) -> bool:
         return bool(connection.execute(text("SELECT IS_USED_LOCK(:n)"),
-                                       {"n": ENGINE_LOCK_NAME}).scalar())
+                                       {"n": _lock_of(connection)}).scalar())
 
     def describe_holder(self, connection) -> str:
         try:
             row = connection.execute(text(
                 "SELECT p.ID, p.USER, p.HOST, p.TIME FROM information_schema.PROCESSLIST p "
-                "WHERE p.ID = IS_USED_LOCK(:n)"), {"n": ENGINE_LOCK_NAME}).first()
+                "WHERE p.ID = IS_USED_LOCK(:n)"), {"n": _lock_of(connection)}).first()
         except Exception as exc:  # the answer is informative only
             return f"held by another session ({type(exc).__name__})"
         if row is None:
@@ -160,6 +165,18 @@ class MariaDbEngine(ServerEngine):
 
     def scratch_privilege(self, name: str) -> str:
         return f"CREATE and DROP privileges on databases named like {name.rsplit('_', 1)[0]}_%"
+
+
+def lock_name(database: str) -> str:
+    """The GET_LOCK name of one schema; hashed when it would be too long."""
+    name = f"{ENGINE_LOCK_NAME}:{database}"
+    if len(name) <= LOCK_NAME_LIMIT:
+        return name
+    return f"{ENGINE_LOCK_NAME}:{hashlib.sha256(database.encode()).hexdigest()[:40]}"
+
+
+def _lock_of(connection) -> str:
+    return lock_name(connection.execute(text("SELECT DATABASE()")).scalar_one())
 
 
 def _sql_dump_revisions(path: str, version_table: str) -> tuple[str, ...]:
