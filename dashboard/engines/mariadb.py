@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
+import time
 from typing import TYPE_CHECKING
 
-from sqlalchemy import text
+from sqlalchemy import bindparam, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from dashboard.engines import servers
@@ -20,6 +22,9 @@ if TYPE_CHECKING:
 
 ENGINE_LOCK_NAME = "migration-dashboard"
 LOCK_NAME_LIMIT = 64  # characters, GET_LOCK's limit
+END_SESSION_GRACE = 5.0  # seconds a killed statement gets to stop before its connection goes
+
+log = logging.getLogger(__name__)
 
 class MariaDbEngine(ServerEngine):
     """MariaDB and MySQL: an SQL dump by mariadb-dump (or mysqldump), loaded back
@@ -128,6 +133,33 @@ class MariaDbEngine(ServerEngine):
 
     # ------------------------------------------------------------ lock
 
+    # ------------------------------------------------------------ sessions
+
+    def session_id_sql(self) -> str:
+        return "SELECT CONNECTION_ID()"
+
+    def end_sessions(self, project: Project, session_ids: list[str]) -> list[str]:
+        """KILL QUERY, then (once the statement stopped, or after a few seconds) KILL
+        CONNECTION, which rolls its transaction back and frees its locks.
+
+        Only sessions of this schema and of the project's user are touched, so a
+        stale id that the server has since given to another connection is left alone."""
+        wanted = sorted({int(i) for i in session_ids if str(i).isdigit()})
+        if not wanted:
+            return []
+        address = self.address(project)
+        with servers.connect(address, after="") as conn:
+            present = _sessions_of(conn, wanted)
+            for session in present:
+                _kill(conn, "QUERY", session)
+            deadline = time.monotonic() + END_SESSION_GRACE
+            while time.monotonic() < deadline and any(
+                    command != "Sleep" for command in _sessions_of(conn, present).values()):
+                time.sleep(0.05)
+            for session in _sessions_of(conn, present):
+                _kill(conn, "CONNECTION", session)
+        return [str(session) for session in present]
+
     # One lock per schema: GET_LOCK names are server-wide, so a bare name would
     # make a migration of one database wait for every other of the server.
 
@@ -165,6 +197,22 @@ class MariaDbEngine(ServerEngine):
 
     def scratch_privilege(self, name: str) -> str:
         return f"CREATE and DROP privileges on databases named like {name.rsplit('_', 1)[0]}_%"
+
+
+def _sessions_of(conn, ids) -> dict[int, str]:
+    """{id: command} of those of ``ids`` connected to this schema as this user."""
+    rows = conn.execute(text(
+        "SELECT ID, COMMAND FROM information_schema.PROCESSLIST WHERE ID IN :ids "
+        "AND DB = DATABASE() AND USER = SUBSTRING_INDEX(CURRENT_USER(), '@', 1)")
+        .bindparams(bindparam("ids", expanding=True)), {"ids": list(ids)})
+    return {int(row[0]): row[1] for row in rows}
+
+
+def _kill(conn, what: str, session: int) -> None:
+    try:
+        conn.execute(text(f"KILL {what} {int(session)}"))
+    except SQLAlchemyError as exc:  # gone meanwhile (1094 unknown thread), or not ours
+        log.info("KILL %s %s: %s", what, session, getattr(exc, "orig", exc))
 
 
 def lock_name(database: str) -> str:
