@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 from sqlalchemy import text
@@ -17,6 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from dashboard.engines import ENGINES
 from dashboard.engines.mariadb import lock_name
+from dashboard.errors import BackupError
 from dashboard.services.locking import LockHeld, LockHolder
 from tests.servers import SERVERS, require, scratch_database
 from tests.sqlite_helpers import project_for
@@ -160,3 +162,144 @@ def test_end_sessions_leaves_sessions_on_other_databases_alone(mariadb, database
         finally:
             engine.dispose()
     assert ENGINE.end_sessions(project, []) == []
+
+
+# ---------------------------------------------------------------- restores
+
+
+def _rows(server, database, sql):
+    engine = server.admin_engine(database)
+    try:
+        with engine.connect() as conn:
+            return [tuple(row) for row in conn.execute(text(sql))]
+    finally:
+        engine.dispose()
+
+
+def _objects(server, database):
+    """Every kind of object MariaDB keeps in a schema, by name."""
+    def names(sql):
+        return sorted(server.scalars(sql, db=database))
+    return {
+        "tables": names("SELECT CONCAT(table_name, ' ', table_type) FROM "
+                        "information_schema.tables WHERE table_schema = :db"),
+        "triggers": names("SELECT CONCAT(trigger_name, ' on ', event_object_table) FROM "
+                          "information_schema.triggers WHERE trigger_schema = :db"),
+        "routines": names("SELECT CONCAT(routine_type, ' ', routine_name) FROM "
+                          "information_schema.routines WHERE routine_schema = :db"),
+        "events": names("SELECT event_name FROM information_schema.events "
+                        "WHERE event_schema = :db"),
+        "foreign keys": names("SELECT CONCAT(constraint_name, ' ', table_name, ' -> ', "
+                              "referenced_table_name) FROM information_schema."
+                              "referential_constraints WHERE constraint_schema = :db"),
+    }
+
+
+SCHEMA = [
+    "CREATE TABLE alembic_version (version_num VARCHAR(32) PRIMARY KEY)",
+    "INSERT INTO alembic_version VALUES ('aaa')",
+    "CREATE TABLE parent (id INTEGER AUTO_INCREMENT PRIMARY KEY, name VARCHAR(20))",
+    "CREATE TABLE child (id INTEGER PRIMARY KEY, parent_id INTEGER, "
+    "CONSTRAINT fk_child_parent FOREIGN KEY (parent_id) REFERENCES parent (id))",
+    "CREATE TABLE audit_log (msg VARCHAR(50))",
+    "CREATE TRIGGER parent_added AFTER INSERT ON parent FOR EACH ROW "
+    "INSERT INTO audit_log VALUES (CONCAT('added ', NEW.name))",
+    "INSERT INTO parent (name) VALUES ('a'), ('b'), ('c')",
+    "DELETE FROM parent WHERE name = 'c'",  # AUTO_INCREMENT stays at 4
+    "INSERT INTO child VALUES (1, 1)",
+    "CREATE TRIGGER child_checked BEFORE INSERT ON child FOR EACH ROW "
+    "SET NEW.parent_id = COALESCE(NEW.parent_id, 1)",
+    "CREATE VIEW parent_names AS SELECT name FROM parent WHERE name NOT LIKE '%:%'",
+    "CREATE VIEW parent_names_upper AS SELECT UPPER(name) AS name FROM parent_names",
+    "CREATE SEQUENCE ticket_seq",
+    "CREATE TABLE prices (id INTEGER PRIMARY KEY, price INTEGER) WITH SYSTEM VERSIONING",
+    "INSERT INTO prices VALUES (1, 10)",
+    "UPDATE prices SET price = 11",
+    "CREATE FUNCTION twice(x INTEGER) RETURNS INTEGER DETERMINISTIC RETURN 2 * x",
+    "CREATE PROCEDURE add_parent(n VARCHAR(20)) INSERT INTO parent (name) VALUES (n)",
+    "CREATE EVENT nightly ON SCHEDULE EVERY 1 DAY DISABLE DO DELETE FROM audit_log",
+]
+
+LATER = [
+    "INSERT INTO parent (name) VALUES ('later')",
+    "UPDATE prices SET price = 99",
+    "DROP TRIGGER parent_added",
+    "CREATE TRIGGER parent_renamed AFTER UPDATE ON parent FOR EACH ROW "
+    "INSERT INTO audit_log VALUES ('renamed')",
+    "DROP VIEW parent_names_upper",
+    "CREATE OR REPLACE VIEW parent_names AS SELECT id FROM parent",
+    "CREATE VIEW later_view AS SELECT 1 AS one",
+    "DROP FUNCTION twice",
+    "CREATE PROCEDURE later_proc() SELECT 1",
+    "DROP EVENT nightly",
+    "CREATE TABLE later_table (id INTEGER PRIMARY KEY, parent_id INTEGER, "
+    "FOREIGN KEY (parent_id) REFERENCES parent (id))",
+    "DELETE FROM child",
+    "RENAME TABLE audit_log TO audit_log_old",  # a view now has the name of a table
+    "CREATE VIEW audit_log AS SELECT msg FROM audit_log_old",
+    "UPDATE alembic_version SET version_num = 'bbb'",
+]
+
+
+def test_a_restore_brings_back_every_kind_of_object(mariadb, database, project, tmp_path):
+    mariadb.execute(*SCHEMA, database=database)
+    _rows(mariadb, database, "SELECT NEXTVAL(ticket_seq) FROM seq_1_to_3")
+    history = _rows(mariadb, database, "SELECT id, price FROM prices FOR SYSTEM_TIME ALL "
+                                       "ORDER BY price")
+    objects = _objects(mariadb, database)
+    dump = str(tmp_path / "backup.sql")
+    ENGINE.copy(project, dump)
+    mariadb.execute(*LATER, database=database)
+    # Past the sequence's cache of 1000, so that its stored state moved on too.
+    _rows(mariadb, database, "SELECT NEXTVAL(ticket_seq) FROM seq_1_to_2000")
+
+    ENGINE.restore(project, dump)
+
+    assert _objects(mariadb, database) == objects
+    assert _rows(mariadb, database, "SELECT id, name FROM parent ORDER BY id") == [
+        (1, "a"), (2, "b")]
+    assert ENGINE.live_revisions(project) == ("aaa",)
+    assert _rows(mariadb, database, "SELECT id, price FROM prices FOR SYSTEM_TIME ALL "
+                                    "ORDER BY price") == history
+    assert _rows(mariadb, database, "SELECT * FROM parent_names_upper ORDER BY name") == [
+        ("A",), ("B",)]
+    assert _rows(mariadb, database, "SELECT twice(21)") == [(42,)]
+    # Triggers fire, AUTO_INCREMENT goes on from where it was, the key is enforced.
+    mariadb.execute("CALL add_parent('d')", database=database)
+    assert _rows(mariadb, database, "SELECT id FROM parent WHERE name = 'd'") == [(4,)]
+    assert ("added d",) in _rows(mariadb, database, "SELECT msg FROM audit_log")
+    with pytest.raises(SQLAlchemyError, match="foreign key constraint fails"):
+        mariadb.execute("INSERT INTO child VALUES (2, 99)", database=database)
+    # The sequence goes on past what it handed out before the backup.
+    assert _rows(mariadb, database, "SELECT NEXTVAL(ticket_seq)")[0][0] > 3
+    assert mariadb.databases_like(f"{database}_") == []  # no scratch schema left
+
+
+@pytest.mark.parametrize("blocked", ["child", "alembic_version"])  # with triggers, without
+def test_a_restore_blocked_by_a_lock_fails_in_time_and_changes_nothing(
+        mariadb, database, project, tmp_path, blocked):
+    mariadb.execute(*SCHEMA, database=database)
+    dump = str(tmp_path / "backup.sql")
+    ENGINE.copy(project, dump)
+    mariadb.execute("INSERT INTO parent (name) VALUES ('later')", database=database)
+    objects = _objects(mariadb, database)
+    blocker_engine = mariadb.admin_engine(database)
+    try:
+        with blocker_engine.connect() as blocker:
+            blocker.exec_driver_sql("START TRANSACTION")
+            blocker.exec_driver_sql(f"SELECT * FROM {blocked}").fetchall()  # its metadata lock
+            started = time.monotonic()
+            with pytest.raises(BackupError) as caught:
+                ENGINE.restore(replace(project, lock_timeout=1), dump)
+            took = time.monotonic() - started
+            blocker.exec_driver_sql("ROLLBACK")
+    finally:
+        blocker_engine.dispose()
+
+    assert took < 10, took
+    message = caught.value.message
+    assert "lock" in message and "1 s" in message and "left as it was" in message, message
+    assert _objects(mariadb, database) == objects
+    assert _rows(mariadb, database, "SELECT name FROM parent ORDER BY id") == [
+        ("a",), ("b",), ("later",)]
+    assert mariadb.databases_like(f"{database}_") == []

@@ -414,6 +414,9 @@ def test_sequences_continue_after_a_restore(mariadb, database, sample_ini, tmp_p
 
 def test_the_live_database_never_misses_a_table_during_a_restore(
         mariadb, database, sample_ini, tmp_path):
+    """An application using the tables finds every one of them all through the restore;
+    information_schema, which reads the schema's files without any lock, may miss one
+    name for the instant between its two renames, never more."""
     url = mariadb.url(database)
     load_sample(sample_ini, url)
     mariadb.execute(*(f"CREATE TABLE extra_{i:03} (id INTEGER PRIMARY KEY, v VARCHAR(20))"
@@ -422,25 +425,30 @@ def test_the_live_database_never_misses_a_table_during_a_restore(
     client = _client(sample_ini, url, tmp_path / "inst")
     backup = _backup(client)
 
-    polls, fewest, gaps = 0, len(expected), []
+    polls, gaps, listed_fewest = 0, [], len(expected)
     stop = threading.Event()
+    # One statement that opens every table, as an application's queries do.
+    use_all = " UNION ALL ".join(f"SELECT 1 FROM `{name}` WHERE 0" for name in sorted(expected))
 
     def read():
-        nonlocal polls, fewest
-        engine = mariadb.admin_engine()
+        nonlocal polls, listed_fewest
+        engine = mariadb.admin_engine(database)
         try:
             with engine.connect() as conn:
                 conn.execute(text("SET SESSION max_statement_time = 5"))
                 while not stop.is_set():
+                    try:
+                        conn.execute(text(use_all)).all()
+                    except SQLAlchemyError as exc:
+                        if len(gaps) < 5:
+                            gaps.append(str(exc.orig or exc)[:200])
                     seen = set(conn.execute(text(
                         "SELECT table_name FROM information_schema.tables "
                         "WHERE table_schema = :db"), {"db": database}).scalars())
                     polls += 1
-                    fewest = min(fewest, len(seen & expected))
-                    if expected - seen and len(gaps) < 5:
-                        gaps.append(sorted(expected - seen)[:5])
+                    listed_fewest = min(listed_fewest, len(seen & expected))
         except Exception as exc:  # never an unhandled exception in a thread
-            gaps.append([f"reader failed: {type(exc).__name__}: {exc}"])
+            gaps.append(f"reader failed: {type(exc).__name__}: {exc}")
         finally:
             engine.dispose()
 
@@ -454,6 +462,8 @@ def test_the_live_database_never_misses_a_table_during_a_restore(
 
     assert run["status"] == "succeeded", run
     assert polls > 10, polls
-    assert not gaps, (f"during the restore the database had as few as {fewest} of its "
-                      f"{len(expected)} tables; missing, e.g.: {gaps}")
+    assert not gaps, f"during the restore a query using the tables failed: {gaps}"
+    assert listed_fewest >= len(expected) - 1, (
+        f"during the restore information_schema listed as few as {listed_fewest} of the "
+        f"{len(expected)} tables")
     assert set(_tables(mariadb, database)) == expected

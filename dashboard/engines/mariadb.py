@@ -1,12 +1,16 @@
-"""MariaDB and MySQL targets: mariadb-dump backups, a named lock per schema."""
+"""MariaDB and MySQL targets: mariadb-dump backups, restores swapped in with one
+RENAME TABLE, a named lock per schema."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import re
+import secrets
 import time
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from sqlalchemy import bindparam, text
@@ -22,9 +26,13 @@ if TYPE_CHECKING:
 
 ENGINE_LOCK_NAME = "migration-dashboard"
 LOCK_NAME_LIMIT = 64  # characters, GET_LOCK's limit
+UNCHANGED = "The database was left as it was; the backup file is unchanged."
+OLD_MARK = "mdold"  # a view a restore moved out of the way, dropped once it is done
+LOCK_WAIT_TIMEOUT = 1205  # ER_LOCK_WAIT_TIMEOUT
 END_SESSION_GRACE = 5.0  # seconds a killed statement gets to stop before its connection goes
 
 log = logging.getLogger(__name__)
+
 
 class MariaDbEngine(ServerEngine):
     """MariaDB and MySQL: an SQL dump by mariadb-dump (or mysqldump), loaded back
@@ -70,12 +78,20 @@ class MariaDbEngine(ServerEngine):
         with servers.mariadb_option_file(address) as options:
             servers.run_tool(
                 # --defaults-extra-file must come first, or the tool ignores it.
-                [dump.path, f"--defaults-extra-file={options}", "--single-transaction",
-                 "--routines", "--triggers", "--events", "--hex-blob",
-                 "--default-character-set=utf8mb4", f"--result-file={destination}",
-                 "--", address.database],
+                [dump.path, f"--defaults-extra-file={options}", *self.dump_options(address),
+                 f"--result-file={destination}", "--", address.database],
                 None, what=f"{dump.name} of the {address.describe()}", address=address,
                 after=NOT_RUN)
+
+    def dump_options(self, address: ServerAddress) -> list[str]:
+        options = ["--single-transaction", "--routines", "--triggers", "--events",
+                   "--hex-blob", "--default-character-set=utf8mb4"]
+        # The rows of system-versioned tables as they were: without it the dump
+        # keeps only the current ones. mariadb-dump refuses it, for the whole
+        # dump, when a table keeps transaction-precise history.
+        if not _transaction_precise_tables(address):
+            options.append("--dump-history")
+        return options
 
     def check(self, path: str, version_table: str,
               project: Project | None = None) -> FileCheck:
@@ -90,7 +106,7 @@ class MariaDbEngine(ServerEngine):
         try:
             with self.scratch_database(address) as scratch:
                 self._load(address, scratch, path, "Loading the copy into a scratch database",
-                           after="")
+                           after="", lock_wait=lock_wait_seconds(project))
                 revisions = self.scratch_revisions(address, scratch, version_table)
         except BackupError as exc:
             return FileCheck(False, exc.message.rstrip(". "), ())
@@ -98,30 +114,48 @@ class MariaDbEngine(ServerEngine):
                          revisions)
 
     def restore(self, project: Project, backup_path: str) -> None:
-        """Empty the database, then load the dump into it.
+        """Load the dump into a scratch schema, then swap its tables in at once.
 
-        MariaDB cannot roll DDL back, so this is not atomic; the dump was loaded
-        into a scratch database when it was taken, and its checksum has just
-        been checked, so a failure half-way is unlikely, and it is reported.
+        The live database is not touched until one atomic ``RENAME TABLE`` moves
+        its tables aside and the backup's in (foreign keys, AUTO_INCREMENT
+        values, sequences and history move with their tables); what belongs to
+        the schema rather than to a table (views, routines, events) and the
+        triggers, which cannot change schema, are then recreated from the
+        backup's definitions. Every wait for another session's lock is bounded
+        by ``project.lock_timeout``: if the swap cannot have its locks in time,
+        nothing has changed.
         """
         address = self.address(project)
         servers.find_tool(self.client_tools, "mysql")
         if not self._complete(backup_path):
             raise BackupError("The backup file is cut short (no '-- Dump completed' line). "
-                              "The database was not changed.")
-        _mariadb_empty(address)
-        self._load(address, address.database, backup_path,
-                   f"Loading the backup into the {address.describe()}",
-                   after="The database was emptied first, so it is only partly restored; "
-                         "the backup file is unchanged and can be restored again.")
+                              f"{UNCHANGED}")
+        wait = lock_wait_seconds(project)
+        with self.scratch_database(address) as scratch, \
+                self.scratch_database(address) as aside:
+            self._load(address, scratch, backup_path, "Loading the backup into a scratch "
+                       "database", after=UNCHANGED, lock_wait=wait)
+            with servers.connect(address, scratch, after=UNCHANGED) as source:
+                try:
+                    backup = _definitions(source)
+                    for trigger in backup.triggers:  # or its table could not change schema
+                        _sql(source, f"DROP TRIGGER {_quote(source, trigger.name)}")
+                except SQLAlchemyError as exc:
+                    raise BackupError(
+                        f"Reading the backup's definitions in the scratch database failed: "
+                        f"{servers.driver_message(exc, address)}. {UNCHANGED}") from exc
+            with servers.connect(address, after=UNCHANGED) as conn:
+                _swap_in(conn, address, scratch, aside, backup, wait)
 
     def _load(self, address: ServerAddress, database: str, path: str, what: str,
-              after: str) -> None:
+              after: str, lock_wait: int) -> None:
         client = servers.find_tool(self.client_tools, "mysql")
         with servers.mariadb_option_file(address) as options, open(path, "rb") as dump:
             servers.run_tool(
                 [client.path, f"--defaults-extra-file={options}", "--batch",
-                 "--default-character-set=utf8mb4", f"--database={database}"],
+                 "--default-character-set=utf8mb4",
+                 f"--init-command=SET SESSION lock_wait_timeout = {lock_wait}",
+                 f"--database={database}"],
                 None, stdin=dump, what=what, address=address, after=after)
 
     def _complete(self, path: str) -> bool:
@@ -129,9 +163,6 @@ class MariaDbEngine(ServerEngine):
             handle.seek(0, os.SEEK_END)
             handle.seek(max(0, handle.tell() - 4096))
             return self.completed in handle.read()
-
-
-    # ------------------------------------------------------------ lock
 
     # ------------------------------------------------------------ sessions
 
@@ -159,6 +190,8 @@ class MariaDbEngine(ServerEngine):
             for session in _sessions_of(conn, present):
                 _kill(conn, "CONNECTION", session)
         return [str(session) for session in present]
+
+    # ------------------------------------------------------------ lock
 
     # One lock per schema: GET_LOCK names are server-wide, so a bare name would
     # make a migration of one database wait for every other of the server.
@@ -241,30 +274,232 @@ def _sql_dump_revisions(path: str, version_table: str) -> tuple[str, ...]:
     return tuple(sorted(re.findall(r"\('((?:[^'\\]|\\.)*)'\)", values)))
 
 
-def _mariadb_empty(address: ServerAddress) -> None:
-    """Drop every table, view, sequence, routine and event of the database."""
-    after = "The database may be partly emptied; the backup file is unchanged."
-    with servers.connect(address, after="The database was not changed.") as conn:
-        quote = conn.dialect.identifier_preparer.quote_identifier
+def lock_wait_seconds(project: Project) -> int:
+    """lock_wait_timeout for the restore's statements (whole seconds, at least one)."""
+    return max(1, math.ceil(project.lock_timeout))
+
+
+def _transaction_precise_tables(address: ServerAddress) -> list[str]:
+    with servers.connect(address) as conn:
         try:
-            objects = conn.execute(text(
-                "SELECT table_type, table_name FROM information_schema.tables "
-                "WHERE table_schema = DATABASE()")).all()
-            routines = conn.execute(text(
-                "SELECT routine_type, routine_name FROM information_schema.routines "
-                "WHERE routine_schema = DATABASE()")).all()
-            events = conn.execute(text(
-                "SELECT event_name FROM information_schema.events "
-                "WHERE event_schema = DATABASE()")).scalars().all()
-            conn.execute(text("SET SESSION foreign_key_checks = 0"))
-            kinds = {"VIEW": "VIEW", "SEQUENCE": "SEQUENCE"}
-            # Views first: they name the tables.
-            for kind, name in sorted(objects, key=lambda row: row[0] != "VIEW"):
-                conn.execute(text(f"DROP {kinds.get(kind, 'TABLE')} IF EXISTS {quote(name)}"))
-            for kind, name in routines:
-                conn.execute(text(f"DROP {kind} IF EXISTS {quote(name)}"))
-            for name in events:
-                conn.execute(text(f"DROP EVENT IF EXISTS {quote(name)}"))
+            return list(conn.execute(text(
+                "SELECT DISTINCT table_name FROM information_schema.columns "
+                "WHERE table_schema = DATABASE() AND generation_expression = 'ROW START' "
+                "AND data_type = 'bigint'")).scalars())
         except SQLAlchemyError as exc:
-            raise BackupError(f"Emptying the {address.describe()} before the restore failed: "
-                              f"{servers.driver_message(exc, address)}. {after}") from exc
+            raise BackupError(f"The {address.describe()} cannot be read: "
+                              f"{servers.driver_message(exc, address)}. {NOT_RUN}") from exc
+
+
+# ---------------------------------------------------------------- the restore's swap
+
+
+@dataclass(frozen=True)
+class Definition:
+    """One object's CREATE statement, with the session settings it was made under."""
+
+    name: str
+    sql: str
+    settings: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class SchemaObjects:
+    tables: tuple[str, ...]  # base tables, system-versioned tables and sequences
+    views: tuple[Definition, ...] = ()
+    triggers: tuple[Definition, ...] = ()
+    routines: tuple[Definition, ...] = ()  # named "PROCEDURE x" or "FUNCTION x"
+    events: tuple[Definition, ...] = ()  # named "EVENT x"
+
+
+def _names(conn) -> dict[str, list[str]]:
+    """The current schema's objects by kind: table, view, trigger, routine, event."""
+    found: dict[str, list[str]] = {"table": [], "view": [], "trigger": [], "routine": [],
+                                   "event": []}
+    for kind, name in conn.execute(text(
+            "SELECT IF(table_type = 'VIEW', 'view', 'table'), table_name "
+            "FROM information_schema.tables WHERE table_schema = DATABASE() "
+            "UNION ALL SELECT 'trigger', trigger_name FROM information_schema.triggers "
+            "WHERE trigger_schema = DATABASE() "
+            "UNION ALL SELECT 'routine', CONCAT(routine_type, ' ', routine_name) "
+            "FROM information_schema.routines WHERE routine_schema = DATABASE() "
+            "UNION ALL SELECT 'event', CONCAT('EVENT ', event_name) FROM information_schema.events "
+            "WHERE event_schema = DATABASE()")):
+        found[kind].append(name)
+    return found
+
+
+def _definitions(conn, kinds=("table", "view", "trigger", "routine", "event")) -> SchemaObjects:
+    """What SHOW CREATE says of the objects of the connection's current schema.
+
+    Read from inside the schema, so names in it are not qualified with it."""
+    names = {kind: found if kind in kinds else [] for kind, found in _names(conn).items()}
+
+    def show(kind_and_name: str, column: str, *settings: str) -> Definition:
+        kind, name = kind_and_name.split(" ", 1)
+        row = _sql(conn, f"SHOW CREATE {kind} {_quote(conn, name)}").mappings().one()
+        return Definition(kind_and_name, row[column],
+                          tuple((key, row[key]) for key in settings))
+
+    charset = ("character_set_client", "collation_connection")
+    return SchemaObjects(
+        tables=tuple(names["table"]),
+        views=tuple(replace(show(f"VIEW {name}", "Create View", *charset), name=name)
+                    for name in names["view"]),
+        triggers=tuple(replace(show(f"TRIGGER {name}", "SQL Original Statement", "sql_mode",
+                                    *charset), name=name)
+                       for name in names["trigger"]),
+        routines=tuple(show(routine, f"Create {routine.split()[0].title()}", "sql_mode",
+                            *charset) for routine in names["routine"]),
+        events=tuple(show(event, "Create Event", "sql_mode", "time_zone", *charset)
+                     for event in names["event"]),
+    )
+
+
+def _swap_in(conn, address: ServerAddress, scratch: str, aside: str, backup: SchemaObjects,
+             wait: int) -> None:
+    """Move the live tables into ``aside`` and the scratch schema's into the live one, in
+    one RENAME TABLE; then recreate the backup's triggers, views, routines and events in
+    the live schema and drop what the backup did not have.
+
+    A table with triggers cannot change schema, and within the live schema a table
+    moved aside would keep its foreign keys' names, which the backup's tables
+    bring too: so the live tables' triggers are dropped just before the swap,
+    while every table that has one is locked, and recreated if the swap fails."""
+    quote = conn.dialect.identifier_preparer.quote_identifier
+    live = quote(address.database)
+    try:
+        _sql(conn, f"SET SESSION lock_wait_timeout = {wait}, foreign_key_checks = 0")
+        current = _names(conn)
+        triggers = _definitions(conn, kinds=("trigger",)).triggers
+        trigger_tables = list(conn.execute(text(
+            "SELECT DISTINCT event_object_table FROM information_schema.triggers "
+            "WHERE trigger_schema = DATABASE()")).scalars())
+    except SQLAlchemyError as exc:
+        raise BackupError(f"Reading the {address.describe()} before the restore failed: "
+                          f"{servers.driver_message(exc, address)}. {UNCHANGED}") from exc
+    # A view cannot change schema either; one in the way of a table of the
+    # backup is renamed within the live schema, and dropped afterwards.
+    in_the_way = {name: f"{OLD_MARK}_{secrets.token_hex(4)}_{i}"
+                  for i, name in enumerate(n for n in current["view"] if n in backup.tables)}
+    # In pairs, each name given back right after it was freed: a reader of
+    # information_schema, which takes no lock, sees at most one name missing
+    # for the instant between the two; sessions that use the tables wait for
+    # the whole statement and see the old tables or the new ones.
+    moves = [f"{live}.{quote(name)} TO {live}.{quote(old)}" for name, old in in_the_way.items()]
+    incoming = set(backup.tables)
+    for name in current["table"]:
+        moves.append(f"{live}.{quote(name)} TO {quote(aside)}.{quote(name)}")
+        if name in incoming:
+            moves.append(f"{quote(scratch)}.{quote(name)} TO {live}.{quote(name)}")
+    moves += [f"{quote(scratch)}.{quote(name)} TO {live}.{quote(name)}"
+              for name in backup.tables if name not in current["table"]]
+    dropped: list[Definition] = []
+    try:
+        if trigger_tables:
+            _sql(conn, "LOCK TABLES " + ", ".join(f"{quote(t)} WRITE" for t in trigger_tables))
+            try:
+                for trigger in triggers:
+                    _sql(conn, f"DROP TRIGGER {quote(trigger.name)}")
+                    dropped.append(trigger)
+            finally:
+                _sql(conn, "UNLOCK TABLES")
+        if moves:
+            _sql(conn, "RENAME TABLE " + ", ".join(moves))
+    except SQLAlchemyError as exc:
+        lost = _recreate(conn, dropped)
+        if _error_code(exc) == LOCK_WAIT_TIMEOUT:
+            said = (f"Another session held a lock on the database's tables for {wait} s "
+                    "(DASHBOARD_LOCK_TIMEOUT), so the backup could not be swapped in")
+        else:
+            said = f"Swapping the backup's tables in failed: {servers.driver_message(exc, address)}"
+        if lost:
+            raise BackupError(f"{said}. The tables were left as they were, but their "
+                              f"triggers {', '.join(lost)} could not be recreated; the backup "
+                              "file is unchanged.") from exc
+        raise BackupError(f"{said}. {UNCHANGED}") from exc
+
+    step = "recreating the triggers"
+    try:
+        for trigger in backup.triggers:
+            _create(conn, trigger)
+        step = "recreating the views"
+        _create_views(conn, backup.views)
+        step = "recreating the routines"
+        _replace_all(conn, backup.routines, current["routine"])
+        step = "recreating the events"
+        _replace_all(conn, backup.events, current["event"])
+        step = "dropping the views the backup did not have"
+        kept = {view.name for view in backup.views}
+        for name in current["view"]:
+            if name not in kept:
+                _sql(conn, f"DROP VIEW IF EXISTS {quote(in_the_way.get(name, name))}")
+    except SQLAlchemyError as exc:
+        raise BackupError(
+            f"The backup's tables are in place, but {step} failed: "
+            f"{servers.driver_message(exc, address)}. Restore the backup again (the file is "
+            "unchanged).") from exc
+
+
+def _recreate(conn, triggers: list[Definition]) -> list[str]:
+    """Put back triggers dropped for a swap that did not happen; the names it could not."""
+    lost = []
+    for trigger in triggers:
+        try:
+            _create(conn, trigger)
+        except SQLAlchemyError as exc:
+            log.error("trigger %s could not be recreated: %s", trigger.name, exc)
+            lost.append(trigger.name)
+    return lost
+
+
+def _create(conn, definition: Definition, statement: str | None = None) -> None:
+    for key, value in definition.settings:
+        conn.execute(text(f"SET SESSION {key} = :value"), {"value": value})
+    _sql(conn, statement or definition.sql)
+    _sql(conn, "SET SESSION sql_mode = DEFAULT, NAMES utf8mb4, time_zone = DEFAULT")
+
+
+def _or_replace(sql: str) -> str:
+    return re.sub(r"^\s*CREATE\s", "CREATE OR REPLACE ", sql, count=1, flags=re.I)
+
+
+def _create_views(conn, views: tuple[Definition, ...]) -> None:
+    """CREATE OR REPLACE each view; one naming a view not made yet waits for the next round."""
+    waiting = list(views)
+    while waiting:
+        failed: list[tuple[Definition, SQLAlchemyError]] = []
+        for view in waiting:
+            try:
+                _create(conn, view, _or_replace(view.sql))
+            except SQLAlchemyError as exc:
+                failed.append((view, exc))
+        if len(failed) == len(waiting):
+            raise failed[0][1]
+        waiting = [view for view, _ in failed]
+
+
+def _replace_all(conn, wanted: tuple[Definition, ...], current: list[str]) -> None:
+    """Routines or events (named "PROCEDURE x", "EVENT y"): CREATE OR REPLACE the
+    backup's, drop the others."""
+    kept = {definition.name for definition in wanted}
+    for name in current:
+        if name not in kept:
+            kind, bare = name.split(" ", 1)
+            _sql(conn, f"DROP {kind} IF EXISTS {_quote(conn, bare)}")
+    for definition in wanted:
+        _create(conn, definition, _or_replace(definition.sql))
+
+
+def _sql(conn, statement: str):
+    """Run SQL as it is: no parameters, so no '%' in it is taken for one."""
+    return conn.exec_driver_sql(statement, execution_options={"no_parameters": True})
+
+
+def _quote(conn, name: str) -> str:
+    return conn.dialect.identifier_preparer.quote_identifier(name)
+
+
+def _error_code(exc: SQLAlchemyError) -> int | None:
+    args = getattr(getattr(exc, "orig", None), "args", ())
+    return args[0] if args and isinstance(args[0], int) else None
