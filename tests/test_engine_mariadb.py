@@ -303,3 +303,82 @@ def test_a_restore_blocked_by_a_lock_fails_in_time_and_changes_nothing(
     assert _rows(mariadb, database, "SELECT name FROM parent ORDER BY id") == [
         ("a",), ("b",), ("later",)]
     assert mariadb.databases_like(f"{database}_") == []
+
+
+# ---------------------------------------------------------------- writes a restore discards
+
+
+WRITTEN = [
+    "CREATE TABLE items (id INTEGER AUTO_INCREMENT PRIMARY KEY, v VARCHAR(20))",
+    "CREATE TABLE prices (id INTEGER PRIMARY KEY, price INTEGER)",
+    "CREATE TABLE quiet (id INTEGER PRIMARY KEY)",
+    "CREATE TABLE migrated (id INTEGER PRIMARY KEY)",
+    "INSERT INTO items (v) VALUES ('a'), ('b')",
+    "INSERT INTO prices VALUES (1, 10), (2, 20)",
+    "INSERT INTO quiet VALUES (1)",
+]
+
+
+class Writer(threading.Thread):
+    """Another application: inserts into ``items`` on its own connection until stopped."""
+
+    def __init__(self, server, database):
+        super().__init__(daemon=True)
+        self.engine = server.admin_engine(database)
+        self.stop = threading.Event()
+        self.committed = 0
+        self.errors: list[str] = []
+
+    def run(self):
+        try:
+            with self.engine.connect() as conn:
+                while not self.stop.is_set():
+                    conn.execute(text("INSERT INTO items (v) VALUES ('w')"))
+                    self.committed += 1
+                    time.sleep(0.02)
+        except Exception as exc:  # never an unhandled exception in a thread
+            self.errors.append(f"{type(exc).__name__}: {exc}")
+        finally:
+            self.engine.dispose()
+
+
+def test_writes_of_other_sessions_since_the_marks_are_counted(mariadb, database, project):
+    mariadb.execute(*WRITTEN, "UPDATE prices SET price = 11 WHERE id = 1", database=database)
+    marks = ENGINE.write_marks(project)
+    # Right away, most likely within the second that prices was last written in:
+    # its UPDATE_TIME cannot tell these updates from the one before the marks.
+    mariadb.execute("UPDATE prices SET price = 12 WHERE id = 1", database=database)
+    writer = Writer(mariadb, database)
+    writer.start()
+    time.sleep(0.5)
+    mariadb.execute("INSERT INTO migrated VALUES (1), (2)",  # the run's own, not reported
+                    "CREATE TABLE made_by_others (id INTEGER PRIMARY KEY)",
+                    "INSERT INTO made_by_others VALUES (1), (2), (3)", database=database)
+    writer.stop.set()
+    writer.join(10)
+    assert writer.committed > 5 and not writer.errors, (writer.committed, writer.errors)
+
+    discarded = ENGINE.discarded_writes(project, marks, {"migrated"})
+
+    assert discarded == [{"table": "items", "rows": writer.committed},
+                         {"table": "made_by_others", "rows": 3},
+                         {"table": "prices", "rows": 1}]
+
+
+def test_no_writes_since_the_marks_is_an_empty_list(mariadb, database, project):
+    mariadb.execute(*WRITTEN, database=database)
+    time.sleep(1.1)  # UPDATE_TIME has one-second steps
+    marks = ENGINE.write_marks(project)
+    mariadb.execute("INSERT INTO migrated VALUES (1)", database=database)
+    assert ENGINE.discarded_writes(project, marks, {"migrated"}) == []
+    assert ENGINE.discarded_writes(project, None, set()) is None
+
+
+def test_an_update_long_after_the_marks_is_seen_without_a_checksum(mariadb, database, project):
+    mariadb.execute(*WRITTEN, database=database)
+    time.sleep(1.1)
+    marks = ENGINE.write_marks(project)
+    assert all(mark["checksum"] is None for mark in marks["tables"].values()), marks
+    time.sleep(1.1)
+    mariadb.execute("UPDATE quiet SET id = 2", database=database)
+    assert ENGINE.discarded_writes(project, marks, set()) == [{"table": "quiet", "rows": 1}]
