@@ -11,9 +11,11 @@ import os
 import threading
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from dashboard.engines import ENGINES
@@ -382,3 +384,26 @@ def test_an_update_long_after_the_marks_is_seen_without_a_checksum(mariadb, data
     time.sleep(1.1)
     mariadb.execute("UPDATE quiet SET id = 2", database=database)
     assert ENGINE.discarded_writes(project, marks, set()) == [{"table": "quiet", "rows": 1}]
+
+
+# ---------------------------------------------------------------- verification depth
+
+
+def test_quick_verification_reads_the_file_alone(mariadb, database, project, tmp_path):
+    mariadb.execute(*SCHEMA, database=database)
+    dump = str(tmp_path / "backup.sql")
+    ENGINE.copy(project, dump)
+    # A server that cannot be reached: the quick check never asks it anything.
+    unreachable = make_url(project.database_url).set(port=1)
+    quick_project = replace(project, backup_verify="quick",
+                            database_url=unreachable.render_as_string(hide_password=False))
+
+    quick = ENGINE.check(dump, "alembic_version", quick_project)
+    full = ENGINE.check(dump, "alembic_version", project)
+
+    assert quick.ok and quick.revisions == ("aaa",), quick
+    assert "not loaded" in quick.detail and "quick" in quick.detail, quick.detail
+    assert full.ok and full.revisions == ("aaa",) and "scratch database" in full.detail
+    cut = tmp_path / "cut.sql"
+    cut.write_bytes(Path(dump).read_bytes()[:-200])
+    assert not ENGINE.check(str(cut), "alembic_version", quick_project).ok
