@@ -125,10 +125,10 @@ def recover(target: Target, failed: FailedRun) -> str:
     message = (f"{failed.failure} The database was restored from the pre-action backup "
                f"{failed.backup.id} (checked) and is at {_revs(live)} as before.")
     if discarded:
-        lost = ", ".join(f"{d['table']} ({d['rows']} row{'s' if d['rows'] != 1 else ''})"
-                         for d in discarded)
-        message += (f" Writes other sessions made during the run were discarded with it: "
-                    f"{lost}.")
+        lost = ", ".join(f"{d['rows']} row{'s' if d['rows'] != 1 else ''} written to "
+                         f"{d['table']}" for d in discarded)
+        message += (f" The restore discarded writes other sessions made during the run "
+                    f"({lost}).")
     elif discarded is None:
         message += (" Whether other sessions wrote to the database during the run cannot be "
                     "told: any such writes were discarded with it.")
