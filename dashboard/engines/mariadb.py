@@ -191,6 +191,7 @@ class MariaDbEngine(ServerEngine):
         address = self.address(project)
         with servers.connect(address, after="") as conn:
             try:
+                _sql(conn, f"SET SESSION lock_wait_timeout = {lock_wait_seconds(project)}")
                 # The clock first, then the snapshot: a write after the snapshot
                 # sets an UPDATE_TIME no earlier than this second.
                 second = conn.execute(text("SELECT NOW()")).scalar_one()
@@ -215,6 +216,7 @@ class MariaDbEngine(ServerEngine):
         found = []
         with servers.connect(address, after="") as conn:
             try:
+                _sql(conn, f"SET SESSION lock_wait_timeout = {lock_wait_seconds(project)}")
                 for name, updated in _base_tables(conn):
                     if name in touched:
                         continue
@@ -376,7 +378,7 @@ def _sql_dump_revisions(path: str, version_table: str) -> tuple[str, ...]:
 
 
 def lock_wait_seconds(project: Project) -> int:
-    """lock_wait_timeout for the restore's statements (whole seconds, at least one)."""
+    """lock_wait_timeout for the engine's own statements (whole seconds, at least one)."""
     return max(1, math.ceil(project.lock_timeout))
 
 
