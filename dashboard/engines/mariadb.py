@@ -453,6 +453,9 @@ def _definitions(conn, kinds=("table", "view", "trigger", "routine", "event")) -
     def show(kind_and_name: str, column: str, *settings: str) -> Definition:
         kind, name = kind_and_name.split(" ", 1)
         row = _sql(conn, f"SHOW CREATE {kind} {_quote(conn, name)}").mappings().one()
+        if row[column] is None:  # a routine of another definer, without the right to see it
+            raise BackupError(f"The definition of {kind.lower()} {name} cannot be read "
+                              f"(SHOW CREATE {kind} shows none to this user). {UNCHANGED}")
         return Definition(kind_and_name, row[column],
                           tuple((key, row[key]) for key in settings))
 
