@@ -407,3 +407,21 @@ def test_quick_verification_reads_the_file_alone(mariadb, database, project, tmp
     cut = tmp_path / "cut.sql"
     cut.write_bytes(Path(dump).read_bytes()[:-200])
     assert not ENGINE.check(str(cut), "alembic_version", quick_project).ok
+
+
+def test_counting_the_discarded_writes_waits_no_longer_than_the_lock_timeout(
+        mariadb, database, project):
+    mariadb.execute(*WRITTEN, database=database)
+    marks = ENGINE.write_marks(project)
+    mariadb.execute("INSERT INTO items (v) VALUES ('later')", database=database)
+    blocker_engine = mariadb.admin_engine(database)
+    try:
+        with blocker_engine.connect() as blocker:
+            blocker.exec_driver_sql("LOCK TABLES items WRITE")  # as a stuck ALTER would
+            started = time.monotonic()
+            answer = ENGINE.discarded_writes(replace(project, lock_timeout=1), marks, set())
+            took = time.monotonic() - started
+            blocker.exec_driver_sql("UNLOCK TABLES")
+    finally:
+        blocker_engine.dispose()
+    assert answer is None and took < 5, (answer, took)

@@ -191,6 +191,7 @@ class MariaDbEngine(ServerEngine):
         address = self.address(project)
         with servers.connect(address, after="") as conn:
             try:
+                _sql(conn, f"SET SESSION lock_wait_timeout = {lock_wait_seconds(project)}")
                 # The clock first, then the snapshot: a write after the snapshot
                 # sets an UPDATE_TIME no earlier than this second.
                 second = conn.execute(text("SELECT NOW()")).scalar_one()
@@ -215,6 +216,7 @@ class MariaDbEngine(ServerEngine):
         found = []
         with servers.connect(address, after="") as conn:
             try:
+                _sql(conn, f"SET SESSION lock_wait_timeout = {lock_wait_seconds(project)}")
                 for name, updated in _base_tables(conn):
                     if name in touched:
                         continue
@@ -376,7 +378,7 @@ def _sql_dump_revisions(path: str, version_table: str) -> tuple[str, ...]:
 
 
 def lock_wait_seconds(project: Project) -> int:
-    """lock_wait_timeout for the restore's statements (whole seconds, at least one)."""
+    """lock_wait_timeout for the engine's own statements (whole seconds, at least one)."""
     return max(1, math.ceil(project.lock_timeout))
 
 
@@ -451,6 +453,9 @@ def _definitions(conn, kinds=("table", "view", "trigger", "routine", "event")) -
     def show(kind_and_name: str, column: str, *settings: str) -> Definition:
         kind, name = kind_and_name.split(" ", 1)
         row = _sql(conn, f"SHOW CREATE {kind} {_quote(conn, name)}").mappings().one()
+        if row[column] is None:  # a routine of another definer, without the right to see it
+            raise BackupError(f"The definition of {kind.lower()} {name} cannot be read "
+                              f"(SHOW CREATE {kind} shows none to this user). {UNCHANGED}")
         return Definition(kind_and_name, row[column],
                           tuple((key, row[key]) for key in settings))
 
