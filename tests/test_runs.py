@@ -192,7 +192,7 @@ def test_a_second_action_while_one_runs_gets_409(app, client, seeded, sample_ini
         revision = "5107000000aa"
         down_revision = "{UNIFIED_REASONING}"
         def upgrade():
-            time.sleep(3)
+            time.sleep(8)  # outlasts three runner starts on a busy machine
         def downgrade():
             pass
     '''))
