@@ -372,14 +372,15 @@ def _execute_action(target: Target, prepared: Prepared) -> None:
         return
     worker.close()
     if outcome.ok:
-        runs.update_run(inst, run_id, status=runs.SUCCEEDED, finished_at=time.time(),
-                        to_revs=outcome.heads)
         event = audit.DatabaseCreated if plan.creates_file else audit.ActionSucceeded
+        # The audit entry first: whoever sees the run finished finds it in the log too.
         audit.record_event(target, event(
             user=user, action=plan.action, destination=plan.destination,
             from_revs=plan.from_revs, to_revs=outcome.heads,
             backup_id=backup.id if backup else None, run_id=run_id,
             duration=time.time() - started))
+        runs.update_run(inst, run_id, status=runs.SUCCEEDED, finished_at=time.time(),
+                        to_revs=outcome.heads)
         return
     failure = f"Step {outcome.failed_step} failed: {outcome.error}" if outcome.failed_step \
         else f"env.py failed before the first step: {outcome.error}"
@@ -407,13 +408,13 @@ def _failed_run(prepared: Prepared, started: float, failure: str, backup,
 
 def _refuse(target: Target, prepared: Prepared, started: float, message: str) -> None:
     plan = prepared.plan
-    runs.update_run(target.instance_dir, prepared.run_id, status=runs.FAILED, error=message,
-                    finished_at=time.time(), to_revs=prepared.current)
     audit.record_event(target, audit.ActionRefused(
         user=prepared.user, action=plan.action if plan else prepared.verb,
         destination=plan.destination if plan else None, from_revs=prepared.current,
         to_revs=prepared.current, run_id=prepared.run_id, duration=time.time() - started,
         error=message))
+    runs.update_run(target.instance_dir, prepared.run_id, status=runs.FAILED, error=message,
+                    finished_at=time.time(), to_revs=prepared.current)
 
 
 def _undo_creation(target: Target, prepared: Prepared, started: float, failure: str) -> None:
@@ -423,11 +424,11 @@ def _undo_creation(target: Target, prepared: Prepared, started: float, failure: 
     project.engine.remove_database(project.database_url)
     message = (f"{failure} The new database file was removed: {plan.creates_file} does not "
                "exist, as before.")
-    runs.update_run(target.instance_dir, prepared.run_id, status=runs.RESTORED, error=message,
-                    finished_at=time.time())
     audit.record_event(target, audit.DatabaseCreationUndone(
         user=prepared.user, action=plan.action, destination=plan.destination,
         run_id=prepared.run_id, duration=time.time() - started, error=message))
+    runs.update_run(target.instance_dir, prepared.run_id, status=runs.RESTORED, error=message,
+                    finished_at=time.time())
 
 
 def _execute_restore(target: Target, prepared: Prepared) -> None:
@@ -443,11 +444,11 @@ def _execute_restore(target: Target, prepared: Prepared) -> None:
     except DashboardError as exc:
         message = ("The backup of the current state failed, so nothing was restored: "
                    f"{exc.message}")
-        runs.update_run(inst, run_id, status=runs.FAILED, error=message,
-                        finished_at=time.time())
         audit.record_event(target, audit.RestoreRefused(
             user=user, action="restore", destination=record.id, from_revs=prepared.current,
             run_id=run_id, duration=time.time() - started, error=message))
+        runs.update_run(inst, run_id, status=runs.FAILED, error=message,
+                        finished_at=time.time())
         return
     runs.update_run(inst, run_id, backup_id=safety.id, backup_seconds=time.time() - started,
                     status=runs.RUNNING)
@@ -464,12 +465,12 @@ def _execute_restore(target: Target, prepared: Prepared) -> None:
                 project.engine.schema_differs(project, safety.path) is None:
             message = (f"{failure} The database was left as it was, at {_revs(live)} "
                        f"(checked); backup {safety.id} of it was taken first.")
-            runs.update_run(inst, run_id, status=runs.FAILED, error=message,
-                            finished_at=time.time(), to_revs=live)
             audit.record_event(target, audit.RestoreFailed(
                 user=user, action="restore", destination=record.id,
                 from_revs=prepared.current, to_revs=live, backup_id=safety.id, run_id=run_id,
                 duration=time.time() - started, error=message))
+            runs.update_run(inst, run_id, status=runs.FAILED, error=message,
+                            finished_at=time.time(), to_revs=live)
             return
         failed = _failed_run(prepared, started, failure, safety)
         failed.action, failed.destination = "restore", record.id
@@ -477,11 +478,11 @@ def _execute_restore(target: Target, prepared: Prepared) -> None:
         return
     runs.update_step(inst, run_id, 1, status="succeeded", finished_at=time.time())
     live = live_revisions(project, allow_missing=True)
-    runs.update_run(inst, run_id, status=runs.SUCCEEDED, finished_at=time.time(),
-                    to_revs=live)
     audit.record_event(target, audit.RestoreSucceeded(
         user=user, action="restore", destination=record.id, from_revs=prepared.current,
         to_revs=live, backup_id=safety.id, run_id=run_id, duration=time.time() - started))
+    runs.update_run(inst, run_id, status=runs.SUCCEEDED, finished_at=time.time(),
+                    to_revs=live)
 
 
 def _execute_recovery(target: Target, prepared: Prepared) -> None:

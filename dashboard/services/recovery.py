@@ -156,13 +156,13 @@ def _discarded_writes(project: Project, failed: FailedRun) -> list | None:
 def _final(target: Target, failed: FailedRun, status: str, message: str,
            live: tuple[str, ...], *, discarded, event) -> str:
     inst = target.instance_dir
-    runs.update_run(inst, failed.run_id, status=status, error=message,
-                    finished_at=time.time(), to_revs=live, discarded_writes=discarded)
     audit.record_event(target, event(
         user=failed.user, action=failed.action, destination=failed.destination,
         from_revs=failed.from_revs, to_revs=live,
         backup_id=failed.backup.id if failed.backup else None, run_id=failed.run_id,
         duration=time.time() - failed.started, error=message))
+    runs.update_run(inst, failed.run_id, status=status, error=message,
+                    finished_at=time.time(), to_revs=live, discarded_writes=discarded)
     return status
 
 
@@ -234,10 +234,11 @@ def _settle_dead_run(target: Target, project: Project, run: runs.RunRecord) -> N
 
 def _dead_final(target: Target, run: runs.RunRecord, status: str, message: str,
                 live: tuple[str, ...], error: bool = True) -> None:
-    runs.update_run(target.instance_dir, run.id, status=status, finished_at=time.time(),
-                    to_revs=live, error=message if error else None)
     runs.add_log(target.instance_dir, run.id, "WARNING", message)
     event = audit.ActionSucceeded if status == runs.SUCCEEDED else audit.ActionInterrupted
+    # The audit entry first: whoever sees the run finished finds it in the log too.
     audit.record_event(target, event(
         user=run.user, action=run.action, destination=run.target, from_revs=run.from_revs,
         to_revs=live, backup_id=run.backup_id, run_id=run.id, error=message))
+    runs.update_run(target.instance_dir, run.id, status=status, finished_at=time.time(),
+                    to_revs=live, error=message if error else None)
