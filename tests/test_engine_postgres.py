@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import secrets
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -310,3 +311,188 @@ def test_the_lock_of_one_database_is_not_shown_as_held_on_another(pg, database, 
         finally:
             lock.release()
         assert ENGINE.lock_holder(project) is None
+
+
+# ---------------------------------------------------------------- ending a run's sessions
+
+
+class Sleeper(threading.Thread):
+    """A session running ``pg_sleep`` inside a transaction, as a hanging migration does."""
+
+    def __init__(self, url: str, seconds: int = 60):
+        super().__init__(daemon=True)
+        self.engine = create_engine(url, poolclass=NullPool)
+        self.connection = self.engine.connect()
+        self.pid = str(self.connection.execute(text(ENGINE.session_id_sql())).scalar_one())
+        self.connection.execute(text("LOCK TABLE notes IN SHARE MODE"))
+        self.seconds = seconds
+        self.error: BaseException | None = None
+        self.ended_at: float | None = None
+
+    def run(self) -> None:
+        try:
+            self.connection.execute(text(f"SELECT pg_sleep({self.seconds})"))
+        except OperationalError as exc:
+            self.error = exc
+        finally:
+            self.ended_at = time.monotonic()
+
+    def sleeping(self, pg: Server) -> bool:
+        return bool(pg.scalars("SELECT count(*) FROM pg_stat_activity WHERE pid = :p "
+                               "AND query LIKE '%pg_sleep%' AND state = 'active'",
+                               p=int(self.pid))[0])
+
+    def close(self) -> None:
+        try:
+            self.connection.close()
+        except Exception:
+            pass  # ended by the server
+        self.engine.dispose()
+
+
+def _start_sleeping(pg: Server, url: str) -> Sleeper:
+    sleeper = Sleeper(url)
+    sleeper.start()
+    deadline = time.monotonic() + 10
+    while not sleeper.sleeping(pg):
+        assert time.monotonic() < deadline, "the sleeper never started"
+        time.sleep(0.05)
+    return sleeper
+
+
+def test_end_sessions_stops_a_running_statement_and_frees_its_locks(pg, database, project):
+    assert ENGINE.session_id_sql() == "SELECT pg_backend_pid()"
+    sleeper = _start_sleeping(pg, pg.url(database))
+    try:
+        started = time.monotonic()
+        ended = ENGINE.end_sessions(project, [sleeper.pid, "999999", "not a pid"])
+        took = time.monotonic() - started
+        sleeper.join(10)
+    finally:
+        sleeper.close()
+    assert ended == [sleeper.pid]
+    assert took < 7, f"end_sessions took {took:.1f} s"
+    assert sleeper.error is not None and "cancel" in str(sleeper.error).lower()
+    _exclusive_lock_is_granted(pg, database)
+
+
+def _exclusive_lock_is_granted(pg: Server, database: str) -> None:
+    """No session holds a lock on notes any more (or this raises a lock timeout)."""
+    engine = create_engine(pg.url(database), poolclass=NullPool)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("SET LOCAL lock_timeout = '1s'"))
+            conn.execute(text("LOCK TABLE notes IN ACCESS EXCLUSIVE MODE"))
+    finally:
+        engine.dispose()
+
+
+def test_end_sessions_terminates_a_session_left_in_its_transaction(pg, database, project):
+    blocker = Blocker(pg.url(database), "LOCK TABLE notes IN SHARE MODE")
+    pid = str(blocker.connection.execute(text(ENGINE.session_id_sql())).scalar_one())
+    try:
+        started = time.monotonic()
+        ended = ENGINE.end_sessions(project, [pid], grace=1)
+        assert ended == [pid]
+        assert time.monotonic() - started < 4
+        assert pg.scalars("SELECT count(*) FROM pg_stat_activity WHERE pid = :p",
+                          p=int(pid)) == [0]
+        _exclusive_lock_is_granted(pg, database)
+    finally:
+        blocker.release()
+
+
+def test_end_sessions_leaves_sessions_of_other_databases_alone(pg, database, project):
+    with scratch_database(pg, prefix="md_eng_b") as other:
+        pg.execute(*STATEMENTS, database=other)
+        sleeper = _start_sleeping(pg, pg.url(other))
+        try:
+            assert ENGINE.end_sessions(project, [sleeper.pid]) == []
+            assert sleeper.sleeping(pg)
+        finally:
+            pg.execute(f"SELECT pg_terminate_backend({sleeper.pid})")
+            sleeper.join(10)
+            sleeper.close()
+
+
+# ---------------------------------------------------------------- other sessions' writes
+
+
+def _write(url: str, *statements: str) -> None:
+    """Another session's committed writes, from a thread of its own."""
+    def run():
+        engine = create_engine(url, poolclass=NullPool)
+        try:
+            with engine.begin() as conn:
+                for statement in statements:
+                    conn.execute(text(statement))
+        finally:
+            engine.dispose()
+    writer = threading.Thread(target=run)
+    writer.start()
+    writer.join(30)
+
+
+def test_no_writes_since_the_marks_is_an_empty_list(pg, database, project):
+    marks = ENGINE.write_marks(project)
+    assert marks is not None
+    assert ENGINE.discarded_writes(project, marks, set()) == []
+
+
+def test_discarded_writes_counts_other_sessions_rows_in_tables_the_run_did_not_touch(
+        pg, database, project):
+    pg.execute("CREATE SCHEMA app", "CREATE TABLE app.events (id INTEGER)",
+               "CREATE TABLE quiet (id INTEGER)", "INSERT INTO quiet VALUES (1)",
+               database=database)
+    url = pg.url(database)
+    # A transaction running when the marks are taken, committed after them.
+    running = Blocker(url, "INSERT INTO app.events SELECT generate_series(1, 4)")
+    try:
+        marks = ENGINE.write_marks(project)
+        running.connection.commit()
+    finally:
+        running.release()
+    _write(url, "INSERT INTO notes (body) SELECT 'later' FROM generate_series(1, 7)",
+           "UPDATE users SET name = name || '!' WHERE id <= 2",
+           "DELETE FROM notes WHERE id <= 3",  # of the rows the backup has
+           "CREATE TABLE made_later (id INTEGER)", "INSERT INTO made_later VALUES (1), (2)")
+    uncommitted = Blocker(url, "INSERT INTO quiet VALUES (2)")  # not written (yet)
+    try:
+        found = ENGINE.discarded_writes(project, marks, {"notes"})
+    finally:
+        uncommitted.release()
+    assert found == [{"table": "app.events", "rows": 4}, {"table": "made_later", "rows": 2},
+                     {"table": "users", "rows": 2}], found
+
+    found = ENGINE.discarded_writes(project, marks, set())
+    assert {"table": "notes", "rows": 7} in found, found  # 7 in, 3 out: at least 7 rows
+
+
+def test_deleted_and_updated_rows_are_counted(pg, database, project):
+    marks = ENGINE.write_marks(project)
+    _write(pg.url(database), "DELETE FROM notes WHERE id > 15", "UPDATE users SET name = 'x'",
+           "DELETE FROM users WHERE id = 5")
+    assert ENGINE.discarded_writes(project, marks, set()) == [
+        {"table": "notes", "rows": 5}, {"table": "users", "rows": 5}]
+
+
+def test_a_dropped_table_counts_its_rows_and_unknown_marks_say_so(pg, database, project):
+    marks = ENGINE.write_marks(project)
+    _write(pg.url(database), "DROP VIEW user_names", "DROP TABLE users")
+    assert ENGINE.discarded_writes(project, marks, set()) == [{"table": "users", "rows": 5}]
+    assert ENGINE.discarded_writes(project, None, set()) is None
+    assert ENGINE.discarded_writes(project, {"something": "else"}, set()) is None
+
+
+def test_write_marks_and_their_check_read_a_big_table_once_each(pg, database, project):
+    """No hashing, no per-row work in Python: one count per table, in the server."""
+    pg.execute("CREATE TABLE big AS SELECT g AS id, md5(g::text) AS v "
+               "FROM generate_series(1, 200000) g", database=database)
+    started = time.monotonic()
+    marks = ENGINE.write_marks(project)
+    _write(pg.url(database), "UPDATE big SET v = 'x' WHERE id % 1000 = 0")
+    found = ENGINE.discarded_writes(project, marks, set())
+    took = time.monotonic() - started
+    assert found == [{"table": "big", "rows": 200}]
+    assert len(str(marks)) < 2000  # a count per table and a snapshot, not the rows
+    assert took < 5, took

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import tempfile
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -19,6 +21,8 @@ from dashboard.errors import BackupError
 
 if TYPE_CHECKING:
     from dashboard.services.project import Project
+
+log = logging.getLogger(__name__)
 
 ENGINE_LOCK_NAME = "migration-dashboard"
 # pg_advisory_lock takes a bigint: a fixed key derived from the name.
@@ -83,6 +87,11 @@ BEGIN
 END
 $dashboard_restore$;
 """
+
+# How long ``end_sessions`` waits between cancelling and terminating, and then
+# for terminated sessions to be gone (their locks with them).
+END_GRACE_SECONDS = 5.0
+GONE_SECONDS = 5.0
 
 USER_SCHEMAS = "n.nspname NOT LIKE 'pg\\_%' AND n.nspname <> 'information_schema'"
 TOC_ENTRY = re.compile(r"^\d+; \d+ \d+ (.*)$")
@@ -293,6 +302,118 @@ class PostgresEngine(ServerEngine):
         return (f"held by session {row.pid} '{row.application_name}' from "
                 f"{row.client_addr or 'local socket'} since {since}")
 
+    # ------------------------------------------------------------ other sessions
+
+    def session_id_sql(self) -> str:
+        return "SELECT pg_backend_pid()"
+
+    def end_sessions(self, project: Project, session_ids: list[str],
+                     grace: float = END_GRACE_SECONDS) -> list[str]:
+        """Cancel what these sessions of this database run; terminate those that are
+        not idle ``grace`` seconds later (still running, or in a transaction that
+        holds locks). Returns the ids that were still there. BackupError if the
+        server cannot be reached."""
+        pids = sorted({int(sid) for sid in map(str, session_ids) if sid.isdigit()})
+        if not pids:
+            return []
+        address = self.address(project)
+        this_database = ("pid = ANY(CAST(:pids AS int[])) AND datname = current_database() "
+                         "AND pid <> pg_backend_pid()")
+        with servers.connect(address, after="") as conn:
+            def busy(among: list[int]) -> list[int]:
+                return list(conn.execute(text(
+                    f"SELECT pid FROM pg_catalog.pg_stat_activity WHERE {this_database} "
+                    "AND state IS DISTINCT FROM 'idle' ORDER BY pid"),
+                    {"pids": among}).scalars())
+
+            present = list(conn.execute(text(
+                f"SELECT pid FROM pg_catalog.pg_stat_activity WHERE {this_database} "
+                "ORDER BY pid"), {"pids": pids}).scalars())
+            _signal(conn, "pg_cancel_backend", busy(present), address)
+            deadline = time.monotonic() + grace
+            while (left := busy(present)) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if left:
+                _signal(conn, "pg_terminate_backend", left, address)
+                deadline = time.monotonic() + GONE_SECONDS
+                while busy(left) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+        return [str(pid) for pid in present]
+
+    def write_marks(self, project: Project) -> dict | None:
+        """A snapshot of the server's transactions and every table's row count, read
+        in that snapshot: what ``discarded_writes`` compares with. One count(*) per
+        table; None if the tables cannot all be read."""
+        address = self.address(project)
+        try:
+            with servers.connect(address, after="") as conn:
+                conn = conn.execution_options(isolation_level="REPEATABLE READ")
+                with conn.begin():
+                    conn.execute(text("SET TRANSACTION READ ONLY"))
+                    snapshot = conn.execute(text("SELECT txid_current_snapshot()::text"))\
+                        .scalar_one()
+                    tables = _user_tables(conn, project.version_table)
+                    if tables is None:
+                        return None
+                    rows = {name: conn.execute(text(f"SELECT count(*) FROM {quoted}"))
+                            .scalar_one() for name, quoted in tables.items()}
+        except (BackupError, SQLAlchemyError) as exc:
+            log.warning("write marks of %s not taken: %s", address.describe(), exc)
+            return None
+        return {"engine": self.name, "snapshot": snapshot, "rows": rows}
+
+    def discarded_writes(self, project: Project, marks: dict | None,
+                         touched: set[str]) -> list[dict] | None:
+        """Rows of tables outside ``touched`` that other sessions wrote since ``marks``.
+
+        A row is new or updated if the transaction that wrote it (its xmin) is not
+        visible in the marks' snapshot; old rows that are gone are the count at the
+        marks less the old rows still there. One pass per table, in the server, in
+        one snapshot. Frozen by a VACUUM FREEZE since the marks, an updated row
+        would read as old; its table still shows any deleted rows."""
+        if not isinstance(marks, dict) or marks.get("engine") != self.name \
+                or not isinstance(marks.get("rows"), dict) or "snapshot" not in marks:
+            return None
+        address = self.address(project)
+        found = []
+        try:
+            with servers.connect(address, after="") as conn:
+                conn = conn.execution_options(isolation_level="REPEATABLE READ")
+                with conn.begin():
+                    conn.execute(text("SET TRANSACTION READ ONLY"))
+                    params = {"snap": marks["snapshot"]}
+                    # age() counts back from one point for the whole transaction: the
+                    # marks' oldest running transaction is this many ago.
+                    params["mark_xmin"], params["mark_age"] = conn.execute(text(
+                        "SELECT txid_snapshot_xmin(CAST(:snap AS txid_snapshot)), "
+                        "age(CAST((txid_snapshot_xmin(CAST(:snap AS txid_snapshot)) "
+                        "% 4294967296)::text AS xid))"), params).one()
+                    tables = _user_tables(conn, project.version_table)
+                    if tables is None:
+                        return None
+                    for name in sorted(set(tables) | set(marks["rows"])):
+                        qualified = name if "." in name else f"public.{name}"
+                        if name in touched or qualified in touched:
+                            continue
+                        before = int(marks["rows"].get(name, 0))
+                        if name not in tables:  # dropped since
+                            rows = before
+                        else:
+                            now, new = conn.execute(text(
+                                f"SELECT count(*), count(*) FILTER (WHERE age(xmin) <= "
+                                ":mark_age AND NOT txid_visible_in_snapshot(:mark_xmin + "
+                                "(:mark_age - age(xmin)), CAST(:snap AS txid_snapshot))) "
+                                f"FROM {tables[name]}"), params).one()
+                            old_left = now - new
+                            # Rows replaced or deleted, and any the marks did not count.
+                            rows = max(new, before - old_left) + max(0, old_left - before)
+                        if rows:
+                            found.append({"table": name, "rows": rows})
+        except (BackupError, SQLAlchemyError) as exc:
+            log.warning("discarded writes of %s unknown: %s", address.describe(), exc)
+            return None
+        return found
+
     # ------------------------------------------------------------ scratch
 
     def create_scratch(self, conn, name: str) -> None:
@@ -326,6 +447,36 @@ def bounded_lock_waits(seconds: float) -> Callable[[bytes], bytes]:
 
 def _lock_timeout_literal(seconds: float) -> str:
     return f"'{max(1, round(seconds * 1000))}ms'"
+
+
+def _signal(conn, function: str, pids: list[int], address: ServerAddress) -> None:
+    for pid in pids:
+        try:
+            conn.execute(text(f"SELECT {function}(:pid)"), {"pid": pid})
+        except SQLAlchemyError as exc:  # not ours to signal: said, then left
+            log.warning("%s(%s) refused: %s", function, pid,
+                        servers.driver_message(exc, address))
+
+
+def _user_tables(conn, version_table: str) -> dict[str, str] | None:
+    """Every ordinary table outside the system schemas: display name (``name`` in
+    public, else ``schema.name``) to its quoted name. None if one cannot be read
+    whole (no SELECT right, or row security that applies to this user)."""
+    rows = conn.execute(text(
+        "SELECT n.nspname, c.relname, quote_ident(n.nspname) || '.' || quote_ident(c.relname), "
+        "has_table_privilege(c.oid, 'SELECT') AND (NOT c.relrowsecurity OR r.rolsuper "
+        "OR r.rolbypassrls OR (c.relowner = r.oid AND NOT c.relforcerowsecurity)) "
+        "FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+        "JOIN pg_catalog.pg_roles r ON r.rolname = current_user "
+        f"WHERE c.relkind = 'r' AND c.relpersistence <> 't' AND {USER_SCHEMAS}")).all()
+    tables = {}
+    for schema, name, quoted, readable in rows:
+        if schema == "public" and name == version_table:
+            continue
+        if not readable:
+            return None
+        tables[name if schema == "public" else f"{schema}.{name}"] = quoted
+    return tables
 
 
 def _archive_owners(entries: list[str], roles: set[str]) -> set[str]:
