@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import re
 import tempfile
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
 
 from dashboard.engines import servers
 from dashboard.engines.base import NOT_RUN, FileCheck
@@ -17,24 +22,31 @@ from dashboard.errors import BackupError
 if TYPE_CHECKING:
     from dashboard.services.project import Project
 
+log = logging.getLogger(__name__)
+
 ENGINE_LOCK_NAME = "migration-dashboard"
 # pg_advisory_lock takes a bigint: a fixed key derived from the name.
 PG_LOCK_KEY = int.from_bytes(hashlib.sha256(ENGINE_LOCK_NAME.encode()).digest()[:8], "big",
                              signed=True)
 NO_SERVER = ServerAddress("postgresql", "", None, None, None, None)
+NOT_CHANGED = "The database was not changed."
+LEFT_AS_IT_WAS = "The restore runs in one transaction, so the database was left as it was."
 
 # Run in the restore's own transaction, before pg_restore's script. pg_restore
-# --clean drops only what the archive holds, so a table, view or schema made
-# after the backup would survive it. Instead every schema is dropped with
-# all it holds, and the script recreates what the backup had. The public
-# schema is one the script expects to exist (pg_dump never creates it), so
-# it is recreated empty, with its owner, privileges and comment as they were.
-# Dropping the database instead would need every other session gone and
-# CREATEDB, and would lose database-level settings; this keeps the database
-# and, being one transaction, leaves it as it was if anything fails.
+# --clean drops only what the archive holds, so a table, view, schema or large
+# object made after the backup would survive it. Instead every large object is
+# unlinked and every schema dropped with all it holds, and the script recreates
+# what the backup had. The public schema is one the script expects to exist
+# (pg_dump never creates it), so it is recreated empty, with its owner,
+# privileges and comment as they were. Dropping the database instead would
+# need every other session gone and CREATEDB, and would lose database-level
+# settings; this keeps the database and, being one transaction, leaves it as
+# it was if anything fails. @LOCK_TIMEOUT@ bounds every wait for another
+# session's lock (the archive script's own "SET lock_timeout = 0" is replaced
+# with the same value, see ``bounded_lock_waits``).
 POSTGRES_CLEAR_SQL = """\
 SET client_min_messages = warning;
-SET lock_timeout = '30s';
+SET lock_timeout = @LOCK_TIMEOUT@;
 DO $dashboard_restore$
 DECLARE
     doomed name;
@@ -43,6 +55,7 @@ DECLARE
     public_comment text;
     grant_item record;
 BEGIN
+    PERFORM pg_catalog.lo_unlink(oid) FROM pg_catalog.pg_largeobject_metadata;
     FOR doomed IN
         SELECT nspname FROM pg_catalog.pg_namespace
         WHERE nspname NOT LIKE 'pg\\_%' AND nspname NOT IN ('information_schema', 'public')
@@ -74,6 +87,14 @@ BEGIN
 END
 $dashboard_restore$;
 """
+
+# How long ``end_sessions`` waits between cancelling and terminating, and then
+# for terminated sessions to be gone (their locks with them).
+END_GRACE_SECONDS = 5.0
+GONE_SECONDS = 5.0
+
+USER_SCHEMAS = "n.nspname NOT LIKE 'pg\\_%' AND n.nspname <> 'information_schema'"
+TOC_ENTRY = re.compile(r"^\d+; \d+ \d+ (.*)$")
 
 
 class PostgresEngine(ServerEngine):
@@ -114,6 +135,8 @@ class PostgresEngine(ServerEngine):
         address = self.address(project)
         return servers.scalar(address, "SELECT pg_database_size(current_database())")
 
+    # ------------------------------------------------------------ backups
+
     def copy(self, project: Project, destination: str) -> None:
         address = self.address(project)
         pg_dump = servers.find_tool(("pg_dump",), "postgresql")
@@ -128,8 +151,7 @@ class PostgresEngine(ServerEngine):
               project: Project | None = None) -> FileCheck:
         try:
             pg_restore = servers.find_tool(("pg_restore",), "postgresql")
-            entries = _pg_list(pg_restore, path)
-            listed = f"pg_restore --list reads {entries} entries"
+            listed = f"pg_restore --list reads {len(_pg_toc(pg_restore, path))} entries"
             if project is None:
                 revisions = _pg_archive_revisions(pg_restore, path, version_table)
                 return FileCheck(True, f"{listed}; revisions read from the archive "
@@ -149,22 +171,99 @@ class PostgresEngine(ServerEngine):
         return FileCheck(True, f"{listed}; restored into a scratch database (dropped since)",
                          revisions)
 
+    # ------------------------------------------------------------ restores
+
     def restore(self, project: Project, backup_path: str) -> None:
+        """The backup's content in place of the database's, owners and grants
+        included, in one transaction; other sessions' locks are waited for at
+        most ``project.lock_timeout`` seconds."""
         address = self.address(project)
         pg_restore = servers.find_tool(("pg_restore",), "postgresql")
         psql = servers.find_tool(("psql",), "postgresql")
-        _pg_list(pg_restore, backup_path)  # unreadable: refuse before anything is dropped
+        entries = _pg_toc(pg_restore, backup_path)  # unreadable: refuse before anything
+        self._check_owners(address, entries)
+        clear = POSTGRES_CLEAR_SQL.replace("@LOCK_TIMEOUT@",
+                                           _lock_timeout_literal(project.lock_timeout))
         with servers.postgres_environment(address) as env:
             env["PGDATABASE"] = address.database
-            servers.run_piped(
-                [pg_restore.path, "--clean", "--if-exists", "--no-owner", "--file=-",
-                 backup_path],
-                [psql.path, "--no-psqlrc", "--quiet", "--no-password", "--set=ON_ERROR_STOP=1",
-                 "--single-transaction", "--file=-"],
-                env, prelude=POSTGRES_CLEAR_SQL.encode(),
-                what=f"Restoring the {address.describe()}", address=address,
-                after="The restore runs in one transaction, so the database was left as it was.")
+            try:
+                servers.run_piped(
+                    [pg_restore.path, "--clean", "--if-exists", "--file=-", backup_path],
+                    [psql.path, "--no-psqlrc", "--quiet", "--no-password",
+                     "--set=ON_ERROR_STOP=1", "--single-transaction", "--file=-"],
+                    env, prelude=clear.encode(), amend_head=bounded_lock_waits(
+                        project.lock_timeout),
+                    what=f"Restoring the {address.describe()}", address=address,
+                    after=LEFT_AS_IT_WAS)
+            except BackupError as exc:
+                if "due to lock timeout" in f"{exc.detail} {exc.message}":
+                    raise self._lock_timeout_error(address, project.lock_timeout,
+                                                   exc) from exc
+                raise
 
+    def _check_owners(self, address: ServerAddress, entries: list[str]) -> None:
+        """Refuse, before anything is dropped, a restore whose objects could not be
+        given back to their owners (or whose present schemas could not be dropped)."""
+        with servers.connect(address, after=NOT_CHANGED) as conn:
+            try:
+                roles = set(conn.execute(text("SELECT rolname FROM pg_catalog.pg_roles"))
+                            .scalars())
+                needed = _archive_owners(entries, roles) | set(conn.execute(text(
+                    "SELECT pg_catalog.pg_get_userbyid(owner) FROM ("
+                    "SELECT n.nspowner AS owner FROM pg_catalog.pg_namespace n "
+                    f"WHERE {USER_SCHEMAS} "
+                    "UNION SELECT lomowner FROM pg_catalog.pg_largeobject_metadata) AS o"))
+                    .scalars())
+                rows = conn.execute(text(
+                    "SELECT r.name, quote_ident(r.name), p.oid IS NOT NULL, "
+                    "p.oid IS NOT NULL AND pg_has_role(current_user, p.oid, 'USAGE') "
+                    "FROM unnest(CAST(:names AS text[])) AS r(name) "
+                    "LEFT JOIN pg_catalog.pg_roles p ON p.rolname = r.name ORDER BY 1"),
+                    {"names": sorted(needed)}).all()
+                user, quoted_user = conn.execute(text(
+                    "SELECT current_user, quote_ident(current_user)")).one()
+            except SQLAlchemyError as exc:
+                raise BackupError(f"The owners of the {address.describe()} cannot be read: "
+                                  f"{servers.driver_message(exc, address)}. "
+                                  f"{NOT_CHANGED}") from exc
+        missing = [name for name, _, exists, _ in rows if not exists]
+        if missing:
+            raise BackupError(
+                f"The backup's objects belong to roles that do not exist on this server: "
+                f"{', '.join(missing)}. A restore gives every object back to its owner: "
+                f"create those roles first. {NOT_CHANGED}")
+        refused = [(name, quoted) for name, quoted, _, usable in rows if not usable]
+        if refused:
+            names = ", ".join(name for name, _ in refused)
+            grant = ", ".join(quoted for _, quoted in refused)
+            raise BackupError(
+                f"A restore gives every object back to its owner as at backup time, and "
+                f"{user}, whom the dashboard connects as, is not a superuser and cannot act "
+                f"as {names}. Let it (GRANT {grant} TO {quoted_user};) or restore as a "
+                f"superuser. {NOT_CHANGED}")
+
+    def _lock_timeout_error(self, address: ServerAddress, seconds: float,
+                            failure: BackupError) -> BackupError:
+        holders = ""
+        try:
+            with servers.connect(address, after="") as conn:
+                rows = conn.execute(text(
+                    "SELECT DISTINCT a.pid, a.usename, a.application_name, a.state, "
+                    "a.xact_start FROM pg_catalog.pg_locks l "
+                    "JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid "
+                    "WHERE l.granted AND l.locktype IN ('relation', 'object') "
+                    "AND a.datname = current_database() AND a.pid <> pg_backend_pid() "
+                    "ORDER BY a.xact_start NULLS LAST LIMIT 3")).all()
+            holders = "".join(
+                f"Session {row.pid} ({row.usename}, '{row.application_name}', {row.state}"
+                + (f" since {row.xact_start:%H:%M:%S}" if row.xact_start else "")
+                + ") holds locks there now. " for row in rows)
+        except (BackupError, SQLAlchemyError):
+            pass  # who it was is a hint; the failure is the message
+        return BackupError(
+            f"Restoring the {address.describe()} gave up: another session held a lock on it "
+            f"for {seconds:g} s (the lock timeout, DASHBOARD_LOCK_TIMEOUT). {holders}"
+            f"{LEFT_AS_IT_WAS}", detail=failure.detail)
 
     # ------------------------------------------------------------ lock
 
@@ -177,20 +276,24 @@ class PostgresEngine(ServerEngine):
     def release_lock(self, connection) -> None:
         connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": PG_LOCK_KEY})
 
+    # Advisory locks belong to one database: another database's holder is no holder.
+    HELD_HERE = ("l.locktype = 'advisory' AND l.granted "
+                 "AND l.database = (SELECT oid FROM pg_catalog.pg_database "
+                 "WHERE datname = current_database()) "
+                 "AND l.classid = ((:k >> 32) & 4294967295)::oid "
+                 "AND l.objid = (:k & 4294967295)::oid AND l.objsubid = 1")
+
     def lock_is_held(self, connection) -> bool:
         return bool(connection.execute(text(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
-            "AND classid = ((:k >> 32) & 4294967295)::oid AND objid = (:k & 4294967295)::oid"),
+            f"SELECT count(*) FROM pg_catalog.pg_locks l WHERE {self.HELD_HERE}"),
             {"k": PG_LOCK_KEY}).scalar())
 
     def describe_holder(self, connection) -> str:
         try:
             row = connection.execute(text(
                 "SELECT a.pid, a.application_name, a.client_addr, a.backend_start "
-                "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-                "WHERE l.locktype = 'advisory' AND l.granted "
-                "AND l.classid = ((:k >> 32) & 4294967295)::oid "
-                "AND l.objid = (:k & 4294967295)::oid"), {"k": PG_LOCK_KEY}).first()
+                "FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_stat_activity a "
+                f"ON a.pid = l.pid WHERE {self.HELD_HERE}"), {"k": PG_LOCK_KEY}).first()
         except Exception as exc:  # the answer is informative only
             return f"held by another session ({type(exc).__name__})"
         if row is None:
@@ -198,6 +301,118 @@ class PostgresEngine(ServerEngine):
         since = f"{row.backend_start:%Y-%m-%d %H:%M:%S}"
         return (f"held by session {row.pid} '{row.application_name}' from "
                 f"{row.client_addr or 'local socket'} since {since}")
+
+    # ------------------------------------------------------------ other sessions
+
+    def session_id_sql(self) -> str:
+        return "SELECT pg_backend_pid()"
+
+    def end_sessions(self, project: Project, session_ids: list[str],
+                     grace: float = END_GRACE_SECONDS) -> list[str]:
+        """Cancel what these sessions of this database run; terminate those that are
+        not idle ``grace`` seconds later (still running, or in a transaction that
+        holds locks). Returns the ids that were still there. BackupError if the
+        server cannot be reached."""
+        pids = sorted({int(sid) for sid in map(str, session_ids) if sid.isdigit()})
+        if not pids:
+            return []
+        address = self.address(project)
+        this_database = ("pid = ANY(CAST(:pids AS int[])) AND datname = current_database() "
+                         "AND pid <> pg_backend_pid()")
+        with servers.connect(address, after="") as conn:
+            def busy(among: list[int]) -> list[int]:
+                return list(conn.execute(text(
+                    f"SELECT pid FROM pg_catalog.pg_stat_activity WHERE {this_database} "
+                    "AND state IS DISTINCT FROM 'idle' ORDER BY pid"),
+                    {"pids": among}).scalars())
+
+            present = list(conn.execute(text(
+                f"SELECT pid FROM pg_catalog.pg_stat_activity WHERE {this_database} "
+                "ORDER BY pid"), {"pids": pids}).scalars())
+            _signal(conn, "pg_cancel_backend", busy(present), address)
+            deadline = time.monotonic() + grace
+            while (left := busy(present)) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if left:
+                _signal(conn, "pg_terminate_backend", left, address)
+                deadline = time.monotonic() + GONE_SECONDS
+                while busy(left) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+        return [str(pid) for pid in present]
+
+    def write_marks(self, project: Project) -> dict | None:
+        """A snapshot of the server's transactions and every table's row count, read
+        in that snapshot: what ``discarded_writes`` compares with. One count(*) per
+        table; None if the tables cannot all be read."""
+        address = self.address(project)
+        try:
+            with servers.connect(address, after="") as conn:
+                conn = conn.execution_options(isolation_level="REPEATABLE READ")
+                with conn.begin():
+                    conn.execute(text("SET TRANSACTION READ ONLY"))
+                    snapshot = conn.execute(text("SELECT txid_current_snapshot()::text"))\
+                        .scalar_one()
+                    tables = _user_tables(conn, project.version_table)
+                    if tables is None:
+                        return None
+                    rows = {name: conn.execute(text(f"SELECT count(*) FROM {quoted}"))
+                            .scalar_one() for name, quoted in tables.items()}
+        except (BackupError, SQLAlchemyError) as exc:
+            log.warning("write marks of %s not taken: %s", address.describe(), exc)
+            return None
+        return {"engine": self.name, "snapshot": snapshot, "rows": rows}
+
+    def discarded_writes(self, project: Project, marks: dict | None,
+                         touched: set[str]) -> list[dict] | None:
+        """Rows of tables outside ``touched`` that other sessions wrote since ``marks``.
+
+        A row is new or updated if the transaction that wrote it (its xmin) is not
+        visible in the marks' snapshot; old rows that are gone are the count at the
+        marks less the old rows still there. One pass per table, in the server, in
+        one snapshot. Frozen by a VACUUM FREEZE since the marks, an updated row
+        would read as old; its table still shows any deleted rows."""
+        if not isinstance(marks, dict) or marks.get("engine") != self.name \
+                or not isinstance(marks.get("rows"), dict) or "snapshot" not in marks:
+            return None
+        address = self.address(project)
+        found = []
+        try:
+            with servers.connect(address, after="") as conn:
+                conn = conn.execution_options(isolation_level="REPEATABLE READ")
+                with conn.begin():
+                    conn.execute(text("SET TRANSACTION READ ONLY"))
+                    params = {"snap": marks["snapshot"]}
+                    # age() counts back from one point for the whole transaction: the
+                    # marks' oldest running transaction is this many ago.
+                    params["mark_xmin"], params["mark_age"] = conn.execute(text(
+                        "SELECT txid_snapshot_xmin(CAST(:snap AS txid_snapshot)), "
+                        "age(CAST((txid_snapshot_xmin(CAST(:snap AS txid_snapshot)) "
+                        "% 4294967296)::text AS xid))"), params).one()
+                    tables = _user_tables(conn, project.version_table)
+                    if tables is None:
+                        return None
+                    for name in sorted(set(tables) | set(marks["rows"])):
+                        qualified = name if "." in name else f"public.{name}"
+                        if name in touched or qualified in touched:
+                            continue
+                        before = int(marks["rows"].get(name, 0))
+                        if name not in tables:  # dropped since
+                            rows = before
+                        else:
+                            now, new = conn.execute(text(
+                                f"SELECT count(*), count(*) FILTER (WHERE age(xmin) <= "
+                                ":mark_age AND NOT txid_visible_in_snapshot(:mark_xmin + "
+                                "(:mark_age - age(xmin)), CAST(:snap AS txid_snapshot))) "
+                                f"FROM {tables[name]}"), params).one()
+                            old_left = now - new
+                            # Rows replaced or deleted, and any the marks did not count.
+                            rows = max(new, before - old_left) + max(0, old_left - before)
+                        if rows:
+                            found.append({"table": name, "rows": rows})
+        except (BackupError, SQLAlchemyError) as exc:
+            log.warning("discarded writes of %s unknown: %s", address.describe(), exc)
+            return None
+        return found
 
     # ------------------------------------------------------------ scratch
 
@@ -219,19 +434,83 @@ class PostgresEngine(ServerEngine):
         return "the CREATEDB privilege"
 
 
+def bounded_lock_waits(seconds: float) -> Callable[[bytes], bytes]:
+    """Rewrites the head of a pg_restore script so that its ``SET lock_timeout = 0``
+    (which would let every later statement wait forever) says ``seconds``."""
+    amended = f"SET lock_timeout = {_lock_timeout_literal(seconds)};".encode()
+
+    def amend(head: bytes) -> bytes:
+        return head.replace(b"SET lock_timeout = 0;", amended, 1)
+
+    return amend
+
+
+def _lock_timeout_literal(seconds: float) -> str:
+    return f"'{max(1, round(seconds * 1000))}ms'"
+
+
+def _signal(conn, function: str, pids: list[int], address: ServerAddress) -> None:
+    for pid in pids:
+        try:
+            conn.execute(text(f"SELECT {function}(:pid)"), {"pid": pid})
+        except SQLAlchemyError as exc:  # not ours to signal: said, then left
+            log.warning("%s(%s) refused: %s", function, pid,
+                        servers.driver_message(exc, address))
+
+
+def _user_tables(conn, version_table: str) -> dict[str, str] | None:
+    """Every ordinary table outside the system schemas: display name (``name`` in
+    public, else ``schema.name``) to its quoted name. None if one cannot be read
+    whole (no SELECT right, or row security that applies to this user)."""
+    rows = conn.execute(text(
+        "SELECT n.nspname, c.relname, quote_ident(n.nspname) || '.' || quote_ident(c.relname), "
+        "has_table_privilege(c.oid, 'SELECT') AND (NOT c.relrowsecurity OR r.rolsuper "
+        "OR r.rolbypassrls OR (c.relowner = r.oid AND NOT c.relforcerowsecurity)) "
+        "FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+        "JOIN pg_catalog.pg_roles r ON r.rolname = current_user "
+        f"WHERE c.relkind = 'r' AND c.relpersistence <> 't' AND {USER_SCHEMAS}")).all()
+    tables = {}
+    for schema, name, quoted, readable in rows:
+        if schema == "public" and name == version_table:
+            continue
+        if not readable:
+            return None
+        tables[name if schema == "public" else f"{schema}.{name}"] = quoted
+    return tables
+
+
+def _archive_owners(entries: list[str], roles: set[str]) -> set[str]:
+    """The owners the archive's table of contents names.
+
+    pg_restore --list ends each entry with its owner, unquoted: a name with a
+    space is found as the longest known role the line ends with; an unknown
+    owner is its last word."""
+    owners = set()
+    for entry in entries:
+        match = TOC_ENTRY.match(entry)
+        if not match or match.group(1).endswith(" "):
+            continue  # no owner (BLOBS, ENCODING ...)
+        rest = match.group(1)
+        spaces = [i for i, char in enumerate(rest) if char == " "]
+        owners.add(next((rest[i + 1:] for i in spaces if rest[i + 1:] in roles),
+                        rest.rsplit(" ", 1)[-1]))
+    return owners
+
+
 def _conninfo(database: str) -> str:
     """A libpq connection string naming the database, so no name is read as options."""
     return "dbname='" + database.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def _pg_list(pg_restore: Tool, path: str) -> int:
-    """How many entries the archive's table of contents has; BackupError if unreadable."""
+def _pg_toc(pg_restore: Tool, path: str) -> list[str]:
+    """The archive's table of contents, an entry a line; BackupError if unreadable."""
     with tempfile.TemporaryFile() as listing:
         servers.run_tool([pg_restore.path, "--list", path], None, stdout=listing,
                          what="Reading the archive with pg_restore --list",
                          address=NO_SERVER, after="")
         listing.seek(0)
-        return sum(1 for line in listing if line.strip() and not line.startswith(b";"))
+        return [line.decode("utf-8", "replace").rstrip("\n") for line in listing
+                if line.strip() and not line.startswith(b";")]
 
 
 def _pg_archive_revisions(pg_restore: Tool, path: str, version_table: str) -> tuple[str, ...]:

@@ -20,7 +20,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 CONNECT_TIMEOUT_SECONDS = 10
 STDERR_LIMIT = 4000
 COPY_CHUNK = 1 << 20
+HEAD_BYTES = 64 << 10  # what ``amend_head`` sees of a script: its SET lines and more
 
 # URL query parameters the tools can honour, and where each goes.
 POSTGRES_QUERY = {
@@ -316,13 +317,15 @@ def run_tool(argv: list[str], env: dict[str, str] | None, *, what: str,
 
 
 def run_piped(producer: list[str], consumer: list[str], env: dict[str, str], *,
-              prelude: bytes, what: str, address: ServerAddress, after: str) -> None:
+              prelude: bytes, what: str, address: ServerAddress, after: str,
+              amend_head: Callable[[bytes], bytes] | None = None) -> None:
     """``producer | consumer``, with ``prelude`` sent to the consumer first.
 
     The bytes go through this process, so the consumer never sees the end of
     its input unless the producer succeeded: when the producer fails, the
     consumer is killed with its input still open (a psql inside a transaction
-    then commits nothing).
+    then commits nothing). ``amend_head`` may rewrite the first ``HEAD_BYTES``
+    of the producer's output (a script's SET lines).
     """
     with tempfile.TemporaryFile() as producer_err, tempfile.TemporaryFile() as consumer_err:
         try:
@@ -339,7 +342,7 @@ def run_piped(producer: list[str], consumer: list[str], env: dict[str, str], *,
             source.wait()
             raise BackupError(f"{what} failed: {consumer[0]} cannot be run: {exc.strerror}. "
                               f"{after}") from exc
-        pump = _Pump(prelude, source, sink)
+        pump = _Pump(prelude, source, sink, amend_head)
         thread = threading.Thread(target=pump.run, name="dbtools-pump", daemon=True)
         thread.start()
         thread.join()
@@ -354,13 +357,17 @@ def run_piped(producer: list[str], consumer: list[str], env: dict[str, str], *,
 
 
 class _Pump:
-    def __init__(self, prelude: bytes, source: subprocess.Popen, sink: subprocess.Popen):
+    def __init__(self, prelude: bytes, source: subprocess.Popen, sink: subprocess.Popen,
+                 amend_head: Callable[[bytes], bytes] | None = None):
         self.prelude, self.source, self.sink = prelude, source, sink
+        self.amend_head = amend_head
         self.error: BaseException | None = None
 
     def run(self) -> None:
         try:
             self.sink.stdin.write(self.prelude)
+            if self.amend_head is not None:
+                self.sink.stdin.write(self.amend_head(self.source.stdout.read(HEAD_BYTES)))
             while block := self.source.stdout.read(COPY_CHUNK):
                 self.sink.stdin.write(block)
         except BrokenPipeError as exc:  # the consumer stopped: it says why on stderr
