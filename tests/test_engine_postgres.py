@@ -496,3 +496,79 @@ def test_write_marks_and_their_check_read_a_big_table_once_each(pg, database, pr
     assert found == [{"table": "big", "rows": 200}]
     assert len(str(marks)) < 2000  # a count per table and a snapshot, not the rows
     assert took < 5, took
+
+
+# ---------------------------------------------------------------- how deeply a backup is checked
+
+# A function that reads a table through the search path, used by an index (built
+# after the data) or a check constraint (checked as the data is loaded): pg_dump
+# writes it, and the restore fails (pg_restore empties the search path). A
+# real-world dump that only a restore shows to be unusable.
+UNRESTORABLE = {
+    "index": "CREATE INDEX ix_users_plus_lookup ON users (plus_lookup(id))",
+    "check": "ALTER TABLE users ADD CONSTRAINT ck_users_lookup CHECK (plus_lookup(id) > 0)",
+}
+LOOKUP = (
+    "CREATE TABLE lookup (n INTEGER)", "INSERT INTO lookup VALUES (1)",
+    "CREATE FUNCTION plus_lookup(x INTEGER) RETURNS INTEGER LANGUAGE sql IMMUTABLE "
+    "AS 'SELECT x + (SELECT max(n) FROM lookup)'",
+)
+
+
+def _leftovers(pg: Server, database: str) -> list[str]:
+    return pg.databases_like(f"{database}_")
+
+
+def test_a_full_check_restores_the_dump_as_it_is_written(pg, database, project, tmp_path):
+    record = take_backup(project, str(tmp_path / "i"), str(tmp_path / "b"), "manual")
+    assert record.verified and record.revisions == (REVISION,)
+    assert "restored into a scratch database as it was written" in record.verification
+    assert "pg_restore --list reads" in record.verification
+    assert _leftovers(pg, database) == []
+
+
+@pytest.mark.parametrize("uses", sorted(UNRESTORABLE))
+def test_a_dump_that_does_not_restore_fails_the_full_check_and_passes_the_quick_one(
+        pg, database, project, tmp_path, uses):
+    pg.execute(*LOOKUP, UNRESTORABLE[uses], database=database)
+    folder = tmp_path / "b"
+
+    with pytest.raises(BackupError) as caught:
+        take_backup(project, str(tmp_path / "i"), str(folder), "manual")
+
+    assert "failed verification" in caught.value.message
+    assert 'relation "lookup" does not exist' in caught.value.message
+    assert "Nothing was run" in caught.value.message
+    assert list(folder.iterdir()) == []
+    assert _leftovers(pg, database) == []
+
+    quick = dataclasses.replace(project, backup_verify="quick")
+    record = take_backup(quick, str(tmp_path / "i"), str(folder), "manual")
+    assert record.verified and record.revisions == (REVISION,)
+    assert "not restored" in record.verification
+
+
+def test_a_quick_check_reads_the_archive_alone(pg, database, project, tmp_path, monkeypatch):
+    def no_scratch(*args, **kwargs):
+        raise AssertionError("a quick check must not make a scratch database")
+    monkeypatch.setattr(type(ENGINE), "scratch_database", no_scratch)
+    quick = dataclasses.replace(project, backup_verify="quick")
+
+    record = take_backup(quick, str(tmp_path / "i"), str(tmp_path / "b"), "manual")
+
+    assert record.verified and record.revisions == (REVISION,)
+    assert re.search(r"pg_restore --list reads \d+ entries; revisions read from the archive",
+                     record.verification), record.verification
+
+
+def test_a_file_changed_after_it_was_restored_fails_its_check(pg, database, project, tmp_path):
+    path = _dump(project, tmp_path)
+    data = bytearray(Path(path).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    Path(path).write_bytes(bytes(data))
+
+    check = ENGINE.check(path, "alembic_version", project)
+
+    assert check.ok is False
+    assert "differs from the dump restored" in check.detail, check.detail
+    assert _leftovers(pg, database) == []

@@ -7,8 +7,11 @@ import logging
 import os
 import re
 import tempfile
+import threading
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from sqlalchemy import text
@@ -88,6 +91,14 @@ END
 $dashboard_restore$;
 """
 
+# A scratch copy is for reading the backup back, not for keeping: owners and
+# grants of roles that may not exist there are left out, and its commits need
+# not wait for the disk.
+SCRATCH_RESTORE = ("--no-owner", "--no-privileges", "--exit-on-error", "--no-password")
+SCRATCH_OPTIONS = "-c synchronous_commit=off"
+# How long ``check`` may still find what ``copy`` verified (take_backup calls
+# them one after the other).
+REMEMBER_SECONDS = 24 * 3600
 # How long ``end_sessions`` waits between cancelling and terminating, and then
 # for terminated sessions to be gone (their locks with them).
 END_GRACE_SECONDS = 5.0
@@ -95,6 +106,16 @@ GONE_SECONDS = 5.0
 
 USER_SCHEMAS = "n.nspname NOT LIKE 'pg\\_%' AND n.nspname <> 'information_schema'"
 TOC_ENTRY = re.compile(r"^\d+; \d+ \d+ (.*)$")
+
+
+@dataclass(frozen=True)
+class _Copied:
+    """What ``copy`` found while it wrote a backup: the checks ``check`` reports."""
+
+    quick: bool  # only the archive is to be read (backup_verify = "quick")
+    sha256: str | None  # of the bytes restored into the scratch database
+    restored: FileCheck | None  # the outcome of that restore
+    at: float
 
 
 class PostgresEngine(ServerEngine):
@@ -109,6 +130,11 @@ class PostgresEngine(ServerEngine):
     scratch_name_limit = 63  # identifiers are cut at 63 bytes
     extension = ".dump"
     damage_hint = ""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._copied: dict[str, _Copied] = {}
+        self._copied_lock = threading.Lock()
 
     def preflight(self, project: Project) -> None:
         address = self.address(project)
@@ -138,30 +164,76 @@ class PostgresEngine(ServerEngine):
     # ------------------------------------------------------------ backups
 
     def copy(self, project: Project, destination: str) -> None:
+        """pg_dump's custom format into ``destination``.
+
+        With backup_verify "full", the dump is restored into a scratch database
+        while it is written (pre-data and data from the stream, then post-data,
+        indexes and constraints, from the file with parallel jobs), so checking
+        it costs little more than taking it; ``check`` then reports that restore
+        once it has made sure the file holds the very bytes restored."""
         address = self.address(project)
         pg_dump = servers.find_tool(("pg_dump",), "postgresql")
-        with servers.postgres_environment(address) as env:
+        if project.backup_verify == "quick":
+            with servers.postgres_environment(address) as env:
+                env["PGDATABASE"] = address.database
+                servers.run_tool(
+                    [pg_dump.path, "--format=custom", "--no-password",
+                     f"--file={destination}"],
+                    env, what=f"pg_dump of the {address.describe()}", address=address,
+                    after=NOT_RUN)
+            self._remember(destination, _Copied(True, None, None, time.time()))
+            return
+        pg_restore = servers.find_tool(("pg_restore",), "postgresql")
+        with ExitStack() as stack:
+            try:
+                scratch = stack.enter_context(self.scratch_database(address))
+            except BackupError as exc:
+                raise BackupError(f"{exc.message} (or set backup_verify to quick). {NOT_RUN}",
+                                  detail=exc.detail) from exc
+            env = stack.enter_context(servers.postgres_environment(address))
             env["PGDATABASE"] = address.database
-            servers.run_tool(
-                [pg_dump.path, "--format=custom", "--no-password", f"--file={destination}"],
-                env, what=f"pg_dump of the {address.describe()}", address=address,
-                after=NOT_RUN)
+            env["PGOPTIONS"] = f"{env.get('PGOPTIONS', '')} {SCRATCH_OPTIONS}".strip()
+            into_scratch = [pg_restore.path, *SCRATCH_RESTORE, f"--dbname={_conninfo(scratch)}"]
+            dumped = servers.dump_to_file(
+                [pg_dump.path, "--format=custom", "--no-password"], destination, env,
+                what=f"pg_dump of the {address.describe()}", address=address, after=NOT_RUN,
+                consumer=[*into_scratch, "--section=pre-data", "--section=data"],
+                consumer_what="Restoring the copy into a scratch database as it was written")
+            try:
+                if dumped.consumer_failure is not None:
+                    raise dumped.consumer_failure
+                servers.run_tool(
+                    [*into_scratch, "--section=post-data", f"--jobs={_jobs()}", destination],
+                    env, what="Restoring the copy's indexes and constraints into the scratch "
+                    "database", address=address, after="")
+                restored = FileCheck(
+                    True, "restored into a scratch database as it was written (dropped since)",
+                    self.scratch_revisions(address, scratch, project.version_table))
+            except BackupError as exc:
+                restored = FileCheck(False, exc.message.rstrip(". "), ())
+        self._remember(destination, _Copied(False, dumped.sha256, restored, time.time()))
 
     def check(self, path: str, version_table: str,
               project: Project | None = None) -> FileCheck:
+        """What ``copy`` found, for the file it wrote; otherwise the archive alone
+        (no server given) or a restore of the file into a scratch database."""
+        copied = self._recall(path)
+        if copied is not None and not copied.quick:
+            return _restored_copy(path, copied)
         try:
             pg_restore = servers.find_tool(("pg_restore",), "postgresql")
             listed = f"pg_restore --list reads {len(_pg_toc(pg_restore, path))} entries"
-            if project is None:
-                revisions = _pg_archive_revisions(pg_restore, path, version_table)
-                return FileCheck(True, f"{listed}; revisions read from the archive "
-                                 "(not restored: no server given)", revisions)
+            if project is None or copied is not None:
+                why = "backup_verify is quick" if copied else "no server given"
+                return FileCheck(True, f"{listed}; revisions read from the archive (not "
+                                 f"restored: {why})",
+                                 _pg_archive_revisions(pg_restore, path, version_table))
             address = self.address(project)
             with self.scratch_database(address) as scratch:
                 with servers.postgres_environment(address) as env:
+                    env["PGOPTIONS"] = f"{env.get('PGOPTIONS', '')} {SCRATCH_OPTIONS}".strip()
                     servers.run_tool(
-                        [pg_restore.path, "--no-owner", "--no-privileges", "--exit-on-error",
-                         "--no-password", f"--jobs={min(4, os.cpu_count() or 1)}",
+                        [pg_restore.path, *SCRATCH_RESTORE, f"--jobs={_jobs()}",
                          f"--dbname={_conninfo(scratch)}", path],
                         env, what="Restoring the copy into a scratch database",
                         address=address, after="")
@@ -170,6 +242,17 @@ class PostgresEngine(ServerEngine):
             return FileCheck(False, exc.message.rstrip(". "), ())
         return FileCheck(True, f"{listed}; restored into a scratch database (dropped since)",
                          revisions)
+
+    def _remember(self, path: str, copied: _Copied) -> None:
+        with self._copied_lock:
+            for old in [key for key, value in self._copied.items()
+                        if value.at < copied.at - REMEMBER_SECONDS]:
+                del self._copied[old]
+            self._copied[os.path.abspath(path)] = copied
+
+    def _recall(self, path: str) -> _Copied | None:
+        with self._copied_lock:
+            return self._copied.pop(os.path.abspath(path), None)
 
     # ------------------------------------------------------------ restores
 
@@ -343,7 +426,9 @@ class PostgresEngine(ServerEngine):
     def write_marks(self, project: Project) -> dict | None:
         """A snapshot of the server's transactions and every table's row count, read
         in that snapshot: what ``discarded_writes`` compares with. One count(*) per
-        table; None if the tables cannot all be read."""
+        table; None if the tables cannot all be read. Writes committed between the
+        backup and these marks are not told apart from the backup's: take them
+        right after it."""
         address = self.address(project)
         try:
             with servers.connect(address, after="") as conn:
@@ -449,6 +534,10 @@ def _lock_timeout_literal(seconds: float) -> str:
     return f"'{max(1, round(seconds * 1000))}ms'"
 
 
+def _jobs() -> int:
+    return min(4, os.cpu_count() or 1)
+
+
 def _signal(conn, function: str, pids: list[int], address: ServerAddress) -> None:
     for pid in pids:
         try:
@@ -500,6 +589,31 @@ def _archive_owners(entries: list[str], roles: set[str]) -> set[str]:
 def _conninfo(database: str) -> str:
     """A libpq connection string naming the database, so no name is read as options."""
     return "dbname='" + database.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _restored_copy(path: str, copied: _Copied) -> FileCheck:
+    """The restore ``copy`` made, if ``path`` still holds the bytes it restored."""
+    if not copied.restored.ok:
+        return copied.restored
+    try:
+        found = _sha256_file(path)
+        if found != copied.sha256:
+            return FileCheck(False, f"the file differs from the dump restored into the scratch "
+                             f"database (sha256 {found[:12]}…, restored {copied.sha256[:12]}…)",
+                             ())
+        pg_restore = servers.find_tool(("pg_restore",), "postgresql")
+        listed = f"pg_restore --list reads {len(_pg_toc(pg_restore, path))} entries"
+    except (BackupError, OSError) as exc:
+        return FileCheck(False, getattr(exc, "message", None) or str(exc), ())
+    return FileCheck(True, f"{listed}; {copied.restored.detail}", copied.restored.revisions)
+
+
+def _sha256_file(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb", buffering=0) as handle:
+        while block := handle.read(servers.COPY_CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _pg_toc(pg_restore: Tool, path: str) -> list[str]:

@@ -12,6 +12,7 @@ tables) go through SQLAlchemy with the drivers the dashboard ships.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -382,6 +383,143 @@ class _Pump:
         except BrokenPipeError:
             pass
         self.source.stdout.close()
+
+
+@dataclass(frozen=True)
+class Dumped:
+    """What ``dump_to_file`` wrote, and how its consumer fared."""
+
+    size: int
+    sha256: str  # of the bytes written, as they came from the producer
+    consumer_failure: BackupError | None  # None: the consumer read it all and succeeded
+
+
+def dump_to_file(producer: list[str], destination: str, env: dict[str, str], *, what: str,
+                 address: ServerAddress, after: str, consumer: list[str] | None = None,
+                 consumer_what: str = "") -> Dumped:
+    """Write the producer's output to ``destination`` and, as it is written, to the
+    consumer's input: a dump restored while it is taken.
+
+    The consumer reads from the file behind the writer, so a slow consumer never
+    holds the producer up. A producer failure is a BackupError (the consumer is
+    killed first); a consumer failure is not: it stops the producer (the copy can
+    no longer be verified) and is returned in ``consumer_failure``.
+    """
+    with tempfile.TemporaryFile() as producer_err, tempfile.TemporaryFile() as consumer_err:
+        try:
+            source = subprocess.Popen(producer, env=env, stdin=subprocess.DEVNULL,
+                                      stdout=subprocess.PIPE, stderr=producer_err)
+        except OSError as exc:
+            raise BackupError(f"{what} failed: {producer[0]} cannot be run: {exc.strerror}. "
+                              f"{after}") from exc
+        sink = None
+        if consumer:
+            try:
+                sink = subprocess.Popen(consumer, env=env, stdin=subprocess.PIPE,
+                                        stdout=subprocess.DEVNULL, stderr=consumer_err)
+            except OSError as exc:
+                source.kill()
+                source.wait()
+                raise BackupError(f"{consumer_what} failed: {consumer[0]} cannot be run: "
+                                  f"{exc.strerror}.") from exc
+        tee = _Tee(source, sink, destination)
+        try:
+            tee.run()
+        finally:
+            for process in (source, sink):
+                if process is not None and process.poll() is None and tee.failed:
+                    process.kill()
+            source.stdout.close()
+            source.wait()
+            if sink is not None:
+                sink.wait()
+        if source.returncode != 0 and not tee.stopped_for_consumer:
+            raise tool_failure(what, producer[0], source.returncode, _tail(producer_err),
+                               address, after)
+        failure = None
+        if sink is not None and (sink.returncode != 0 or tee.feed_error is not None):
+            detail = _tail(consumer_err) or str(tee.feed_error or "")
+            failure = tool_failure(consumer_what, consumer[0], sink.returncode, detail,
+                                   address, "")
+        return Dumped(tee.written, tee.sha256, failure)
+
+
+class _Tee:
+    """The producer's output into a file (hashed on the way), and from the file,
+    behind the writer, into the sink's input."""
+
+    def __init__(self, source: subprocess.Popen, sink: subprocess.Popen | None,
+                 destination: str):
+        self.source, self.sink, self.destination = source, sink, destination
+        self.written = 0
+        self.sha256 = ""
+        self.done = False
+        self.failed = False  # something went wrong here: kill what still runs
+        self.stopped_for_consumer = False
+        self.feed_error: BaseException | None = None
+        self.changed = threading.Condition()
+
+    def run(self) -> None:
+        digest = hashlib.sha256()
+        feeder = None
+        try:
+            with open(self.destination, "wb") as out:
+                if self.sink is not None:
+                    feeder = threading.Thread(target=self._feed, name="dbtools-tee",
+                                              daemon=True)
+                    feeder.start()
+                while block := self.source.stdout.read(COPY_CHUNK):
+                    out.write(block)
+                    out.flush()  # the feeder reads it from the file
+                    digest.update(block)
+                    with self.changed:
+                        self.written += len(block)
+                        self.changed.notify()
+                    if self.sink is not None and self.sink.poll() not in (None, 0):
+                        self.stopped_for_consumer = True  # it failed: the copy is no use
+                        self.source.kill()
+                        break
+        except BaseException:
+            self.failed = True
+            self.source.kill()
+            if self.sink is not None:
+                self.sink.kill()  # before it sees the end of a partial input
+            raise
+        finally:
+            if self.source.wait() != 0 and self.sink is not None \
+                    and not self.stopped_for_consumer:
+                self.sink.kill()
+            with self.changed:
+                self.done = True
+                self.changed.notify()
+            if feeder is not None:
+                feeder.join()
+        self.sha256 = digest.hexdigest()
+
+    def _feed(self) -> None:
+        position = 0
+        try:
+            with open(self.destination, "rb", buffering=0) as written:
+                while True:
+                    with self.changed:
+                        while position >= self.written and not self.done:
+                            self.changed.wait()
+                        available = self.written
+                        if position >= available and self.done:
+                            break
+                    while position < available:
+                        block = written.read(min(COPY_CHUNK, available - position))
+                        if not block:
+                            raise OSError(f"{self.destination} is shorter than was written")
+                        self.sink.stdin.write(block)
+                        position += len(block)
+        except BaseException as exc:  # a consumer that stopped says why on stderr
+            self.feed_error = None if isinstance(exc, BrokenPipeError) else exc
+        finally:
+            try:
+                self.sink.stdin.close()
+            except BrokenPipeError:
+                pass
 
 
 def tool_failure(what: str, tool: str, code: int, stderr: str, address: ServerAddress,
