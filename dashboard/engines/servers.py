@@ -12,6 +12,7 @@ tables) go through SQLAlchemy with the drivers the dashboard ships.
 
 from __future__ import annotations
 
+import abc
 import hashlib
 import logging
 import os
@@ -543,7 +544,7 @@ def _tail(handle) -> str:
 SCRATCH_MARK = "mdverify"
 
 
-class ServerEngine(DatabaseEngine):
+class ServerEngine(DatabaseEngine, abc.ABC):
     """What PostgreSQL and MariaDB/MySQL share: an address, SQL reads, scratch databases."""
 
     family = ""  # "postgresql" or "mysql": which client tools and driver
@@ -572,8 +573,9 @@ class ServerEngine(DatabaseEngine):
 
     # Scratch databases, where a backup is restored to be verified.
 
+    @abc.abstractmethod
     def create_scratch(self, conn: Connection, name: str) -> None:
-        raise NotImplementedError
+        """Create the empty scratch database ``name`` like the target's."""
 
     def drop_scratch_sql(self, quoted_name: str) -> str:
         return f"DROP DATABASE IF EXISTS {quoted_name}"
@@ -660,17 +662,21 @@ class ServerEngine(DatabaseEngine):
             connection.close()
             engine.dispose()
 
+    @abc.abstractmethod
     def try_lock(self, connection: Connection, holder) -> bool:
-        raise NotImplementedError
+        """Take the database's lock for this action on ``connection``, without waiting."""
 
+    @abc.abstractmethod
     def release_lock(self, connection: Connection) -> None:
-        raise NotImplementedError
+        """Let go of the lock taken on ``connection``."""
 
+    @abc.abstractmethod
     def lock_is_held(self, connection: Connection) -> bool:
-        raise NotImplementedError
+        """Whether any session holds this database's lock now."""
 
+    @abc.abstractmethod
     def describe_holder(self, connection: Connection) -> str:
-        raise NotImplementedError
+        """Who holds this database's lock, as the server says."""
 
     def scratch_revisions(self, address: ServerAddress, scratch: str,
                           version_table: str) -> tuple[str, ...]:
