@@ -330,20 +330,10 @@ def run_piped(producer: list[str], consumer: list[str], env: dict[str, str], *,
     of the producer's output (a script's SET lines).
     """
     with tempfile.TemporaryFile() as producer_err, tempfile.TemporaryFile() as consumer_err:
-        try:
-            source = subprocess.Popen(producer, env=env, stdin=subprocess.DEVNULL,
-                                      stdout=subprocess.PIPE, stderr=producer_err)
-        except OSError as exc:
-            raise BackupError(f"{what} failed: {producer[0]} cannot be run: {exc.strerror}. "
-                              f"{after}") from exc
-        try:
-            sink = subprocess.Popen(consumer, env=env, stdin=subprocess.PIPE,
-                                    stdout=subprocess.DEVNULL, stderr=consumer_err)
-        except OSError as exc:
-            source.kill()
-            source.wait()
-            raise BackupError(f"{what} failed: {consumer[0]} cannot be run: {exc.strerror}. "
-                              f"{after}") from exc
+        source = _start(producer, env, what, after, stdin=subprocess.DEVNULL,
+                        stdout=subprocess.PIPE, stderr=producer_err)
+        sink = _start(consumer, env, what, after, started=source, stdin=subprocess.PIPE,
+                      stdout=subprocess.DEVNULL, stderr=consumer_err)
         pump = _Pump(prelude, source, sink, amend_head)
         thread = threading.Thread(target=pump.run, name="dbtools-pump", daemon=True)
         thread.start()
@@ -356,6 +346,20 @@ def run_piped(producer: list[str], consumer: list[str], env: dict[str, str], *,
         if sink_code != 0 or pump.error:
             detail = _tail(consumer_err) or str(pump.error or "")
             raise tool_failure(what, consumer[0], sink_code, detail, address, after)
+
+
+def _start(argv: list[str], env, what: str, after: str,
+           started: subprocess.Popen | None = None, **popen) -> subprocess.Popen:
+    """Start one tool of a pipeline; if it cannot be run, stop the one ``started``
+    before it and say which tool it was."""
+    try:
+        return subprocess.Popen(argv, env=env, **popen)
+    except OSError as exc:
+        if started is not None:
+            started.kill()
+            started.wait()
+        raise BackupError(f"{what} failed: {argv[0]} cannot be run: {exc.strerror}. "
+                          f"{after}".rstrip()) from exc
 
 
 class _Pump:
@@ -407,22 +411,13 @@ def dump_to_file(producer: list[str], destination: str, env: dict[str, str], *, 
     no longer be verified) and is returned in ``consumer_failure``.
     """
     with tempfile.TemporaryFile() as producer_err, tempfile.TemporaryFile() as consumer_err:
-        try:
-            source = subprocess.Popen(producer, env=env, stdin=subprocess.DEVNULL,
-                                      stdout=subprocess.PIPE, stderr=producer_err)
-        except OSError as exc:
-            raise BackupError(f"{what} failed: {producer[0]} cannot be run: {exc.strerror}. "
-                              f"{after}") from exc
+        source = _start(producer, env, what, after, stdin=subprocess.DEVNULL,
+                        stdout=subprocess.PIPE, stderr=producer_err)
         sink = None
         if consumer:
-            try:
-                sink = subprocess.Popen(consumer, env=env, stdin=subprocess.PIPE,
-                                        stdout=subprocess.DEVNULL, stderr=consumer_err)
-            except OSError as exc:
-                source.kill()
-                source.wait()
-                raise BackupError(f"{consumer_what} failed: {consumer[0]} cannot be run: "
-                                  f"{exc.strerror}.") from exc
+            sink = _start(consumer, env, consumer_what, "", started=source,
+                          stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                          stderr=consumer_err)
         tee = _Tee(source, sink, destination)
         try:
             tee.run()
