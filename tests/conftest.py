@@ -53,6 +53,16 @@ def db_revisions(path: Path) -> list[str]:
         return sorted(r[0] for r in conn.execute("SELECT version_num FROM alembic_version"))
 
 
+def client_for(ini, url: str, instance, **settings):
+    """A test client of a dashboard on ``ini`` and ``url``, state in ``instance``."""
+    return create_app({
+        "TESTING": True, "WTF_CSRF_ENABLED": False, "DASHBOARD_SECRET_KEY": "t",
+        "DASHBOARD_ALEMBIC_INI": str(ini), "DASHBOARD_DATABASE_URL": url,
+        "DASHBOARD_INSTANCE_DIR": str(instance), "DASHBOARD_SEED_SAMPLE": False,
+        **settings,
+    }).test_client()
+
+
 @pytest.fixture
 def sample_ini(tmp_path) -> Path:
     return copy_sample_project(tmp_path / "project")

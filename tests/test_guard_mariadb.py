@@ -20,8 +20,8 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from dashboard import create_app
 from tests.conftest import CHATS, UNIFIED_REASONING, copy_sample_project, migrate
+from tests.conftest import client_for as _client
 from tests.servers import SERVERS, load_sample, require, scratch_database, snapshot
 
 FINISHED = ("succeeded", "failed", "restored")
@@ -47,13 +47,6 @@ def sample_ini(tmp_path):
     return copy_sample_project(tmp_path / "project")
 
 
-def _client(ini, url, instance, **settings):
-    return create_app({
-        "TESTING": True, "WTF_CSRF_ENABLED": False, "DASHBOARD_SECRET_KEY": "t",
-        "DASHBOARD_ALEMBIC_INI": str(ini), "DASHBOARD_DATABASE_URL": url,
-        "DASHBOARD_INSTANCE_DIR": str(instance), "DASHBOARD_SEED_SAMPLE": False,
-        **settings,
-    }).test_client()
 
 
 def _refused_by_a_foreign_lock(response):

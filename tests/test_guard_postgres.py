@@ -24,8 +24,8 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
-from dashboard import create_app
 from tests.conftest import CHATS, UNIFIED_REASONING, copy_sample_project, migrate
+from tests.conftest import client_for as _client
 from tests.servers import SERVERS, Server, load_sample, require, scratch_database, snapshot
 
 FINAL = ("succeeded", "failed", "restored", "cancelled")
@@ -87,13 +87,6 @@ def database(pg, roles) -> Iterator[str]:
         yield name
 
 
-def _client(ini, url, instance, **settings):
-    return create_app({
-        "TESTING": True, "WTF_CSRF_ENABLED": False, "DASHBOARD_SECRET_KEY": "t",
-        "DASHBOARD_ALEMBIC_INI": str(ini), "DASHBOARD_DATABASE_URL": url,
-        "DASHBOARD_INSTANCE_DIR": str(instance), "DASHBOARD_SEED_SAMPLE": False,
-        **settings,
-    }).test_client()
 
 
 def _wait(client, run_url: str, timeout: float = 120) -> dict:

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from dashboard import create_app
 from tests.conftest import CHATS, UNIFIED_REASONING, migrate
+from tests.conftest import client_for as make_client
 from tests.servers import SERVERS, require, scratch_database, snapshot
 from tests.test_guard_sqlite import (
     FINISHED,
@@ -34,12 +34,6 @@ STEP_ONE = "7e1d00000001"
 STEP_TWO = "7e1d00000002"
 
 
-def make_client(ini: Path, url: str, instance: Path):
-    return create_app({
-        "TESTING": True, "WTF_CSRF_ENABLED": False, "DASHBOARD_SECRET_KEY": "t",
-        "DASHBOARD_ALEMBIC_INI": str(ini), "DASHBOARD_DATABASE_URL": url,
-        "DASHBOARD_INSTANCE_DIR": str(instance), "DASHBOARD_SEED_SAMPLE": False,
-    }).test_client()
 
 
 def kill_runner_of(run: dict) -> None:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from dashboard import create_app
 from tests.conftest import CHATS, REPO, UNIFIED_REASONING, USERS, migrate
+from tests.conftest import client_for as _client
 from tests.servers import SERVERS, require, scratch_database, snapshot
 from tests.test_runs import add_failing_revision, add_hanging_revision
 
@@ -31,12 +31,6 @@ def server_db(server):
         yield server, name
 
 
-def _client(ini, url, instance):
-    return create_app({
-        "TESTING": True, "WTF_CSRF_ENABLED": False, "DASHBOARD_SECRET_KEY": "t",
-        "DASHBOARD_ALEMBIC_INI": str(ini), "DASHBOARD_DATABASE_URL": url,
-        "DASHBOARD_INSTANCE_DIR": str(instance), "DASHBOARD_SEED_SAMPLE": False,
-    }).test_client()
 
 
 def _run(client, action, target):
