@@ -26,7 +26,6 @@ from dashboard.engines.base import remove_files
 from dashboard.errors import BadRequest, Conflict, DashboardError, NotFound
 from dashboard.services import audit, backups, locking, recovery, runs, supervision
 from dashboard.services.planning import ACTIONS, ActionPlan, plan_action
-from dashboard.services.project import Project
 from dashboard.services.recovery import FailedRun, live_revisions, lock_file, lock_key
 from dashboard.services.revisions import History
 from dashboard.services.status import missing_sqlite_file
@@ -506,4 +505,4 @@ def _revs(revisions) -> str:
 
 
 __all__ = ["start_action", "start_restore", "backup_now", "deletable_backup", "delete_backup",
-           "cancellable_run", "cancel_run", "lock_key", "lock_holder", "Project"]
+           "cancellable_run", "cancel_run", "lock_key", "lock_holder"]
