@@ -1,0 +1,86 @@
+"""Every page fits its screen: at 1280x800 and at 390x844 no page is wider than
+the viewport, and on a phone the key column of each table (actions, outcome,
+status, state) is on screen without scrolling sideways.
+
+Needs Debian's Chromium (see test_e2e_browser.py); skipped without it, except
+under CI=true.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests.e2e_server import CHROMIUM, launch_chromium, running_dashboard, wait_for_run
+
+try:
+    from playwright.sync_api import sync_playwright
+except ImportError:
+    sync_playwright = None
+
+MISSING = ("the playwright package is not installed" if sync_playwright is None else
+           None if CHROMIUM.exists() else f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+if MISSING and os.environ.get("CI") != "true":
+    pytest.skip(f"browser tests need a browser: {MISSING}", allow_module_level=True)
+
+SCREENS = {"desktop": {"width": 1280, "height": 800}, "phone": {"width": 390, "height": 844}}
+
+
+@pytest.fixture(scope="module")
+def walked(tmp_path_factory):
+    """One dashboard with a finished run and a backup; every page's width on both screens."""
+    if MISSING:
+        pytest.fail(f"CI=true, so browser tests may not be skipped: {MISSING}")
+    workdir = tmp_path_factory.mktemp("layout")
+    found: dict[tuple[str, str], dict] = {}
+    with running_dashboard(workdir) as server, sync_playwright() as playwright:
+        browser = launch_chromium(playwright)
+        page = browser.new_page(viewport=SCREENS["desktop"])
+        page.set_default_timeout(15_000)
+        page.goto(server.url + "/")
+        page.click("#upgrade-button")
+        page.wait_for_url("**/runs/*")
+        wait_for_run(page)
+        run_url = page.url
+        page.goto(server.url + "/history")
+        revision_url = page.locator("a[href*='/revisions/']").first.get_attribute("href")
+        page.close()
+        pages = {"overview": "/", "history": "/history", "revision": revision_url,
+                 "runs": "/runs", "run": run_url, "backups": "/backups", "audit": "/audit",
+                 "preview": "/actions/preview?action=downgrade&target=base"}
+        for screen, viewport in SCREENS.items():
+            page = browser.new_page(viewport=viewport)
+            page.set_default_timeout(15_000)
+            for name, url in pages.items():
+                page.goto(url if url.startswith("http") else server.url + url)
+                page.wait_for_load_state("networkidle")
+                found[screen, name] = page.evaluate("""() => {
+                    const tables = document.querySelectorAll('table.list, table.steps');
+                    const cells = [...tables].map(t => {
+                        const rows = [...t.querySelectorAll('tbody tr')];
+                        const last = rows.length ? rows[0].lastElementChild : null;
+                        return last ? last.getBoundingClientRect().right : 0;
+                    });
+                    const wide = [...document.querySelectorAll('body *')]
+                        .filter(e => e.getBoundingClientRect().right > window.innerWidth + 0.5)
+                        .slice(0, 5).map(e => `${e.tagName.toLowerCase()}.${e.className}`);
+                    return {width: document.documentElement.scrollWidth, lastCells: cells, wide};
+                }""")
+            page.close()
+        browser.close()
+    return found
+
+
+@pytest.mark.parametrize("screen", SCREENS)
+@pytest.mark.parametrize("name", ["overview", "history", "revision", "runs", "run",
+                                  "backups", "audit", "preview"])
+def test_no_page_is_wider_than_the_screen(walked, screen, name):
+    seen = walked[screen, name]
+    assert seen["width"] <= SCREENS[screen]["width"], (
+        f"{name} is {seen['width']} px wide on a {SCREENS[screen]['width']} px screen: "
+        f"{seen['wide']}")
+    for right in seen["lastCells"]:
+        assert right <= SCREENS[screen]["width"], (
+            f"{name}: a table's last column ends at {right:.0f} px, off a "
+            f"{SCREENS[screen]['width']} px screen")
