@@ -73,9 +73,16 @@ def test_upgrade_all_heads_then_download_the_backup(server, page, browser_errors
     expect(page.locator("#state h2")).to_have_text("Migrations pending")
     expect(page.locator("#upgrade-target")).to_have_value("heads")
 
+    page.keyboard.press("Tab")
+    expect(page.locator(":focus")).to_have_text("Skip to content")
+
     page.click("#upgrade-button")
     page.wait_for_url("**/runs/*")
+    page.evaluate("window.stillThisPage = true")
     wait_for_run(page)
+    # The live region announced the outcome, and the page was not reloaded for it.
+    expect(page.locator("#run-announcer[role=status]")).to_have_text("Succeeded")
+    assert page.evaluate("window.stillThisPage === true"), "the run page reloaded itself"
     steps = page.locator("#run-panel table.steps tbody tr")
     expect(steps).not_to_have_count(0)
     statuses = steps.locator("td.step-status").all_inner_texts()

@@ -1,6 +1,7 @@
-"""Every page fits its screen: at 1280x800 and at 390x844 no page is wider than
-the viewport, and on a phone the key column of each table (actions, outcome,
-status, state) is on screen without scrolling sideways.
+"""Every page fits its screen and passes axe-core: at 1280x800 and at 390x844 no
+page is wider than the viewport, on a phone the key column of each table
+(actions, outcome, status, state) is on screen without scrolling sideways, and
+axe-core finds no serious or critical accessibility violation.
 
 Needs Debian's Chromium (see test_e2e_browser.py); skipped without it, except
 under CI=true.
@@ -15,11 +16,13 @@ import pytest
 from tests.e2e_server import CHROMIUM, launch_chromium, running_dashboard, wait_for_run
 
 try:
+    from axe_playwright_python.sync_playwright import Axe
     from playwright.sync_api import sync_playwright
 except ImportError:
     sync_playwright = None
 
-MISSING = ("the playwright package is not installed" if sync_playwright is None else
+MISSING = ("the playwright or axe-playwright-python package is not installed"
+           if sync_playwright is None else
            None if CHROMIUM.exists() else f"no Chromium at {CHROMIUM} (apt-get install chromium)")
 if MISSING and os.environ.get("CI") != "true":
     pytest.skip(f"browser tests need a browser: {MISSING}", allow_module_level=True)
@@ -36,6 +39,7 @@ def walked(tmp_path_factory):
     found: dict[tuple[str, str], dict] = {}
     with running_dashboard(workdir) as server, sync_playwright() as playwright:
         browser = launch_chromium(playwright)
+        axe = Axe()
         page = browser.new_page(viewport=SCREENS["desktop"])
         page.set_default_timeout(15_000)
         page.goto(server.url + "/")
@@ -67,6 +71,11 @@ def walked(tmp_path_factory):
                         .slice(0, 5).map(e => `${e.tagName.toLowerCase()}.${e.className}`);
                     return {width: document.documentElement.scrollWidth, lastCells: cells, wide};
                 }""")
+                found[screen, name]["axe"] = [
+                    f"{v['id']} ({v['impact']}): {v['help']} at "
+                    f"{[n['target'] for n in v['nodes'][:3]]}"
+                    for v in axe.run(page).response["violations"]
+                    if v["impact"] in ("serious", "critical")]
             page.close()
         browser.close()
     return found
@@ -84,3 +93,12 @@ def test_no_page_is_wider_than_the_screen(walked, screen, name):
         assert right <= SCREENS[screen]["width"], (
             f"{name}: a table's last column ends at {right:.0f} px, off a "
             f"{SCREENS[screen]['width']} px screen")
+
+
+@pytest.mark.parametrize("screen", SCREENS)
+@pytest.mark.parametrize("name", ["overview", "history", "revision", "runs", "run",
+                                  "backups", "audit", "preview"])
+def test_no_serious_accessibility_violations(walked, screen, name):
+    """axe-core (the engine of Lighthouse's and Deque's checks) finds nothing
+    serious or critical on any page."""
+    assert walked[screen, name]["axe"] == []
