@@ -120,4 +120,4 @@ def test_bad_forms_are_a_clear_4xx_never_a_500(client, sample_ini, db_url, url, 
     migrate(sample_ini, db_url, CHATS)
     response = client.post(url, data=form)
     assert 400 <= response.status_code < 500, (url, response.status_code)
-    assert b"<h2>" in response.data
+    assert b"<h1>" in response.data
