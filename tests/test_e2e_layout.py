@@ -1,7 +1,8 @@
 """Every page fits its screen and passes axe-core: at 1280x800 and at 390x844 no
 page is wider than the viewport, on a phone the key column of each table
 (actions, outcome, status, state) is on screen without scrolling sideways, and
-axe-core finds no serious or critical accessibility violation.
+axe-core finds no serious or critical accessibility violation, in the light
+and in the dark colour scheme (colour contrast among them).
 
 Needs Debian's Chromium (see test_e2e_browser.py); skipped without it, except
 under CI=true.
@@ -29,7 +30,8 @@ if MISSING and os.environ.get("CI") != "true":
 
 # Moderate in axe's scale, but asked for by name: one h1 per page, no level skipped.
 ORDER_RULES = {"heading-order", "page-has-heading-one", "empty-table-header"}
-SCREENS = {"desktop": {"width": 1280, "height": 800}, "phone": {"width": 390, "height": 844}}
+SCREENS = {"desktop": {"width": 1280, "height": 800}, "phone": {"width": 390, "height": 844},
+           "desktop-dark": {"width": 1280, "height": 800}}
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +58,8 @@ def walked(tmp_path_factory):
                  "runs": "/runs", "run": run_url, "backups": "/backups", "audit": "/audit",
                  "preview": "/actions/preview?action=downgrade&target=base"}
         for screen, viewport in SCREENS.items():
-            page = browser.new_page(viewport=viewport)
+            page = browser.new_page(viewport=viewport, color_scheme="dark" if "dark" in screen
+                                    else "light")
             page.set_default_timeout(15_000)
             for name, url in pages.items():
                 page.goto(url if url.startswith("http") else server.url + url)
@@ -71,7 +74,9 @@ def walked(tmp_path_factory):
                     const wide = [...document.querySelectorAll('body *')]
                         .filter(e => e.getBoundingClientRect().right > window.innerWidth + 0.5)
                         .slice(0, 5).map(e => `${e.tagName.toLowerCase()}.${e.className}`);
-                    return {width: document.documentElement.scrollWidth, lastCells: cells, wide};
+                    const bg = getComputedStyle(document.body).backgroundColor;
+                    return {width: document.documentElement.scrollWidth, lastCells: cells, wide,
+                            background: bg.match(/\\d+/g).slice(0, 3).map(Number)};
                 }""")
                 found[screen, name]["axe"] = [
                     f"{v['id']} ({v['impact']}): {v['help']} at "
@@ -104,3 +109,9 @@ def test_no_serious_accessibility_violations(walked, screen, name):
     """axe-core (the engine of Lighthouse's and Deque's checks) finds nothing
     serious or critical on any page, and headings are in order."""
     assert walked[screen, name]["axe"] == []
+
+
+@pytest.mark.parametrize("name", ["overview", "revision", "run"])
+def test_dark_mode_follows_the_system_setting(walked, name):
+    light, dark = walked["desktop", name]["background"], walked["desktop-dark", name]["background"]
+    assert sum(light) > 600 and sum(dark) < 150, (light, dark)
