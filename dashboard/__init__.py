@@ -53,10 +53,14 @@ def create_app(test_config: dict | None = None) -> Flask:
     csrf.exempt(api.bp)
 
     @app.template_filter("datetime")
-    def format_datetime(epoch: float | None) -> str:
+    def format_datetime(epoch: float | None) -> Markup:
+        """A moment, written in UTC (and saying so): static/dashboard.js shows it
+        in the reader's own zone, with the UTC time in its title."""
         if epoch is None:
-            return ""
-        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
+            return Markup("")
+        utc = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(epoch))
+        iso = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+        return Markup('<time datetime="{}" title="{} UTC">{} UTC</time>').format(iso, utc, utc)
 
     @app.template_filter("breakable")
     def breakable(text: str) -> Markup:

@@ -184,3 +184,28 @@ def test_cancelling_a_run_asks_in_a_dialog_first(server, page, browser_errors, t
     conn.close()
     assert "slow_step" not in tables
     assert browser_errors == []
+
+
+def test_times_read_in_the_readers_zone_and_ids_copy(server, browser, browser_errors):
+    """A reader in Tokyo sees run times in Tokyo time (UTC in the title), and the
+    run id's Copy button puts the id on the clipboard."""
+    context = browser.new_context(viewport=VIEWPORT, timezone_id="Asia/Tokyo",
+                                  permissions=["clipboard-read", "clipboard-write"])
+    page = context.new_page()
+    page.on("pageerror", lambda error: browser_errors.append(f"pageerror: {error}"))
+    page.goto(server.url + "/backups")
+    page.click("#backup-now")
+    taken = page.locator("table.backups tbody tr time").first
+    expect(taken).to_have_attribute("data-local", "Asia/Tokyo")
+    utc = taken.get_attribute("datetime")  # 2026-11-30T05:55:59Z
+    shown = taken.inner_text()
+    hours = (int(utc[11:13]) + 9) % 24
+    assert shown[11:13] == f"{hours:02d}", (utc, shown)
+    assert "UTC" in taken.get_attribute("title")
+
+    backup_id = page.locator("code[data-copy]").first.inner_text()
+    page.get_by_role("button", name="Copy backup id").first.click()
+    expect(page.get_by_role("button", name="Copy backup id").first).to_have_text("Copied")
+    assert page.evaluate("navigator.clipboard.readText()") == backup_id
+    context.close()
+    assert browser_errors == []
