@@ -148,6 +148,17 @@ def backup_now(target: Target, user: str) -> backups.BackupRecord:
         lock.release()
 
 
+def verify_backup(target: Target, backup_id: str, user: str) -> backups.BackupRecord:
+    """Check a backup again (on the server for PostgreSQL and MariaDB), and audit it."""
+    started = time.time()
+    record = backups.verify_backup(target.instance_dir, backup_id, target.project())
+    event = audit.BackupVerified if record.verified else audit.BackupVerificationFailed
+    audit.record_event(target, event(
+        user=user, from_revs=record.revisions, to_revs=record.revisions, backup_id=record.id,
+        duration=time.time() - started, error=None if record.verified else record.verification))
+    return record
+
+
 def deletable_backup(target: Target, backup_id: str) -> backups.BackupRecord:
     """The backup a delete would remove, or why it cannot be: what its confirmation names."""
     target.check_writable()

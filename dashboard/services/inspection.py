@@ -187,7 +187,7 @@ class TargetSummary:
     dialect: str
     state: str
     current: tuple[str, ...]
-    pending_count: int
+    pending_count: int | None  # None: the state could not be read, so nobody knows
     last_run: object | None  # runs.RunRecord
     last_backup: object | None  # backups.BackupRecord
     error: str | None = None
@@ -207,6 +207,10 @@ class TargetSummary:
         }
 
 
+# States in which the pending list is known (elsewhere it is empty for want of a reading).
+KNOWN_PENDING = ("up_to_date", "pending", "uninitialized")
+
+
 def target_summary(registry, name: str) -> TargetSummary:
     from dashboard.errors import DashboardError
     from dashboard.services import backups, runs
@@ -219,7 +223,8 @@ def target_summary(registry, name: str) -> TargetSummary:
         return TargetSummary(
             name=name, is_default=name == registry.default, read_only=dashboard.read_only,
             database=project.masked_url, dialect=project.dialect, state=status.state,
-            current=tuple(status.current), pending_count=len(status.pending),
+            current=tuple(status.current),
+            pending_count=len(status.pending) if status.state in KNOWN_PENDING else None,
             last_run=recent_runs[0] if recent_runs else None,
             last_backup=recent_backups[0] if recent_backups else None,
             error=status.explanation if status.state == "unreachable" else None,
@@ -228,7 +233,7 @@ def target_summary(registry, name: str) -> TargetSummary:
         return TargetSummary(
             name=name, is_default=name == registry.default,
             read_only=registry.targets[name].read_only, database="", dialect="",
-            state="error", current=(), pending_count=0, last_run=None, last_backup=None,
+            state="error", current=(), pending_count=None, last_run=None, last_backup=None,
             error=exc.message + (f" {exc.detail}" if exc.detail else ""),
         )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import (
     Response,
+    flash,
     make_response,
     redirect,
     render_template,
@@ -112,6 +113,9 @@ def backups_page():
 def backup_now():
     dashboard = current_dashboard()
     record = guard.backup_now(dashboard, current_user())
+    flash(f"Backup {record.id} taken and verified ({record.verification})." if record.verified
+          else f"Backup {record.id} taken, but its verification failed: {record.verification}",
+          "ok" if record.verified else "bad")
     return redirect(url_for("actions.backups_page", taken=record.id) + f"#b-{record.id}",
                     code=303)
 
@@ -132,7 +136,10 @@ def download(backup_id: str):
 @bp.post("/backups/<backup_id>/verify")
 def verify(backup_id: str):
     dashboard = current_dashboard()
-    record = backups.verify_backup(dashboard.instance_dir, backup_id, dashboard.project())
+    record = guard.verify_backup(dashboard, backup_id, current_user())
+    flash(f"Backup {record.id} checked again: passed ({record.verification})." if record.verified
+          else f"Backup {record.id} checked again: failed: {record.verification}",
+          "ok" if record.verified else "bad")
     return redirect(url_for("actions.backups_page", verified=record.id) + f"#b-{record.id}",
                     code=303)
 
@@ -159,6 +166,7 @@ def delete(backup_id: str):
         record = guard.deletable_backup(dashboard, backup_id)
         return render_template("delete_backup.html", backup=record, project=dashboard.project())
     guard.delete_backup(dashboard, backup_id, current_user())
+    flash(f"Backup {backup_id} deleted, with its manifest.", "ok")
     return redirect(url_for("actions.backups_page"), code=303)
 
 

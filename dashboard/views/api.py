@@ -151,8 +151,7 @@ def backup(backup_id: str):
 def verify_backup(backup_id: str):
     _json_body()
     dashboard = current_dashboard()
-    record = backups.verify_backup(dashboard.instance_dir, backup_id, dashboard.project())
-    return jsonify(record.as_json())
+    return jsonify(guard.verify_backup(dashboard, backup_id, current_user()).as_json())
 
 
 @bp.post("/backups/<backup_id>/restore")
