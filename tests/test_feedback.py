@@ -70,7 +70,7 @@ def test_verify_says_the_outcome_and_is_audited(client, sample_ini, db_url):
     assert re.search(rf'class="flash[^"]*" role="status">[^<]*{backup_id}[^<]*passed',
                      page.get_data(as_text=True))
     again = client.post(f"/api/backups/{backup_id}/verify", json={})
-    assert again.status_code == 200
+    assert again.status_code == 200, again.get_json()
     entries = client.get("/api/audit").get_json()["entries"]
     verified = [e for e in entries if e["event"] == "backup_verified"]
     assert len(verified) == 2 and all(e["backup_id"] == backup_id for e in verified)

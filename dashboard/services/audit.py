@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
-from sqlalchemy import insert, select
+from sqlalchemy import insert
 
 from dashboard.services import store
 
@@ -74,16 +74,19 @@ def record(instance_dir: str, entry: AuditEntry) -> None:
 
 
 def list_entries(instance_dir: str, limit: int = 500) -> list[AuditEntry]:
-    engine = store.store_engine(instance_dir)
-    with engine.connect() as conn:
-        rows = conn.execute(
-            select(store.audit).order_by(store.audit.c.id.desc()).limit(limit)
-        ).mappings().all()
-    return [
-        AuditEntry(**{**row, "from_revs": tuple(store.loads(row["from_revs"])),
-                      "to_revs": tuple(store.loads(row["to_revs"]))})
-        for row in rows
-    ]
+    return find_entries(instance_dir, {}, 1, limit).items
+
+
+def find_entries(instance_dir: str, where: dict, page: int, per_page: int) -> store.Page:
+    """One page of entries, newest first, whose ``event``/``outcome``/``user``
+    equal ``where``'s."""
+    return store.paged(instance_dir, store.audit, (store.audit.c.id.desc(),), where, page,
+                       per_page, lambda row: _entry(row._mapping))
+
+
+def _entry(row) -> AuditEntry:
+    return AuditEntry(**{**row, "from_revs": tuple(store.loads(row["from_revs"])),
+                         "to_revs": tuple(store.loads(row["to_revs"]))})
 
 
 # ------------------------------------------------------------------ events
@@ -262,3 +265,17 @@ def record_event(target: Target, event: AuditEvent) -> None:
         backup_id=event.backup_id, run_id=event.run_id, duration=event.duration,
         error=project.scrub(event.error) if event.error else None,
     ))
+
+
+def _kinds() -> list[type[AuditEvent]]:
+    found, todo = [], [AuditEvent]
+    while todo:
+        for kind in todo.pop().__subclasses__():
+            found.append(kind)
+            todo.append(kind)
+    return found
+
+
+# What the audit log can be filtered by.
+EVENTS = tuple(sorted({kind.name for kind in _kinds() if kind.name}))
+OUTCOMES = tuple(sorted({kind.outcome for kind in _kinds()}))

@@ -218,6 +218,13 @@ def list_backups(instance_dir: str) -> list[BackupRecord]:
         return [_record(row) for row in rows]
 
 
+def find_backups(instance_dir: str, where: dict, page: int, per_page: int) -> store.Page:
+    """One page of backups, newest first, whose ``verified`` equals ``where``'s."""
+    table = store.backups
+    return store.paged(instance_dir, table, (table.c.created_at.desc(), table.c.id.desc()),
+                       where, page, per_page, _record)
+
+
 def import_manifests(instance_dir: str, backup_dir: str, database: str) -> list[BackupRecord]:
     """List again the backups of ``database`` (its masked URL) whose file and manifest
     are in ``backup_dir`` but whose record is not in the store: after ``dashboard.db``

@@ -200,6 +200,16 @@ def list_runs(instance_dir: str, limit: int = 50) -> list[RunRecord]:
     return [_record(row) for row in rows]
 
 
+STATUSES = (QUEUED, BACKING_UP, RUNNING, RESTORING, *FINISHED)
+ACTIONS = ("upgrade", "downgrade", "stamp", "restore")
+
+
+def find_runs(instance_dir: str, where: dict, page: int, per_page: int) -> store.Page:
+    """One page of runs, newest first, whose ``status``/``action`` equal ``where``'s."""
+    return store.paged(instance_dir, store.runs, (store.runs.c.created_at.desc(),), where,
+                       page, per_page, lambda row: _record(row._mapping))
+
+
 def unfinished_runs(instance_dir: str) -> list[RunRecord]:
     engine = store.store_engine(instance_dir)
     with engine.connect() as conn:

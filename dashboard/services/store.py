@@ -17,6 +17,7 @@ import json
 import os
 import sqlite3
 import threading
+from dataclasses import dataclass
 
 from sqlalchemy import (
     Boolean,
@@ -29,6 +30,7 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    func,
     insert,
     select,
     text,
@@ -336,3 +338,36 @@ def _free_bytes(folder: str) -> int | None:
     except OSError:
         return None
     return info.f_bavail * info.f_frsize
+
+
+# ------------------------------------------------------------------ listings
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a listing (newest first) and how many rows match in all."""
+
+    items: list
+    total: int
+    page: int
+    per_page: int
+
+    @property
+    def pages(self) -> int:
+        return max(1, -(-self.total // self.per_page))
+
+    @property
+    def has_next(self) -> bool:
+        return self.page < self.pages
+
+
+def paged(instance_dir: str, table: Table, order_by: tuple, where: dict, page: int,
+          per_page: int, convert) -> Page:
+    """Rows of ``table`` whose columns equal ``where``'s values, one page of them."""
+    conditions = [table.c[name] == value for name, value in where.items()]
+    engine = store_engine(instance_dir)
+    with engine.connect() as conn:
+        total = conn.execute(select(func.count()).select_from(table).where(*conditions)).scalar()
+        rows = conn.execute(select(table).where(*conditions).order_by(*order_by)
+                            .offset((page - 1) * per_page).limit(per_page)).all()
+    return Page([convert(row) for row in rows], int(total or 0), page, per_page)

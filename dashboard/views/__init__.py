@@ -11,6 +11,8 @@ from __future__ import annotations
 from flask import Blueprint, current_app, g
 
 from dashboard.core import Registry, Target
+from dashboard.services import audit as _audit
+from dashboard.services import runs as _runs
 
 TARGET_PREFIX = "/targets/<target>"
 
@@ -44,3 +46,70 @@ def registry() -> Registry:
 
 def current_dashboard() -> Target:
     return registry().get(g.get("target_name"))
+
+
+# ------------------------------------------------------------------ listings
+
+MAX_PER_PAGE = 500
+
+
+class Listing:
+    """The filters and page of a listing request (runs, audit, backups), checked:
+    a value outside its choices, or a page that is not a positive number, is a 400."""
+
+    def __init__(self, choices: dict[str, tuple[str, ...]], per_page: int = 50,
+                 values: dict[str, dict[str, object]] | None = None):
+        from flask import request
+
+        from dashboard.errors import BadRequest
+
+        self.shown: dict[str, str] = {}
+        self.where: dict[str, object] = {}
+        for name, allowed in choices.items():
+            value = request.args.get(name, "").strip()
+            if not value:
+                continue
+            if value not in allowed:
+                raise BadRequest(f"'{name}' must be one of: {', '.join(allowed)}.")
+            self.shown[name] = value
+            self.where[name] = (values or {}).get(name, {}).get(value, value)
+        self.page = _positive("page", 1)
+        self.per_page = _positive("per_page", per_page)
+        if self.per_page > MAX_PER_PAGE:
+            raise BadRequest(f"'per_page' may be at most {MAX_PER_PAGE}.")
+        if "per_page" in request.args:
+            self.shown["per_page"] = str(self.per_page)
+
+    def url(self, page: int) -> str:
+        from flask import request, url_for
+
+        return url_for(request.endpoint, **self.shown, page=page)
+
+    def next_url(self, found) -> str | None:
+        return self.url(self.page + 1) if found.has_next else None
+
+
+def _positive(name: str, default: int) -> int:
+    from flask import request
+
+    from dashboard.errors import BadRequest
+
+    raw = request.args.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or int(raw) < 1:
+        raise BadRequest(f"'{name}' must be a whole number of at least 1.")
+    return int(raw)
+
+
+def runs_listing() -> Listing:
+    return Listing({"status": _runs.STATUSES, "action": _runs.ACTIONS})
+
+
+def audit_listing() -> Listing:
+    return Listing({"event": _audit.EVENTS, "outcome": _audit.OUTCOMES})
+
+
+def backups_listing() -> Listing:
+    return Listing({"verified": ("yes", "no")},
+                   values={"verified": {"yes": True, "no": False}})

@@ -18,7 +18,14 @@ from dashboard.services import audit, backups, guard, runs
 from dashboard.services.audit import current_user
 from dashboard.services.impact import preview_action
 from dashboard.services.inspection import revision_messages
-from dashboard.views import TargetBlueprint, current_dashboard, init_target_urls
+from dashboard.views import (
+    TargetBlueprint,
+    audit_listing,
+    backups_listing,
+    current_dashboard,
+    init_target_urls,
+    runs_listing,
+)
 
 bp = TargetBlueprint("actions", __name__)
 init_target_urls(bp)
@@ -56,7 +63,10 @@ def start():
 @bp.get("/runs")
 def runs_page():
     dashboard = current_dashboard()
-    return render_template("runs.html", runs=runs.list_runs(dashboard.instance_dir),
+    query = runs_listing()
+    found = runs.find_runs(dashboard.instance_dir, query.where, query.page, query.per_page)
+    return render_template("runs.html", runs=found.items, found=found, query=query,
+                           statuses=runs.STATUSES, actions=runs.ACTIONS,
                            project=dashboard.project())
 
 
@@ -104,7 +114,10 @@ def cancel(run_id: str):
 @bp.get("/backups")
 def backups_page():
     dashboard = current_dashboard()
-    return render_template("backups.html", backups=backups.list_backups(dashboard.instance_dir),
+    query = backups_listing()
+    found = backups.find_backups(dashboard.instance_dir, query.where, query.page,
+                                 query.per_page)
+    return render_template("backups.html", backups=found.items, found=found, query=query,
                            project=dashboard.project(),
                            retention=dashboard.settings.get("DASHBOARD_BACKUP_RETENTION"))
 
@@ -116,7 +129,7 @@ def backup_now():
     flash(f"Backup {record.id} taken and verified ({record.verification})." if record.verified
           else f"Backup {record.id} taken, but its verification failed: {record.verification}",
           "ok" if record.verified else "bad")
-    return redirect(url_for("actions.backups_page", taken=record.id) + f"#b-{record.id}",
+    return redirect(url_for("actions.backups_page") + f"#b-{record.id}",
                     code=303)
 
 
@@ -140,7 +153,7 @@ def verify(backup_id: str):
     flash(f"Backup {record.id} checked again: passed ({record.verification})." if record.verified
           else f"Backup {record.id} checked again: failed: {record.verification}",
           "ok" if record.verified else "bad")
-    return redirect(url_for("actions.backups_page", verified=record.id) + f"#b-{record.id}",
+    return redirect(url_for("actions.backups_page") + f"#b-{record.id}",
                     code=303)
 
 
@@ -173,5 +186,8 @@ def delete(backup_id: str):
 @bp.get("/audit")
 def audit_page():
     dashboard = current_dashboard()
-    return render_template("audit.html", entries=audit.list_entries(dashboard.instance_dir),
+    query = audit_listing()
+    found = audit.find_entries(dashboard.instance_dir, query.where, query.page, query.per_page)
+    return render_template("audit.html", entries=found.items, found=found, query=query,
+                           events=audit.EVENTS, outcomes=audit.OUTCOMES,
                            project=dashboard.project())

@@ -11,7 +11,15 @@ from dashboard import security
 from dashboard.errors import BadRequest, NotFound
 from dashboard.services import audit, backups, guard, inspection, runs
 from dashboard.services.audit import current_user
-from dashboard.views import TargetBlueprint, current_dashboard, init_target_urls, registry
+from dashboard.views import (
+    TargetBlueprint,
+    audit_listing,
+    backups_listing,
+    current_dashboard,
+    init_target_urls,
+    registry,
+    runs_listing,
+)
 
 bp = TargetBlueprint("api", __name__, url_prefix="/api")
 init_target_urls(bp)
@@ -108,8 +116,10 @@ def create_run():
 
 @bp.get("/runs")
 def list_runs():
-    records = runs.list_runs(current_dashboard().instance_dir)
-    return jsonify({"runs": [r.as_json() for r in records]})
+    query = runs_listing()
+    found = runs.find_runs(current_dashboard().instance_dir, query.where, query.page,
+                           query.per_page)
+    return jsonify({"runs": [r.as_json() for r in found.items], **_paging(query, found)})
 
 
 @bp.get("/runs/<run_id>")
@@ -130,8 +140,10 @@ def cancel_run(run_id: str):
 
 @bp.get("/backups")
 def list_backups():
-    records = backups.list_backups(current_dashboard().instance_dir)
-    return jsonify({"backups": [r.as_json() for r in records]})
+    query = backups_listing()
+    found = backups.find_backups(current_dashboard().instance_dir, query.where, query.page,
+                                 query.per_page)
+    return jsonify({"backups": [r.as_json() for r in found.items], **_paging(query, found)})
 
 
 @bp.post("/backups")
@@ -170,5 +182,12 @@ def delete_backup(backup_id: str):
 
 @bp.get("/audit")
 def audit_log():
-    entries = audit.list_entries(current_dashboard().instance_dir)
-    return jsonify({"entries": [e.as_json() for e in entries]})
+    query = audit_listing()
+    found = audit.find_entries(current_dashboard().instance_dir, query.where, query.page,
+                               query.per_page)
+    return jsonify({"entries": [e.as_json() for e in found.items], **_paging(query, found)})
+
+
+def _paging(query, found) -> dict:
+    return {"total": found.total, "page": found.page, "per_page": found.per_page,
+            "next": query.next_url(found)}
