@@ -54,10 +54,10 @@ class RealProject:
     @property
     def dashboard_path(self) -> Path:
         """What DASHBOARD_ALEMBIC_INI names for this project, as a user would set it."""
-        if self.kind == "flask":
-            return self.root  # the project folder: Flask-Migrate's migrations/ is found
-        if self.kind == "pyproject":
-            return self.root / "pyproject.toml"
+        if self.kind in ("flask", "pyproject"):
+            # The project folder: Flask-Migrate's migrations/, or pyproject.toml's
+            # [tool.alembic] with the alembic.ini beside it that holds the URL.
+            return self.root
         return self.root / "alembic.ini"
 
     @property
@@ -114,11 +114,10 @@ class RealProject:
                 env.pop(name)
         if database_url is not None:
             env["DATABASE_URL"] = database_url
-        if self.kind == "flask":
-            argv = [FLASK, "--app", "app", "db", *args]
-        else:
-            config = "pyproject.toml" if self.kind == "pyproject" else "alembic.ini"
-            argv = [ALEMBIC, "-c", config, *args]
+        # In the project's folder, as its users run it: alembic finds alembic.ini
+        # and pyproject.toml there by itself.
+        argv = [FLASK, "--app", "app", "db", *args] if self.kind == "flask" \
+            else [ALEMBIC, *args]
         done = subprocess.run(argv, cwd=self.root, env=env, capture_output=True, text=True,
                               timeout=TOOL_SECONDS, stdin=subprocess.DEVNULL)
         if done.returncode != 0:
