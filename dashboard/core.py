@@ -30,8 +30,10 @@ class Target:
     """One database and its project: config, project, status, and the guard's needs."""
 
     def __init__(self, settings: dict, *, name: str = "default", read_only: bool = False,
-                 backup_dir: str | None = None, lock_dir: str | None = None):
+                 backup_dir: str | None = None, lock_dir: str | None = None,
+                 env: dict[str, str] | None = None):
         self.settings = dict(settings)
+        self.env = dict(env or {})  # for the project's process; may hold secrets
         self.name = name
         self.read_only = read_only
         self.backup_folder = backup_dir  # None: <instance_dir>/backups
@@ -75,6 +77,8 @@ class Target:
             python=str(self.settings["DASHBOARD_PYTHON"]),
             lock_timeout=float(self.settings.get("DASHBOARD_LOCK_TIMEOUT") or 60),
             backup_verify=str(self.settings.get("DASHBOARD_BACKUP_VERIFY") or "full"),
+            flask_app=str(self.settings.get("DASHBOARD_FLASK_APP") or "") or None,
+            env=self.env,
         )
 
     def history(self, project: Project | None = None) -> History:
@@ -213,14 +217,18 @@ class Registry:
                 overrides["DASHBOARD_VERSION_TABLE"] = config.version_table
             if config.backup_verify:
                 overrides["DASHBOARD_BACKUP_VERIFY"] = config.backup_verify
+            if config.flask_app:
+                overrides["DASHBOARD_FLASK_APP"] = config.flask_app
+            env: dict[str, str] = {}
             try:
                 overrides["DASHBOARD_DATABASE_URL"] = config.resolve_url(environ)
+                env = config.resolve_env(environ)
             except ConfigurationError as exc:
                 self.errors[config.name] = exc.message
-                overrides["DASHBOARD_DATABASE_URL"] = None
+                overrides.setdefault("DASHBOARD_DATABASE_URL", None)
             self.targets[config.name] = Target(
                 {**self.settings, **overrides}, name=config.name, read_only=config.read_only,
-                backup_dir=config.backup_dir, lock_dir=root,
+                backup_dir=config.backup_dir, lock_dir=root, env=env,
             )
 
     def get(self, name: str | None = None) -> Target:

@@ -59,12 +59,34 @@ def secret_forms(secret: str) -> set[str]:
 
 def scrub(text: str | None, url: str | None = None, *, secret: str | None = None) -> str:
     """``text`` without the password of ``url`` (or ``secret``), in any of its forms."""
+    return scrub_secrets(text, [secret or password_of(url)])
+
+
+def scrub_secrets(text: str | None, secrets) -> str:
+    """``text`` without any of ``secrets``, in any of their forms."""
     if not text:
         return text or ""
-    secret = secret or password_of(url)
-    if not secret:
-        return text
+    forms = set().union(*(secret_forms(s) for s in secrets if s))
     # Longest first, so an encoded form is not half-replaced by a shorter one.
-    for form in sorted(secret_forms(secret), key=len, reverse=True):
+    for form in sorted(forms, key=len, reverse=True):
         text = text.replace(form, MASK)
     return text
+
+
+# Shorter values ("1", "on") cannot be hidden without garbling every text they occur in.
+SHORTEST_SECRET = 4
+
+
+def secrets_in_values(values) -> set[str]:
+    """What to hide of variables given to a project's process: of a URL its
+    password (the rest names the database, which pages show masked); any other
+    value whole, since the dashboard cannot tell a key or token from a word."""
+    found = set()
+    for value in values:
+        if "://" in value:
+            password = password_of(value)
+            if password:
+                found.add(password)
+        elif len(value) >= SHORTEST_SECRET:
+            found.add(value)
+    return found

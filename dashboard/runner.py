@@ -38,7 +38,7 @@ def launch(target, request: dict, wait: bool):
 
     payload = {"target": {"settings": _json_safe(target.settings), "name": target.name,
                           "read_only": target.read_only, "backup_dir": target.backup_folder,
-                          "lock_dir": target.lock_dir},
+                          "lock_dir": target.lock_dir, "env": target.env},
                **request}
     env = dict(os.environ)
     env[REQUEST_ENV] = json.dumps(payload)
@@ -131,7 +131,8 @@ def main() -> int:
         request = json.loads(raw)
         spec = request["target"]
         target = Target(spec["settings"], name=spec["name"], read_only=spec["read_only"],
-                        backup_dir=spec["backup_dir"], lock_dir=spec["lock_dir"])
+                        backup_dir=spec["backup_dir"], lock_dir=spec["lock_dir"],
+                        env=spec.get("env"))
         target = target.pinned(target.project())
         prepared = guard.prepare(target, request)
     except DashboardError as exc:
@@ -139,12 +140,13 @@ def main() -> int:
                                        "detail": exc.detail}})
         return 0
     except Exception as exc:
-        from dashboard.redact import scrub
+        from dashboard.redact import password_of, scrub_secrets, secrets_in_values
 
-        url = (json.loads(raw or "{}").get("target", {}).get("settings", {})
-               .get("DASHBOARD_DATABASE_URL") if raw else None)
-        answer({"ok": False, "error": {"kind": "Unavailable", "message": scrub(
-            f"The run could not start: {type(exc).__name__}: {exc}", url)}})
+        spec = json.loads(raw or "{}").get("target", {})
+        secrets = secrets_in_values((spec.get("env") or {}).values())
+        secrets.add(password_of(spec.get("settings", {}).get("DASHBOARD_DATABASE_URL")))
+        answer({"ok": False, "error": {"kind": "Unavailable", "message": scrub_secrets(
+            f"The run could not start: {type(exc).__name__}: {exc}", secrets)}})
         return 1
     answer({"ok": True, "run_id": prepared.run_id})
     guard.execute(target, prepared)

@@ -96,6 +96,12 @@ SETTINGS: tuple[Setting, ...] = (
         "the file alone (archive listing, revisions, checksum). See the README for the cost.",
     ),
     Setting(
+        "DASHBOARD_FLASK_APP",
+        "",
+        "A Flask-Migrate project's app, as `flask --app` takes it; the worker loads the "
+        "app and runs Flask-Migrate's configuration. Per target: flask_app.",
+    ),
+    Setting(
         "DASHBOARD_SECRET_KEY",
         None,
         "Secret for session and CSRF signing. Default: a random key kept in the instance folder.",

@@ -4,7 +4,11 @@ Applications whose migrations matter run several databases (development,
 staging, production; one per tenant). Each target names its alembic.ini, its
 database (a URL, or the name of an environment variable that holds one, so
 passwords stay out of the file), where its backups go, and whether actions
-are allowed on it. Relative paths are relative to the TOML file.
+are allowed on it. Relative paths are relative to the TOML file. A target's
+``env`` table is given to its project's process (the worker that runs
+env.py), so one env.py that reads ``DATABASE_URL`` serves every target; a
+``${NAME}`` in a value is read from the dashboard's own environment, so
+secrets stay out of the file too.
 
     default = "dev"
 
@@ -17,6 +21,9 @@ are allowed on it. Relative paths are relative to the TOML file.
     database_url_env = "PROD_DATABASE_URL"
     backup_dir = "/var/backups/migrations/prod"
     read_only = true
+
+    [targets.prod.env]
+    DATABASE_URL = "${PROD_DATABASE_URL}"
 """
 
 from __future__ import annotations
@@ -30,7 +37,12 @@ from dashboard.errors import ConfigurationError
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _KEYS = {"alembic_ini", "database_url", "database_url_env", "backup_dir", "read_only",
-         "python", "version_table", "backup_verify"}
+         "python", "version_table", "backup_verify", "flask_app", "env"}
+_STRING_KEYS = _KEYS - {"read_only", "env"}
+_VARIABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# The dashboard's own variables for its worker: a target's env may not set them.
+_RESERVED_PREFIX = "DASHBOARD_"
 
 
 @dataclass(frozen=True)
@@ -44,6 +56,22 @@ class TargetConfig:
     python: str | None = None
     version_table: str | None = None
     backup_verify: str | None = None  # "full" or "quick"
+    flask_app: str | None = None  # as `flask --app` takes it
+    env: tuple[tuple[str, str], ...] = ()  # as written: "${NAME}" not yet read
+
+    def resolve_env(self, environ) -> dict[str, str]:
+        """The variables for the project's process, each ``${NAME}`` read from ``environ``."""
+        def read(variable: str, match: re.Match) -> str:
+            value = environ.get(match.group(1))
+            if value is None:
+                raise ConfigurationError(
+                    f"Target '{self.name}': the environment variable {match.group(1)} "
+                    f"that its env {variable} reads is not set."
+                )
+            return value
+
+        return {variable: _REFERENCE.sub(lambda m, v=variable: read(v, m), value)
+                for variable, value in self.env}
 
     def resolve_url(self, environ) -> str | None:
         if self.database_url_env:
@@ -91,9 +119,10 @@ def _target(name: str, spec, base: str, path: str) -> TargetConfig:
         raise ConfigurationError(f"{where}: alembic_ini is required.")
     if "database_url" in spec and "database_url_env" in spec:
         raise ConfigurationError(f"{where}: give database_url or database_url_env, not both.")
-    for key in _KEYS - {"read_only"}:
+    for key in _STRING_KEYS:
         if key in spec and not isinstance(spec[key], str):
             raise ConfigurationError(f"{where}: {key} must be a string.")
+    env = _env_table(spec.get("env", {}), where)
     if spec.get("backup_verify", "full") not in ("full", "quick"):
         raise ConfigurationError(f"{where}: backup_verify must be 'full' or 'quick'.")
     if not isinstance(spec.get("read_only", False), bool):
@@ -117,4 +146,23 @@ def _target(name: str, spec, base: str, path: str) -> TargetConfig:
         python=spec.get("python"),
         version_table=spec.get("version_table"),
         backup_verify=spec.get("backup_verify"),
+        flask_app=spec.get("flask_app") or None,
+        env=env,
     )
+
+
+def _env_table(table, where: str) -> tuple[tuple[str, str], ...]:
+    if not isinstance(table, dict):
+        raise ConfigurationError(f"{where}: env must be a table of variables "
+                                 f"([targets.<name>.env]).")
+    for variable, value in table.items():
+        if not _VARIABLE.match(variable):
+            raise ConfigurationError(f"{where}: env names '{variable}', which is not a "
+                                     f"variable name (letters, digits, '_').")
+        if variable.upper().startswith(_RESERVED_PREFIX):
+            raise ConfigurationError(f"{where}: env may not set {variable}: variables "
+                                     f"named {_RESERVED_PREFIX}* are the dashboard's own.")
+        if not isinstance(value, str):
+            # Never echo the value: it may be a secret written into the file.
+            raise ConfigurationError(f"{where}: env {variable} must be a string.")
+    return tuple(table.items())

@@ -19,6 +19,7 @@ from dashboard.services.revisions import RevisionHeader, UnreadableFile
 
 WORKER_SCRIPT = str(Path(__file__).resolve().parent.parent / "alembic_worker.py")
 URL_ENV = "DASHBOARD_TARGET_URL"
+FLASK_APP_ENV = "DASHBOARD_FLASK_APP"
 
 
 class WorkerFailed(Exception):
@@ -30,10 +31,21 @@ def worker_command(project: Project, *args: str) -> list[str]:
 
 
 def worker_environment(project: Project) -> dict[str, str]:
+    """The environment of every process that runs the project's env.py: the
+    dashboard's own, the target's variables over it, then what the worker
+    needs from the dashboard (the database, the version table, the Flask app,
+    every spelling of the secrets it must keep out of its output)."""
     env = dict(os.environ)
+    env.pop("DASHBOARD_DATABASE_URL", None)
+    env.update(project.env)
     env[URL_ENV] = project.database_url
     env["PYTHONUNBUFFERED"] = "1"
-    env.pop("DASHBOARD_DATABASE_URL", None)
+    env["DASHBOARD_VERSION_TABLE"] = project.version_table
+    env["DASHBOARD_SECRET_FORMS"] = json.dumps(sorted(project.secret_forms()))
+    if project.flask_app:
+        env[FLASK_APP_ENV] = project.flask_app
+    else:
+        env.pop(FLASK_APP_ENV, None)
     return env
 
 

@@ -17,7 +17,7 @@ from alembic.util import CommandError, coerce_resource_to_filename
 from dashboard.engines import DatabaseEngine, backend_name, engine_for
 from dashboard.engines.sqlite import absolute_sqlite_url
 from dashboard.errors import ConfigurationError
-from dashboard.redact import mask_url, scrub
+from dashboard.redact import mask_url, password_of, scrub_secrets, secret_forms, secrets_in_values
 
 
 @dataclass(frozen=True)
@@ -31,14 +31,29 @@ class Project:
     python: str
     lock_timeout: float = 60.0  # seconds a restore waits for other sessions' locks
     backup_verify: str = "full"  # "full" or "quick": how deeply a fresh backup is checked
+    flask_app: str | None = None  # a Flask-Migrate app, as `flask --app` takes it
+    # Variables for the project's process (a target's env table, "${NAME}" already read):
+    # may hold secrets, so never shown, and scrubbed like the password.
+    env: tuple[tuple[str, str], ...] = ()
 
     @property
     def masked_url(self) -> str:
         return mask_url(self.database_url)
 
+    def secrets(self) -> set[str]:
+        """What no text the dashboard shows or stores may hold: the database's
+        password and the values of the project's variables."""
+        password = password_of(self.database_url)
+        return secrets_in_values(v for _, v in self.env) | ({password} if password else set())
+
+    def secret_forms(self) -> set[str]:
+        """Every spelling of every secret, for a process that scrubs its own output."""
+        return set().union(*(secret_forms(s) for s in self.secrets()))
+
     def scrub(self, text: str | None) -> str:
-        """``text`` without this database's password, in any of its forms."""
-        return scrub(text, self.database_url)
+        """``text`` without this database's password or the project's variables'
+        values, in any of their forms."""
+        return scrub_secrets(text, self.secrets())
 
     @property
     def dialect(self) -> str:
@@ -57,6 +72,8 @@ def load_project(
     python: str = "python3",
     lock_timeout: float = 60.0,
     backup_verify: str = "full",
+    flask_app: str | None = None,
+    env: dict[str, str] | None = None,
 ) -> Project:
     if not os.path.isfile(ini_path):
         raise ConfigurationError(
@@ -103,4 +120,6 @@ def load_project(
         python=python,
         lock_timeout=float(lock_timeout),
         backup_verify=backup_verify if backup_verify in ("full", "quick") else "full",
+        flask_app=flask_app or None,
+        env=tuple(sorted((env or {}).items())),
     )

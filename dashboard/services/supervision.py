@@ -19,7 +19,6 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from dashboard.redact import password_of, secret_forms
 from dashboard.services import locking, runs
 from dashboard.services.alembic_process import parse_events, worker_command, worker_environment
 from dashboard.services.planning import ActionPlan
@@ -63,11 +62,6 @@ class WorkerOutcome:
     touched: frozenset[str] = frozenset()
 
 
-def secret_forms_of(project) -> set[str]:
-    password = password_of(project.database_url)
-    return secret_forms(password) if password else set()
-
-
 def events_path(instance_dir: str, run_id: str) -> str:
     return os.path.join(instance_dir, EVENTS_FOLDER, f"{run_id}.jsonl")
 
@@ -90,8 +84,6 @@ class Worker:
             args.append("--purge")
         env = worker_environment(self.project)
         env["DASHBOARD_EVENTS_FILE"] = self._events_file()
-        env["DASHBOARD_VERSION_TABLE"] = self.project.version_table
-        env["DASHBOARD_SECRET_FORMS"] = json.dumps(sorted(secret_forms_of(self.project)))
         session_sql = self.project.engine.session_id_sql()
         if session_sql:
             env["DASHBOARD_SESSION_SQL"] = session_sql
