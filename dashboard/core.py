@@ -135,6 +135,11 @@ class Target:
         return alembic_process.OfflineSql.of(found[revision.revision, "up"],
                                              found[revision.revision, "down"])
 
+    def upgrade_sql(self, project: Project, revisions) -> dict[str, alembic_process.StepSql]:
+        """Each revision's upgrade SQL: what is not cached comes from one subprocess."""
+        found = self._step_sql(project, revisions, ("up",))
+        return {r.revision: found[r.revision, "up"] for r in revisions}
+
     def downgrade_sql(self, project: Project, revisions) -> dict[str, alembic_process.StepSql]:
         """Each revision's downgrade SQL: what is not cached comes from one subprocess."""
         found = self._step_sql(project, revisions, ("down",))

@@ -78,3 +78,40 @@ def test_bad_filters_are_a_clear_400(client, sample_ini, db_url, query):
     page = client.get(base.removeprefix("/api") + f"?{query}")
     assert page.status_code == 400 and "<h1>" in page.get_data(as_text=True)
     assert "<script>" not in page.get_data(as_text=True)
+
+
+def test_the_whole_pending_range_downloads_as_one_sql_script(client, sample_ini, db_url,
+                                                             tmp_path):
+    """One script with every pending revision's upgrade, in apply order, that
+    brings a copy of the database to the heads when run as it is."""
+    import sqlite3
+
+    migrate(sample_ini, db_url, USERS)
+    pending = [p["revision"] for p in client.get("/api/status").get_json()["pending"]]
+    response = client.get("/sql/pending")
+    assert response.status_code == 200
+    assert response.mimetype == "application/sql"
+    assert "attachment" in response.headers["Content-Disposition"]
+    script = response.get_data(as_text=True)
+    positions = [script.index(f"-- Upgrade {rev}") for rev in pending]
+    assert positions == sorted(positions), "revisions out of apply order"
+    # Run on a copy of the database, it brings the copy to the heads.
+    copy = tmp_path / "copy.db"
+    with sqlite3.connect(db_url.removeprefix("sqlite:///")) as source, \
+            sqlite3.connect(copy) as target:
+        source.backup(target)
+    with sqlite3.connect(copy) as conn:
+        conn.executescript(script)
+        heads = [row[0] for row in conn.execute("SELECT version_num FROM alembic_version")]
+    assert heads == client.get("/api/status").get_json()["heads"]
+    # The API gives the same script.
+    assert client.get("/api/sql/pending").get_json()["sql"].splitlines()[2:] == \
+        script.splitlines()[2:]
+    # The overview offers it.
+    assert 'href="/sql/pending"' in client.get("/").get_data(as_text=True)
+
+
+def test_no_pending_sql_when_up_to_date_is_a_clear_409(client, sample_ini, db_url):
+    migrate(sample_ini, db_url, "heads")
+    response = client.get("/sql/pending")
+    assert response.status_code == 409 and "Nothing is pending" in response.get_data(as_text=True)

@@ -246,3 +246,34 @@ def target_summaries(registry) -> list[TargetSummary]:
     names = list(registry.targets)
     with ThreadPoolExecutor(max_workers=min(8, len(names))) as pool:
         return list(pool.map(lambda n: target_summary(registry, n), names))
+
+
+def pending_sql_script(target) -> tuple[str, str]:
+    """The SQL of every pending revision's upgrade, in the order Alembic applies them,
+    as one script to review or hand to a DBA: (file name, text). Each revision's part
+    is what ``alembic upgrade <parent>:<revision> --sql`` prints for it."""
+    import time
+
+    from dashboard.errors import Conflict
+
+    project, history, status = target.read_state()
+    if not status.pending:
+        raise Conflict(f"Nothing is pending: the database is {status.state.replace('_', ' ')}.")
+    revisions = [history.revisions[p.revision] for p in status.pending]
+    found = target.upgrade_sql(project, revisions)
+    failed = [(r.revision, found[r.revision].error) for r in revisions
+              if found[r.revision].sql is None]
+    if failed:
+        revision, error = failed[0]
+        raise Conflict(f"The SQL of revision {revision} could not be generated, so no script "
+                       f"is given: {error}")
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    parts = [f"-- Pending upgrade of {project.masked_url} ({project.dialect}), "
+             f"from {', '.join(status.current) or 'base'} to {', '.join(status.heads)}",
+             f"-- {len(revisions)} revision(s), generated offline by Migration Dashboard "
+             f"at {stamp}", ""]
+    for revision in revisions:
+        parts += [f"-- Upgrade {revision.revision}: {revision.doc}".rstrip(),
+                  found[revision.revision].sql.rstrip(), ""]
+    name = f"upgrade-{(status.current or ['base'])[0][:12]}-to-{status.heads[0][:12]}.sql"
+    return name, "\n".join(parts)

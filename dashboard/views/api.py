@@ -43,6 +43,12 @@ def status():
     return jsonify(body)
 
 
+@bp.get("/sql/pending")
+def pending_sql():
+    name, script = inspection.pending_sql_script(current_dashboard())
+    return jsonify({"filename": name, "sql": script})
+
+
 @bp.get("/revisions")
 def revisions():
     _, history, state = current_dashboard().read_state()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import g, render_template
+from flask import Response, g, render_template
 
 from dashboard.services import guard, inspection, runs
 from dashboard.views import TargetBlueprint, current_dashboard, init_target_urls, registry
@@ -26,6 +26,14 @@ def overview():
         lock_holder=guard.lock_holder(dashboard.pinned(project)),
         messages=inspection.revision_messages(history),
     )
+
+
+@bp.get("/sql/pending")
+def pending_sql():
+    name, script = inspection.pending_sql_script(current_dashboard())
+    response = Response(script, mimetype="application/sql")
+    response.headers["Content-Disposition"] = f'attachment; filename="{name}"'
+    return response
 
 
 @bp.get("/history")
