@@ -1,24 +1,30 @@
 """The command line: ``migration-dashboard`` and the seed's ``migrate_db.py``.
 
-Migrate the database from the command line, behind the dashboard's guard.
-
 The seed project's ``migrate_db.py`` ran ``alembic upgrade head`` bare. This
 one goes through the same services as the dashboard: the same lock (so it
 never races a migration started from the web page), a verified backup first,
 a restore when a step fails, and an entry in the same audit log. It reads
 the same DASHBOARD_* environment variables as the dashboard.
+
+Installed (``pip install .``), ``migration-dashboard`` gives the same verbs
+(``upgrade``, ``status``, ``pending``, ``history``: one implementation, two
+spellings) and ``serve``, the dashboard itself under waitress, as
+``datasette serve`` does; ``migrate_db.py`` stays as the seed's shim.
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
+import os
 import sys
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TextIO
 
-from dashboard.automigrate import dashboard_for
+from dashboard.automigrate import dashboard_for, settings_for
 from dashboard.core import Target
 from dashboard.errors import DashboardError
 from dashboard.services import backups, guard, inspection, planning, runs
@@ -40,18 +46,20 @@ EXIT_LOCKED = 3  # another migration is running on this database
 
 POLL_SECONDS = 0.2
 
-EPILOG = f"""\
+EXIT_CODES = f"""\
 exit codes:
-  {EXIT_OK}  success; the database is up to date (--check: the state could be read)
+  {EXIT_OK}  success; the database is up to date ({{check}}: the state could be read)
   {EXIT_FAILED}  the migration failed (the output says how the database was put back,
-     or what state it is in); --check-pending: revisions are pending or the database
+     or what state it is in); {{pending}}: revisions are pending or the database
      is uninitialized
   {EXIT_ERROR}  usage or configuration error: alembic.ini missing, database unreachable,
      database at a revision no script defines
   {EXIT_LOCKED}  another migration is already running on this database
+"""
 
+CONFIGURATION = """
 configuration (the same as the dashboard's):
-  DASHBOARD_ALEMBIC_INI    path to alembic.ini (--ini overrides it)
+  DASHBOARD_ALEMBIC_INI    path to alembic.ini ({ini} overrides it)
   DASHBOARD_DATABASE_URL   target database URL (--url overrides it)
   DASHBOARD_INSTANCE_DIR   where the lock, backups, runs and audit log live
                            (--instance-dir overrides it)
@@ -61,19 +69,69 @@ A password in --url is visible to every user of this machine in the process
 list (ps) and may land in your shell history: prefer DASHBOARD_DATABASE_URL.
 """
 
+EPILOG = (EXIT_CODES.format(check="--check", pending="--check-pending")
+          + CONFIGURATION.format(ini="--ini"))
+COMMAND_EXIT_CODES = EXIT_CODES.format(check="status", pending="pending")
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 5000
+
+
+@dataclass(frozen=True)
+class Verb:
+    """One thing the command line does, by its two names."""
+
+    name: str  # migration-dashboard's subcommand
+    flag: str | None  # migrate_db.py's option for it (None: the plain run)
+    help: str
+
+
+VERBS = (
+    Verb("upgrade", None, "back up, then upgrade to the latest revision(s)"),
+    Verb("status", "check", "show the current revision(s), the heads and the state"),
+    Verb("pending", "check_pending",
+         "list pending revisions in apply order; exit 1 if any (for CI)"),
+    Verb("history", "history", "show the revision history, newest first, current marked"),
+)
+
 
 class MessageWriter:
     """Where human-readable output goes; errors to stderr, the rest to stdout."""
 
-    def __init__(self, out: TextIO, err: TextIO):
+    def __init__(self, out: TextIO, err: TextIO, upgrade_command: str = "python migrate_db.py"):
         self.out = out
         self.err = err
+        self.upgrade_command = upgrade_command
 
     def say(self, text: str = "") -> None:
         print(text, file=self.out, flush=True)
 
     def warn(self, text: str) -> None:
         print(text, file=self.err, flush=True)
+
+
+def add_target_options(parser: argparse.ArgumentParser, *, project_argument: bool) -> None:
+    """The project, database and instance folder: ``--ini`` for migrate_db.py, an
+    optional PROJECT argument for ``migration-dashboard``; both land in ``args.ini``."""
+    if project_argument:
+        parser.add_argument("ini", nargs="?", metavar="PROJECT",
+                            help="the project's alembic.ini, pyproject.toml or folder "
+                                 "(default: DASHBOARD_ALEMBIC_INI; installed, the current "
+                                 "folder's alembic.ini)")
+    else:
+        parser.add_argument("--ini", metavar="PATH",
+                            help="alembic.ini of the project (default: DASHBOARD_ALEMBIC_INI)")
+    parser.add_argument("--url", metavar="URL",
+                        help="database URL (default: DASHBOARD_DATABASE_URL, else the ini's "
+                             "sqlalchemy.url). WARNING: a password given here is visible in "
+                             "the process list; prefer the environment variable")
+    parser.add_argument("--instance-dir", metavar="PATH",
+                        help="the dashboard's instance folder (default: DASHBOARD_INSTANCE_DIR)")
+
+
+def add_json_option(parser: argparse.ArgumentParser, *, what: str) -> None:
+    parser.add_argument("--json", action="store_true",
+                        help=f"{what}print the dashboard API's JSON instead of text")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,23 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--check", action="store_true",
-                      help="show the current revision(s), the heads and the state")
-    mode.add_argument("--check-pending", action="store_true",
-                      help="list pending revisions in apply order; exit 1 if any (for CI)")
-    mode.add_argument("--history", action="store_true",
-                      help="show the revision history, newest first, current marked")
-    parser.add_argument("--json", action="store_true",
-                        help="with --check, --check-pending or --history: print the "
-                             "dashboard API's JSON instead of text")
-    parser.add_argument("--ini", metavar="PATH",
-                        help="alembic.ini of the project (default: DASHBOARD_ALEMBIC_INI)")
-    parser.add_argument("--url", metavar="URL",
-                        help="database URL (default: DASHBOARD_DATABASE_URL, else the ini's "
-                             "sqlalchemy.url). WARNING: a password given here is visible in "
-                             "the process list; prefer the environment variable")
-    parser.add_argument("--instance-dir", metavar="PATH",
-                        help="the dashboard's instance folder (default: DASHBOARD_INSTANCE_DIR)")
+    for verb in VERBS:
+        if verb.flag:
+            mode.add_argument(f"--{verb.flag.replace('_', '-')}", action="store_true",
+                              help=verb.help)
+    add_json_option(parser, what="with --check, --check-pending or --history: ")
+    add_target_options(parser, project_argument=False)
     return parser
 
 
@@ -167,7 +214,7 @@ def report_pending(history, status: MigrationStatus, writer: MessageWriter) -> i
         writer.say(f"{len(status.pending)} pending revision(s), in the order they apply:")
         for pending in status.pending:
             writer.say(f"  {pending.revision}  {pending.message}")
-        writer.say("Run `python migrate_db.py` to apply them (a backup is taken first).")
+        writer.say(f"Run `{writer.upgrade_command}` to apply them (a backup is taken first).")
     return code
 
 
@@ -273,7 +320,68 @@ def follow_run(instance_dir: str, run_id: str, writer: MessageWriter) -> runs.Ru
         time.sleep(POLL_SECONDS)
 
 
-# ------------------------------------------------------------------ entry point
+# ------------------------------------------------------------------ serving
+
+LOCAL_NAMES = ("localhost",)
+
+
+def is_local_address(host: str) -> bool:
+    """Whether binding to ``host`` keeps the dashboard on this machine."""
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host.lower() in LOCAL_NAMES
+
+
+def serve(project: str | None = None, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
+          allow_remote: bool = False, database_url: str | None = None,
+          instance_dir: str | None = None, flask_app: str | None = None,
+          environ: Mapping[str, str] | None = None, writer: MessageWriter | None = None) -> int:
+    """Serve the dashboard on ``project`` with waitress until interrupted; an exit code."""
+    writer = writer or MessageWriter(sys.stdout, sys.stderr)
+    if not is_local_address(host) and not allow_remote:
+        writer.warn(f"error: {host} is not a local address. The dashboard has no login: anyone "
+                    "who reaches it can run migrations. Pass --allow-remote if you mean it.")
+        return EXIT_ERROR
+    if project and not os.path.exists(project):
+        writer.warn(f"error: {project} not found (give an alembic.ini, a pyproject.toml or "
+                    "a project folder).")
+        return EXIT_ERROR
+    config = settings_for(project and os.path.abspath(project), database_url, instance_dir,
+                          environ)
+    if flask_app:
+        config["DASHBOARD_FLASK_APP"] = flask_app
+    if not is_local_address(host) and host not in ("0.0.0.0", "::", ""):
+        # The Host guard answers only the names it knows: the address asked for is one.
+        config["DASHBOARD_ALLOWED_HOSTS"] = f"{config['DASHBOARD_ALLOWED_HOSTS']},{host}"
+
+    from waitress.server import create_server
+
+    from dashboard import create_app
+
+    app = create_app(config)
+    try:
+        server = create_server(app, host=host, port=port)
+    except OSError as exc:
+        writer.warn(f"error: cannot serve on {host}:{port}: {exc.strerror or exc}")
+        return EXIT_ERROR
+    shown = f"[{host}]" if ":" in host else host
+    on_app = f", Flask app {flask_app}" if flask_app else ""
+    writer.say(f"Migration Dashboard on http://{shown}:{server.effective_port}/ "
+               f"(project {app.config['DASHBOARD_ALEMBIC_INI']}{on_app}); Ctrl-C to stop.")
+    if host in ("0.0.0.0", "::", ""):
+        writer.warn("Listening on every address: add the names it is reached by to "
+                    "DASHBOARD_ALLOWED_HOSTS, or every request gets a 400.")
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.close()
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------ entry points
 
 def report(args: argparse.Namespace, dashboard: Target, writer: MessageWriter) -> int:
     """--check, --check-pending or --history, as text or as the API's JSON."""
@@ -291,19 +399,15 @@ def report(args: argparse.Namespace, dashboard: Target, writer: MessageWriter) -
     return report_history(history, status, writer)
 
 
-def migrate_db_main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None,
-         out: TextIO | None = None, err: TextIO | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    reporting = args.check or args.check_pending or args.history
-    if args.json and not reporting:
-        parser.error("--json goes with --check, --check-pending or --history")
-    writer = MessageWriter(out or sys.stdout, err or sys.stderr)
+def run_verb(args: argparse.Namespace, environ: Mapping[str, str] | None,
+             writer: MessageWriter) -> int:
+    """A report (--check, --check-pending, --history) or the upgrade, on the target the
+    arguments and settings name: the one implementation behind both commands."""
     dashboard = dashboard_for(args.ini, args.url, args.instance_dir, environ)
     try:
         if dashboard.ensure_sample_database():
             writer.warn("Created the sample database with demo rows (DASHBOARD_SEED_SAMPLE).")
-        if reporting:
+        if args.check or args.check_pending or args.history:
             return report(args, dashboard, writer)
         return upgrade_database(dashboard, writer)
     except DashboardError as exc:
@@ -323,3 +427,58 @@ def migrate_db_main(argv: list[str] | None = None, environ: Mapping[str, str] | 
                     "(or is put back if it fails); the dashboard's Runs page shows how it "
                     "ended and names its backup.")
         return 130
+
+
+def migrate_db_main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None,
+                    out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """``python migrate_db.py [--check | --check-pending | --history] [--json] ...``"""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.json and not (args.check or args.check_pending or args.history):
+        parser.error("--json goes with --check, --check-pending or --history")
+    return run_verb(args, environ, MessageWriter(out or sys.stdout, err or sys.stderr))
+
+
+def build_command_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="migration-dashboard",
+        description="Inspect and run Alembic migrations safely: the web dashboard "
+                    "(serve) and the command line (upgrade, status, pending, history).",
+        epilog=COMMAND_EXIT_CODES + CONFIGURATION.format(ini="PROJECT"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="COMMAND")
+    serving = verbs.add_parser(
+        "serve", help="serve the dashboard (default http://127.0.0.1:5000)",
+        description="Serve the dashboard on a project with waitress, on this machine only "
+                    "unless --allow-remote.")
+    add_target_options(serving, project_argument=True)
+    serving.add_argument("--host", default=DEFAULT_HOST,
+                         help=f"address to listen on (default {DEFAULT_HOST})")
+    serving.add_argument("--port", type=int, default=DEFAULT_PORT,
+                         help=f"port to listen on (default {DEFAULT_PORT}; 0: any free one)")
+    serving.add_argument("--allow-remote", action="store_true",
+                         help="allow a --host that is not local. The dashboard has no login: "
+                              "whoever reaches it can run migrations")
+    for verb in VERBS:
+        sub = verbs.add_parser(verb.name, help=verb.help, description=verb.help,
+                               epilog=COMMAND_EXIT_CODES,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+        add_target_options(sub, project_argument=True)
+        if verb.flag:
+            add_json_option(sub, what="")
+        sub.set_defaults(json=False, **{v.flag: v is verb for v in VERBS if v.flag})
+    return parser
+
+
+def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None,
+         out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """``migration-dashboard COMMAND ...``"""
+    args = build_command_parser().parse_args(argv)
+    writer = MessageWriter(out or sys.stdout, err or sys.stderr,
+                           upgrade_command="migration-dashboard upgrade")
+    if args.verb == "serve":
+        return serve(args.ini, host=args.host, port=args.port, allow_remote=args.allow_remote,
+                     database_url=args.url, instance_dir=args.instance_dir, environ=environ,
+                     writer=writer)
+    return run_verb(args, environ, writer)
