@@ -319,3 +319,20 @@ def test_flask_command_without_flask_migrate_says_so(installed, tmp_path):
 
     assert result.returncode == 2
     assert "has no Flask-Migrate" in result.stderr
+
+
+def test_the_projects_python_does_not_get_the_dashboards_packages(
+        installed, project, workdir, tmp_path):
+    record = tmp_path / "pythonpath.txt"
+    project_python = tmp_path / "project-python"
+    project_python.write_text(f'#!/bin/sh\nprintf "%s\\n" "PYTHONPATH=$PYTHONPATH" >> {record}\n'
+                              f'exec {installed.bin("python")} "$@"\n')
+    project_python.chmod(0o755)
+    env = dict(installed.env, DASHBOARD_PYTHON=str(project_python))
+
+    upgrade = installed.run(installed.bin("migration-dashboard"), "upgrade", str(project),
+                            cwd=workdir, env=env)
+
+    assert upgrade.returncode == 0, upgrade.stdout + upgrade.stderr
+    assert record.read_text().startswith("PYTHONPATH=")  # the migration ran under it
+    assert str(installed.site_packages) not in record.read_text()
