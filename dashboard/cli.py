@@ -24,6 +24,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TextIO
 
+from waitress.server import create_server
+
+from dashboard import create_app
 from dashboard.automigrate import dashboard_for, settings_for
 from dashboard.core import Target
 from dashboard.errors import DashboardError
@@ -323,6 +326,7 @@ def follow_run(instance_dir: str, run_id: str, writer: MessageWriter) -> runs.Ru
 # ------------------------------------------------------------------ serving
 
 LOCAL_NAMES = ("localhost",)
+EVERY_ADDRESS = ("0.0.0.0", "::", "")
 
 
 def is_local_address(host: str) -> bool:
@@ -331,6 +335,21 @@ def is_local_address(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return host.lower() in LOCAL_NAMES
+
+
+def serve_settings(project: str | None = None, *, host: str = DEFAULT_HOST,
+                   database_url: str | None = None, instance_dir: str | None = None,
+                   flask_app: str | None = None,
+                   environ: Mapping[str, str] | None = None) -> dict[str, object]:
+    """The dashboard's settings for serving ``project`` on ``host``."""
+    settings = settings_for(project and os.path.abspath(project), database_url, instance_dir,
+                            environ)
+    if flask_app:
+        settings["DASHBOARD_FLASK_APP"] = flask_app
+    if not is_local_address(host) and host not in EVERY_ADDRESS:
+        # The Host guard answers only the names it knows: the address asked for is one.
+        settings["DASHBOARD_ALLOWED_HOSTS"] = f"{settings['DASHBOARD_ALLOWED_HOSTS']},{host}"
+    return settings
 
 
 def serve(project: str | None = None, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
@@ -347,19 +366,9 @@ def serve(project: str | None = None, *, host: str = DEFAULT_HOST, port: int = D
         writer.warn(f"error: {project} not found (give an alembic.ini, a pyproject.toml or "
                     "a project folder).")
         return EXIT_ERROR
-    config = settings_for(project and os.path.abspath(project), database_url, instance_dir,
-                          environ)
-    if flask_app:
-        config["DASHBOARD_FLASK_APP"] = flask_app
-    if not is_local_address(host) and host not in ("0.0.0.0", "::", ""):
-        # The Host guard answers only the names it knows: the address asked for is one.
-        config["DASHBOARD_ALLOWED_HOSTS"] = f"{config['DASHBOARD_ALLOWED_HOSTS']},{host}"
-
-    from waitress.server import create_server
-
-    from dashboard import create_app
-
-    app = create_app(config)
+    app = create_app(serve_settings(project, host=host, database_url=database_url,
+                                    instance_dir=instance_dir, flask_app=flask_app,
+                                    environ=environ))
     try:
         server = create_server(app, host=host, port=port)
     except OSError as exc:
@@ -369,7 +378,7 @@ def serve(project: str | None = None, *, host: str = DEFAULT_HOST, port: int = D
     on_app = f", Flask app {flask_app}" if flask_app else ""
     writer.say(f"Migration Dashboard on http://{shown}:{server.effective_port}/ "
                f"(project {app.config['DASHBOARD_ALEMBIC_INI']}{on_app}); Ctrl-C to stop.")
-    if host in ("0.0.0.0", "::", ""):
+    if host in EVERY_ADDRESS:
         writer.warn("Listening on every address: add the names it is reached by to "
                     "DASHBOARD_ALLOWED_HOSTS, or every request gets a 400.")
     try:
@@ -439,6 +448,16 @@ def migrate_db_main(argv: list[str] | None = None, environ: Mapping[str, str] | 
     return run_verb(args, environ, MessageWriter(out or sys.stdout, err or sys.stderr))
 
 
+def port_number(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0 to 65535)")
+    return port
+
+
 def build_command_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="migration-dashboard",
@@ -455,7 +474,7 @@ def build_command_parser() -> argparse.ArgumentParser:
     add_target_options(serving, project_argument=True)
     serving.add_argument("--host", default=DEFAULT_HOST,
                          help=f"address to listen on (default {DEFAULT_HOST})")
-    serving.add_argument("--port", type=int, default=DEFAULT_PORT,
+    serving.add_argument("--port", type=port_number, default=DEFAULT_PORT,
                          help=f"port to listen on (default {DEFAULT_PORT}; 0: any free one)")
     serving.add_argument("--allow-remote", action="store_true",
                          help="allow a --host that is not local. The dashboard has no login: "
@@ -482,3 +501,7 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
                      database_url=args.url, instance_dir=args.instance_dir, environ=environ,
                      writer=writer)
     return run_verb(args, environ, writer)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -37,7 +37,7 @@ def app_import_string(info: ScriptInfo) -> str | None:
 
 @click.command("migration-dashboard")
 @click.option("--host", default=DEFAULT_HOST, show_default=True, help="Address to listen on.")
-@click.option("--port", default=DEFAULT_PORT, type=int, show_default=True,
+@click.option("--port", default=DEFAULT_PORT, type=click.IntRange(0, 65535), show_default=True,
               help="Port to listen on (0: any free one).")
 @click.option("--allow-remote", is_flag=True,
               help="Allow a --host that is not local. The dashboard has no login: whoever "

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from dashboard.cli import is_local_address, serve_settings
 from tests.conftest import CHATS, MERGE, REPO, UNIFIED_REASONING, copy_sample_project, migrate
 from tests.e2e_server import STARTUP_TIMEOUT, _free_port, _stop
 
@@ -206,6 +207,24 @@ def test_serve_refuses_an_address_that_is_not_local(installed, project, workdir)
     assert "not a local address" in result.stderr and "--allow-remote" in result.stderr
 
 
+@pytest.mark.parametrize("host, local", [
+    ("127.0.0.1", True), ("127.0.0.2", True), ("localhost", True), ("::1", True),
+    ("[::1]", True), ("0.0.0.0", False), ("::", False), ("192.0.2.10", False),
+    ("example.org", False),
+])
+def test_which_addresses_are_local(host, local):
+    assert is_local_address(host) is local
+
+
+def test_a_remote_address_served_on_purpose_is_an_allowed_host(project):
+    remote = serve_settings(str(project), host="192.0.2.10", environ={})
+    everywhere = serve_settings(str(project), host="0.0.0.0", environ={})
+
+    assert remote["DASHBOARD_ALLOWED_HOSTS"] == "localhost,127.0.0.1,[::1],192.0.2.10"
+    assert everywhere["DASHBOARD_ALLOWED_HOSTS"] == "localhost,127.0.0.1,[::1]"
+    assert remote["DASHBOARD_ALEMBIC_INI"] == str(project)
+
+
 def test_serve_says_so_when_the_project_is_missing(installed, workdir):
     result = installed.run(installed.bin("migration-dashboard"), "serve",
                            str(workdir / "nowhere.ini"), cwd=workdir)
@@ -226,21 +245,29 @@ def test_status_pending_and_history_say_what_migrate_db_says(installed, project,
                              "--ini", str(project), "--instance-dir", str(workdir / "instance"),
                              cwd=REPO)
 
-    for verb, flag, code in (("status", "--check", 0), ("pending", "--check-pending", 1),
-                             ("history", "--history", 0)):
-        mine, seed = installed_command(verb, "--json"), seed_tool(flag, "--json")
-        assert (mine.returncode, seed.returncode) == (code, code), mine.stderr + seed.stderr
-        assert json.loads(mine.stdout) == json.loads(seed.stdout)
     for verb, flag in (("status", "--check"), ("history", "--history")):
-        assert installed_command(verb).stdout == seed_tool(flag).stdout
+        mine, seed = installed_command(verb, "--json"), seed_tool(flag, "--json")
+        assert (mine.returncode, seed.returncode) == (0, 0), mine.stderr + seed.stderr
+        assert json.loads(mine.stdout) == json.loads(seed.stdout)
+    status, seed_status = installed_command("status"), seed_tool("--check")
+    assert status.stdout == seed_status.stdout and f"Current:  {CHATS}" in status.stdout
     pending = installed_command("pending")
+    assert pending.returncode == 1, pending.stderr
     assert "7 pending revision(s)" in pending.stdout
     assert "Run `migration-dashboard upgrade` to apply them" in pending.stdout
 
 
-def test_upgrade_backs_up_then_migrates_and_a_missing_ini_exits_2(installed, project, workdir):
+def test_upgrade_runs_under_the_projects_python_without_the_dashboards_packages(
+        installed, project, workdir, tmp_path):
+    record = tmp_path / "pythonpath.txt"
+    project_python = tmp_path / "project-python"
+    project_python.write_text(f'#!/bin/sh\nprintf "%s\\n" "PYTHONPATH=$PYTHONPATH" >> {record}\n'
+                              f'exec {installed.bin("python")} "$@"\n')
+    project_python.chmod(0o755)
+    env = dict(installed.env, DASHBOARD_PYTHON=str(project_python))
+
     upgrade = installed.run(installed.bin("migration-dashboard"), "upgrade", str(project),
-                            cwd=workdir)
+                            cwd=workdir, env=env)
 
     assert upgrade.returncode == 0, upgrade.stdout + upgrade.stderr
     assert f"now at {UNIFIED_REASONING}" in upgrade.stdout
@@ -248,9 +275,15 @@ def test_upgrade_backs_up_then_migrates_and_a_missing_ini_exits_2(installed, pro
         assert [r[0] for r in conn.execute("SELECT version_num FROM alembic_version")] == [
             UNIFIED_REASONING]
     assert list((workdir / "instance" / "backups").glob("*.sqlite3"))
+    # The steps ran under DASHBOARD_PYTHON, which did not inherit the dashboard's packages.
+    assert record.read_text().startswith("PYTHONPATH=")
+    assert str(installed.site_packages) not in record.read_text()
 
+
+def test_status_on_a_missing_project_exits_2(installed, workdir):
     missing = installed.run(installed.bin("migration-dashboard"), "status",
                             str(workdir / "nowhere.ini"), cwd=workdir)
+
     assert missing.returncode == 2
     assert "alembic.ini not found" in missing.stderr
 
@@ -320,19 +353,3 @@ def test_flask_command_without_flask_migrate_says_so(installed, tmp_path):
     assert result.returncode == 2
     assert "has no Flask-Migrate" in result.stderr
 
-
-def test_the_projects_python_does_not_get_the_dashboards_packages(
-        installed, project, workdir, tmp_path):
-    record = tmp_path / "pythonpath.txt"
-    project_python = tmp_path / "project-python"
-    project_python.write_text(f'#!/bin/sh\nprintf "%s\\n" "PYTHONPATH=$PYTHONPATH" >> {record}\n'
-                              f'exec {installed.bin("python")} "$@"\n')
-    project_python.chmod(0o755)
-    env = dict(installed.env, DASHBOARD_PYTHON=str(project_python))
-
-    upgrade = installed.run(installed.bin("migration-dashboard"), "upgrade", str(project),
-                            cwd=workdir, env=env)
-
-    assert upgrade.returncode == 0, upgrade.stdout + upgrade.stderr
-    assert record.read_text().startswith("PYTHONPATH=")  # the migration ran under it
-    assert str(installed.site_packages) not in record.read_text()
