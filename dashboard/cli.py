@@ -344,6 +344,8 @@ def serve_settings(project: str | None = None, *, host: str = DEFAULT_HOST,
     """The dashboard's settings for serving ``project`` on ``host``."""
     settings = settings_for(project and os.path.abspath(project), database_url, instance_dir,
                             environ)
+    if project:  # the project asked for on the command line, not a targets file's
+        settings["DASHBOARD_TARGETS_FILE"] = None
     if flask_app:
         settings["DASHBOARD_FLASK_APP"] = flask_app
     if not is_local_address(host) and host not in EVERY_ADDRESS:

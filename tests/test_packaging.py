@@ -225,6 +225,14 @@ def test_a_remote_address_served_on_purpose_is_an_allowed_host(project):
     assert remote["DASHBOARD_ALEMBIC_INI"] == str(project)
 
 
+def test_a_project_on_the_command_line_wins_over_a_targets_file(project, tmp_path):
+    environ = {"DASHBOARD_TARGETS_FILE": str(tmp_path / "targets.toml")}
+
+    assert serve_settings(str(project), environ=environ)["DASHBOARD_TARGETS_FILE"] is None
+    assert serve_settings(None, environ=environ)["DASHBOARD_TARGETS_FILE"] == \
+        environ["DASHBOARD_TARGETS_FILE"]
+
+
 def test_serve_says_so_when_the_project_is_missing(installed, workdir):
     result = installed.run(installed.bin("migration-dashboard"), "serve",
                            str(workdir / "nowhere.ini"), cwd=workdir)
