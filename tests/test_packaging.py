@@ -361,3 +361,14 @@ def test_flask_command_without_flask_migrate_says_so(installed, tmp_path):
     assert result.returncode == 2
     assert "has no Flask-Migrate" in result.stderr
 
+
+
+def test_an_installed_command_never_seeds_a_sample(installed, tmp_path, workdir):
+    ini = copy_sample_project(tmp_path / "fresh")
+    (ini.parent / "instance").mkdir()
+
+    status = installed.run(installed.bin("migration-dashboard"), "status", str(ini), cwd=workdir)
+
+    assert status.returncode == 2, status.stdout + status.stderr
+    assert "does not exist" in status.stdout + status.stderr
+    assert not (ini.parent / "instance" / "sample.db").exists()
