@@ -159,6 +159,9 @@ def test_the_command_runs_the_installed_package_not_the_repository(installed, wo
     assert where.returncode == 0, where.stderr
     assert Path(where.stdout.strip()).parent == installed.site_packages / "dashboard"
     assert (installed.venv / "bin" / "migration-dashboard").is_file()
+    for folder in ("templates", "static"):
+        shipped = {p.name for p in (installed.site_packages / "dashboard" / folder).iterdir()}
+        assert shipped == {p.name for p in (REPO / "dashboard" / folder).iterdir()}
 
 
 def test_serve_shows_the_sample_with_the_packaged_templates_and_htmx(
