@@ -56,13 +56,11 @@ def auto_migrate_enabled(environ: Mapping[str, str] | None = None) -> bool:
     )
 
 
-def dashboard_for(alembic_ini: str | None = None, database_url: str | None = None,
-                  instance_dir: str | None = None,
-                  environ: Mapping[str, str] | None = None) -> Target:
-    """A Target from the DASHBOARD_* settings of ``environ``, overridden by the arguments.
-
-    Shared with migrate_db.py, so the command line and the start-up hook
-    resolve the same database, lock and instance folder as the dashboard."""
+def settings_for(alembic_ini: str | None = None, database_url: str | None = None,
+                 instance_dir: str | None = None,
+                 environ: Mapping[str, str] | None = None) -> dict[str, object]:
+    """The DASHBOARD_* settings of ``environ``, overridden by the arguments; a relative
+    SQLite URL names a file in the current directory."""
     settings = settings_from_environ(dict(os.environ if environ is None else environ))
     overrides = {
         "DASHBOARD_ALEMBIC_INI": alembic_ini,
@@ -73,7 +71,17 @@ def dashboard_for(alembic_ini: str | None = None, database_url: str | None = Non
     if settings.get("DASHBOARD_DATABASE_URL"):
         settings["DASHBOARD_DATABASE_URL"] = absolute_sqlite_url(
             str(settings["DASHBOARD_DATABASE_URL"]), os.getcwd())
-    return Target(settings)
+    return settings
+
+
+def dashboard_for(alembic_ini: str | None = None, database_url: str | None = None,
+                  instance_dir: str | None = None,
+                  environ: Mapping[str, str] | None = None) -> Target:
+    """A Target from the DASHBOARD_* settings of ``environ``, overridden by the arguments.
+
+    Shared with the command line, so it and the start-up hook resolve the same
+    database, lock and instance folder as the dashboard."""
+    return Target(settings_for(alembic_ini, database_url, instance_dir, environ))
 
 
 def auto_migrate(alembic_ini: str | None = None, database_url: str | None = None,

@@ -17,10 +17,12 @@ from __future__ import annotations
 import json
 import os
 import select
+import site
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 from dashboard.errors import DashboardError, Unavailable, error_named
 from dashboard.settings import REPO_ROOT
@@ -42,8 +44,9 @@ def launch(target, request: dict, wait: bool):
                **request}
     env = dict(os.environ)
     env[REQUEST_ENV] = json.dumps(payload)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(REPO_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    if not _installed():  # a checkout: `-m dashboard.runner` needs its root, from any folder
+        env["PYTHONPATH"] = os.pathsep.join(
+            [str(REPO_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     try:
         proc = subprocess.Popen(
             [sys.executable, "-m", "dashboard.runner"], env=env, stdin=subprocess.DEVNULL,
@@ -70,6 +73,14 @@ def launch(target, request: dict, wait: bool):
             if run is None or run.finished:
                 return run
         time.sleep(POLL_SECONDS)
+
+
+def _installed() -> bool:
+    """Whether the package lies in a site-packages of this interpreter. Its folder must
+    then stay off PYTHONPATH: the worker inherits it, under the project's own Python,
+    which would import the dashboard's packages instead of the project's."""
+    sites = [*site.getsitepackages(), site.getusersitepackages()]
+    return REPO_ROOT in {Path(folder).resolve() for folder in sites}
 
 
 def _handshake(proc: subprocess.Popen) -> dict:

@@ -12,6 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# In a checkout of the repository the sample project sits beside the package and is
+# the default; an installed package (pip install .) has none: the current folder's.
+FROM_CHECKOUT = (REPO_ROOT / "alembic.ini").is_file() and (REPO_ROOT / "app_models").is_dir()
+DEFAULT_FOLDER = REPO_ROOT if FROM_CHECKOUT else Path.cwd()
 
 
 @dataclass(frozen=True)
@@ -25,8 +29,9 @@ class Setting:
 SETTINGS: tuple[Setting, ...] = (
     Setting(
         "DASHBOARD_ALEMBIC_INI",
-        str(REPO_ROOT / "alembic.ini"),
-        "Path to the project's alembic.ini. Default: the sample application's.",
+        str(DEFAULT_FOLDER / "alembic.ini"),
+        "Path to the project's alembic.ini. Default: the sample application's (installed: "
+        "the current folder's).",
     ),
     Setting(
         "DASHBOARD_DATABASE_URL",
@@ -35,9 +40,16 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "DASHBOARD_INSTANCE_DIR",
-        str(REPO_ROOT / "instance"),
+        str(DEFAULT_FOLDER / "instance"),
         "Folder for the dashboard's own state store (dashboard.db and the audit journal "
-        "audit.jsonl) and backups.",
+        "audit.jsonl) and backups. Default: instance/ of the repository (installed: of the "
+        "current folder).",
+    ),
+    Setting(
+        "DASHBOARD_FLASK_APP",
+        None,
+        "A Flask-Migrate application, as `flask --app` takes it: the worker runs Alembic "
+        "inside it. Set by `flask migration-dashboard`.",
     ),
     Setting(
         "DASHBOARD_PYTHON",

@@ -1,0 +1,509 @@
+"""The command line: ``migration-dashboard`` and the seed's ``migrate_db.py``.
+
+The seed project's ``migrate_db.py`` ran ``alembic upgrade head`` bare. This
+one goes through the same services as the dashboard: the same lock (so it
+never races a migration started from the web page), a verified backup first,
+a restore when a step fails, and an entry in the same audit log. It reads
+the same DASHBOARD_* environment variables as the dashboard.
+
+Installed (``pip install .``), ``migration-dashboard`` gives the same verbs
+(``upgrade``, ``status``, ``pending``, ``history``: one implementation, two
+spellings) and ``serve``, the dashboard itself under waitress, as
+``datasette serve`` does; ``migrate_db.py`` stays as the seed's shim.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import os
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TextIO
+
+from waitress.server import create_server
+
+from dashboard import create_app
+from dashboard.automigrate import dashboard_for, settings_for
+from dashboard.core import Target
+from dashboard.errors import DashboardError
+from dashboard.services import backups, guard, inspection, planning, runs
+from dashboard.services.audit import current_user
+from dashboard.services.locking import LockHeld
+from dashboard.services.status import (
+    PENDING,
+    UNINITIALIZED,
+    UNKNOWN_REVISION,
+    UNREACHABLE,
+    UP_TO_DATE,
+    MigrationStatus,
+)
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # a migration failed, or --check-pending found something to apply
+EXIT_ERROR = 2  # usage or configuration: missing ini, unreachable database...
+EXIT_LOCKED = 3  # another migration is running on this database
+
+POLL_SECONDS = 0.2
+
+EXIT_CODES = f"""\
+exit codes:
+  {EXIT_OK}  success; the database is up to date ({{check}}: the state could be read)
+  {EXIT_FAILED}  the migration failed (the output says how the database was put back,
+     or what state it is in); {{pending}}: revisions are pending or the database
+     is uninitialized
+  {EXIT_ERROR}  usage or configuration error: alembic.ini missing, database unreachable,
+     database at a revision no script defines
+  {EXIT_LOCKED}  another migration is already running on this database
+"""
+
+CONFIGURATION = """
+configuration (the same as the dashboard's):
+  DASHBOARD_ALEMBIC_INI    path to alembic.ini ({ini} overrides it)
+  DASHBOARD_DATABASE_URL   target database URL (--url overrides it)
+  DASHBOARD_INSTANCE_DIR   where the lock, backups, runs and audit log live
+                           (--instance-dir overrides it)
+  Use the same instance folder as the dashboard, so both share one lock.
+
+A password in --url is visible to every user of this machine in the process
+list (ps) and may land in your shell history: prefer DASHBOARD_DATABASE_URL.
+"""
+
+EPILOG = (EXIT_CODES.format(check="--check", pending="--check-pending")
+          + CONFIGURATION.format(ini="--ini"))
+COMMAND_EXIT_CODES = EXIT_CODES.format(check="status", pending="pending")
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 5000
+
+
+@dataclass(frozen=True)
+class Verb:
+    """One thing the command line does, by its two names."""
+
+    name: str  # migration-dashboard's subcommand
+    flag: str | None  # migrate_db.py's option for it (None: the plain run)
+    help: str
+
+
+VERBS = (
+    Verb("upgrade", None, "back up, then upgrade to the latest revision(s)"),
+    Verb("status", "check", "show the current revision(s), the heads and the state"),
+    Verb("pending", "check_pending",
+         "list pending revisions in apply order; exit 1 if any (for CI)"),
+    Verb("history", "history", "show the revision history, newest first, current marked"),
+)
+
+
+class MessageWriter:
+    """Where human-readable output goes; errors to stderr, the rest to stdout."""
+
+    def __init__(self, out: TextIO, err: TextIO, upgrade_command: str = "python migrate_db.py"):
+        self.out = out
+        self.err = err
+        self.upgrade_command = upgrade_command
+
+    def say(self, text: str = "") -> None:
+        print(text, file=self.out, flush=True)
+
+    def warn(self, text: str) -> None:
+        print(text, file=self.err, flush=True)
+
+
+def add_target_options(parser: argparse.ArgumentParser, *, project_argument: bool) -> None:
+    """The project, database and instance folder: ``--ini`` for migrate_db.py, an
+    optional PROJECT argument for ``migration-dashboard``; both land in ``args.ini``."""
+    if project_argument:
+        parser.add_argument("ini", nargs="?", metavar="PROJECT",
+                            help="the project's alembic.ini, pyproject.toml or folder "
+                                 "(default: DASHBOARD_ALEMBIC_INI; installed, the current "
+                                 "folder's alembic.ini)")
+    else:
+        parser.add_argument("--ini", metavar="PATH",
+                            help="alembic.ini of the project (default: DASHBOARD_ALEMBIC_INI)")
+    parser.add_argument("--url", metavar="URL",
+                        help="database URL (default: DASHBOARD_DATABASE_URL, else the ini's "
+                             "sqlalchemy.url). WARNING: a password given here is visible in "
+                             "the process list; prefer the environment variable")
+    parser.add_argument("--instance-dir", metavar="PATH",
+                        help="the dashboard's instance folder (default: DASHBOARD_INSTANCE_DIR)")
+
+
+def add_json_option(parser: argparse.ArgumentParser, *, what: str) -> None:
+    parser.add_argument("--json", action="store_true",
+                        help=f"{what}print the dashboard API's JSON instead of text")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python migrate_db.py",
+        description=(
+            "Apply pending Alembic migrations behind a verified backup and the dashboard's "
+            "lock, or report where the database stands. Without options: back up, then "
+            "upgrade to the latest revision(s)."
+        ),
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    mode = parser.add_mutually_exclusive_group()
+    for verb in VERBS:
+        if verb.flag:
+            mode.add_argument(f"--{verb.flag.replace('_', '-')}", action="store_true",
+                              help=verb.help)
+    add_json_option(parser, what="with --check, --check-pending or --history: ")
+    add_target_options(parser, project_argument=False)
+    return parser
+
+
+# ------------------------------------------------------------------ reports
+
+def status_json(history, status: MigrationStatus) -> dict:
+    """The body of GET /api/status."""
+    body = status.as_json()
+    body["unreadable"] = [{"path": u.path, "reason": u.reason} for u in history.unreadable]
+    return body
+
+
+def revisions_json(history, status: MigrationStatus) -> dict:
+    """The body of GET /api/revisions."""
+    return {"revisions": [s.as_json() for s in inspection.revision_summaries(history, status)]}
+
+
+def _revs(revisions) -> str:
+    return ", ".join(revisions) or "base (no revision)"
+
+
+def _warn_unreadable(history, writer: MessageWriter) -> None:
+    for unreadable in history.unreadable:
+        writer.warn(f"warning: cannot read {unreadable.path}: {unreadable.reason}")
+
+
+def check_exit_code(status: MigrationStatus) -> int:
+    return EXIT_ERROR if status.state in (UNREACHABLE, UNKNOWN_REVISION) else EXIT_OK
+
+
+def pending_exit_code(status: MigrationStatus) -> int:
+    if status.state in (UNREACHABLE, UNKNOWN_REVISION):
+        return EXIT_ERROR
+    return EXIT_OK if status.state == UP_TO_DATE else EXIT_FAILED
+
+
+def report_check(history, status: MigrationStatus, writer: MessageWriter) -> int:
+    writer.say(f"Database: {status.database.url}")
+    writer.say(f"State:    {status.state}")
+    if status.state != UNREACHABLE:
+        writer.say(f"Current:  {_revs(status.current)}")
+    writer.say(f"Heads:    {_revs(status.heads)}")
+    if status.pending:
+        writer.say(f"Pending:  {len(status.pending)} revision(s)")
+    (writer.warn if check_exit_code(status) else writer.say)(status.explanation)
+    _warn_unreadable(history, writer)
+    return check_exit_code(status)
+
+
+def report_pending(history, status: MigrationStatus, writer: MessageWriter) -> int:
+    code = pending_exit_code(status)
+    if code == EXIT_ERROR:
+        writer.warn(status.explanation)
+    elif status.state == UP_TO_DATE:
+        writer.say(f"No pending migrations: the database is up to date at "
+                   f"{_revs(status.current)}.")
+    else:
+        if status.state == UNINITIALIZED:
+            writer.say(status.explanation)
+        writer.say(f"{len(status.pending)} pending revision(s), in the order they apply:")
+        for pending in status.pending:
+            writer.say(f"  {pending.revision}  {pending.message}")
+        writer.say(f"Run `{writer.upgrade_command}` to apply them (a backup is taken first).")
+    return code
+
+
+def report_history(history, status: MigrationStatus, writer: MessageWriter) -> int:
+    if status.state == UNREACHABLE:
+        writer.warn(f"{status.explanation} Showing the scripts only.")
+    reachable = status.state != UNREACHABLE
+    for summary in inspection.revision_summaries(history, status):
+        marks = []
+        if summary.is_head:
+            marks.append("head")
+        if summary.is_current:
+            marks.append("current")
+        elif reachable and not summary.applied:
+            marks.append("pending")
+        if summary.is_merge:
+            marks.append("merge of " + ", ".join(summary.down_revisions))
+        if summary.is_branch_point:
+            marks.append("branch point")
+        if summary.is_base:
+            marks.append("base")
+        if summary.branch_labels:
+            marks.append("label " + ", ".join(summary.branch_labels))
+        if summary.depends_on:
+            marks.append("depends on " + ", ".join(summary.depends_on))
+        parents = ", ".join(summary.down_revisions) or "<base>"
+        line = f"{parents} -> {summary.revision}"
+        if marks:
+            line += " " + " ".join(f"({mark})" for mark in marks)
+        writer.say(f"{line}, {summary.message}")
+    _warn_unreadable(history, writer)
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------ upgrading
+
+def upgrade_database(dashboard: Target, writer: MessageWriter) -> int:
+    """Back up, then apply every pending revision, printing steps as they finish."""
+    project, history, status = dashboard.read_state()
+    writer.say(f"Database: {status.database.url}")
+    if status.state == UP_TO_DATE:
+        writer.say(f"Database is up to date at {_revs(status.current)}")
+        return EXIT_OK
+    if status.state not in (PENDING, UNINITIALIZED) and not status.creatable:
+        writer.warn(status.explanation)
+        return EXIT_ERROR
+    writer.say(f"Current revision: {_revs(status.current)}")
+    writer.say(f"{len(status.pending)} revision(s) to apply: "
+               + ", ".join(p.revision for p in status.pending))
+    writer.say("Running database migrations...")
+    try:
+        run = guard.start_action(dashboard.pinned(project), history, status.state,
+                                      "upgrade", "heads", current_user(), background=True)
+    except planning.NothingToDo:  # someone else applied them since we looked
+        writer.say("Database is up to date: another process applied the migrations.")
+        return EXIT_OK
+    try:
+        run = follow_run(dashboard.instance_dir, run.id, writer)
+    except KeyboardInterrupt:
+        # The run's own process goes on without us: stop it properly, then wait for the
+        # database to be put back (a second Ctrl-C leaves it to finish on its own).
+        writer.warn("Interrupted: cancelling the run; the database will be put back.")
+        try:
+            guard.cancel_run(dashboard, run.id, current_user())
+        except DashboardError as exc:
+            writer.warn(f"It could not be cancelled: {exc.message}")
+        run = follow_run(dashboard.instance_dir, run.id, writer)
+    if run.status == runs.SUCCEEDED:
+        writer.say(f"Database migrations completed successfully: now at {_revs(run.to_revs)}")
+        return EXIT_OK
+    writer.warn(f"Database migration FAILED (run {run.id}).")
+    if run.error:
+        writer.warn(run.error)
+    if run.status in (runs.RESTORED, runs.CANCELLED):
+        kept = f" (its backup {run.backup_id} is kept)" if run.backup_id else ""
+        writer.warn(f"The database is at {_revs(run.to_revs)}, as before the run{kept}.")
+    writer.warn("See the run's log in the dashboard, or its audit log.")
+    return EXIT_FAILED
+
+
+def follow_run(instance_dir: str, run_id: str, writer: MessageWriter) -> runs.RunRecord:
+    """Poll the run record until it finishes, printing the backup and each finished step."""
+    reported: set[int] = set()
+    backup_reported = False
+    while True:
+        run = runs.get_run(instance_dir, run_id)
+        if run.backup_id and not backup_reported:
+            backup_reported = True
+            try:
+                backup = backups.get_backup(instance_dir, run.backup_id)
+                writer.say(f"Backup {backup.id} taken and verified: {backup.path}")
+            except DashboardError:
+                writer.say(f"Backup {run.backup_id} taken and verified.")
+        for step in run.steps:
+            if step.index in reported or step.status not in ("succeeded", "failed"):
+                continue
+            reported.add(step.index)
+            elapsed = f" ({step.elapsed:.2f}s)" if step.elapsed is not None else ""
+            writer.say(f"  [{step.index}/{len(run.steps)}] {step.direction} {step.revision}: "
+                       f"{step.status}{elapsed}")
+        if run.finished:
+            return run
+        time.sleep(POLL_SECONDS)
+
+
+# ------------------------------------------------------------------ serving
+
+LOCAL_NAMES = ("localhost",)
+EVERY_ADDRESS = ("0.0.0.0", "::", "")
+
+
+def is_local_address(host: str) -> bool:
+    """Whether binding to ``host`` keeps the dashboard on this machine."""
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host.lower() in LOCAL_NAMES
+
+
+def serve_settings(project: str | None = None, *, host: str = DEFAULT_HOST,
+                   database_url: str | None = None, instance_dir: str | None = None,
+                   flask_app: str | None = None,
+                   environ: Mapping[str, str] | None = None) -> dict[str, object]:
+    """The dashboard's settings for serving ``project`` on ``host``."""
+    settings = settings_for(project and os.path.abspath(project), database_url, instance_dir,
+                            environ)
+    if project:  # the project asked for on the command line, not a targets file's
+        settings["DASHBOARD_TARGETS_FILE"] = None
+    if flask_app:
+        settings["DASHBOARD_FLASK_APP"] = flask_app
+    if not is_local_address(host) and host not in EVERY_ADDRESS:
+        # The Host guard answers only the names it knows: the address asked for is one.
+        settings["DASHBOARD_ALLOWED_HOSTS"] = f"{settings['DASHBOARD_ALLOWED_HOSTS']},{host}"
+    return settings
+
+
+def serve(project: str | None = None, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
+          allow_remote: bool = False, database_url: str | None = None,
+          instance_dir: str | None = None, flask_app: str | None = None,
+          environ: Mapping[str, str] | None = None, writer: MessageWriter | None = None) -> int:
+    """Serve the dashboard on ``project`` with waitress until interrupted; an exit code."""
+    writer = writer or MessageWriter(sys.stdout, sys.stderr)
+    if not is_local_address(host) and not allow_remote:
+        writer.warn(f"error: {host} is not a local address. The dashboard has no login: anyone "
+                    "who reaches it can run migrations. Pass --allow-remote if you mean it.")
+        return EXIT_ERROR
+    if project and not os.path.exists(project):
+        writer.warn(f"error: {project} not found (give an alembic.ini, a pyproject.toml or "
+                    "a project folder).")
+        return EXIT_ERROR
+    app = create_app(serve_settings(project, host=host, database_url=database_url,
+                                    instance_dir=instance_dir, flask_app=flask_app,
+                                    environ=environ))
+    try:
+        server = create_server(app, host=host, port=port)
+    except OSError as exc:
+        writer.warn(f"error: cannot serve on {host}:{port}: {exc.strerror or exc}")
+        return EXIT_ERROR
+    shown = f"[{host}]" if ":" in host else host
+    on_app = f", Flask app {flask_app}" if flask_app else ""
+    writer.say(f"Migration Dashboard on http://{shown}:{server.effective_port}/ "
+               f"(project {app.config['DASHBOARD_ALEMBIC_INI']}{on_app}); Ctrl-C to stop.")
+    if host in EVERY_ADDRESS:
+        writer.warn("Listening on every address: add the names it is reached by to "
+                    "DASHBOARD_ALLOWED_HOSTS, or every request gets a 400.")
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.close()
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------ entry points
+
+def report(args: argparse.Namespace, dashboard: Target, writer: MessageWriter) -> int:
+    """--check, --check-pending or --history, as text or as the API's JSON."""
+    _, history, status = dashboard.read_state()
+    if args.json:
+        if args.history:
+            writer.say(json.dumps(revisions_json(history, status), indent=2))
+            return EXIT_OK
+        writer.say(json.dumps(status_json(history, status), indent=2))
+        return (check_exit_code if args.check else pending_exit_code)(status)
+    if args.check:
+        return report_check(history, status, writer)
+    if args.check_pending:
+        return report_pending(history, status, writer)
+    return report_history(history, status, writer)
+
+
+def run_verb(args: argparse.Namespace, environ: Mapping[str, str] | None,
+             writer: MessageWriter) -> int:
+    """A report (--check, --check-pending, --history) or the upgrade, on the target the
+    arguments and settings name: the one implementation behind both commands."""
+    dashboard = dashboard_for(args.ini, args.url, args.instance_dir, environ)
+    try:
+        if dashboard.ensure_sample_database():
+            writer.warn("Created the sample database with demo rows (DASHBOARD_SEED_SAMPLE).")
+        if args.check or args.check_pending or args.history:
+            return report(args, dashboard, writer)
+        return upgrade_database(dashboard, writer)
+    except DashboardError as exc:
+        if args.json:
+            body = {"status": exc.status_code, "title": exc.title, "message": exc.message}
+            if exc.detail:
+                body["detail"] = exc.detail
+            writer.say(json.dumps({"error": body}, indent=2))
+        writer.warn(f"error: {exc.message}")
+        if exc.detail:
+            writer.warn(exc.detail)
+        if isinstance(exc, LockHeld):
+            return EXIT_LOCKED
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        writer.warn("Interrupted. A migration that was running goes on by itself to its end "
+                    "(or is put back if it fails); the dashboard's Runs page shows how it "
+                    "ended and names its backup.")
+        return 130
+
+
+def migrate_db_main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None,
+                    out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """``python migrate_db.py [--check | --check-pending | --history] [--json] ...``"""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.json and not (args.check or args.check_pending or args.history):
+        parser.error("--json goes with --check, --check-pending or --history")
+    return run_verb(args, environ, MessageWriter(out or sys.stdout, err or sys.stderr))
+
+
+def port_number(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0 to 65535)")
+    return port
+
+
+def build_command_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="migration-dashboard",
+        description="Inspect and run Alembic migrations safely: the web dashboard "
+                    "(serve) and the command line (upgrade, status, pending, history).",
+        epilog=COMMAND_EXIT_CODES + CONFIGURATION.format(ini="PROJECT"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="COMMAND")
+    serving = verbs.add_parser(
+        "serve", help="serve the dashboard (default http://127.0.0.1:5000)",
+        description="Serve the dashboard on a project with waitress, on this machine only "
+                    "unless --allow-remote.")
+    add_target_options(serving, project_argument=True)
+    serving.add_argument("--host", default=DEFAULT_HOST,
+                         help=f"address to listen on (default {DEFAULT_HOST})")
+    serving.add_argument("--port", type=port_number, default=DEFAULT_PORT,
+                         help=f"port to listen on (default {DEFAULT_PORT}; 0: any free one)")
+    serving.add_argument("--allow-remote", action="store_true",
+                         help="allow a --host that is not local. The dashboard has no login: "
+                              "whoever reaches it can run migrations")
+    for verb in VERBS:
+        sub = verbs.add_parser(verb.name, help=verb.help, description=verb.help,
+                               epilog=COMMAND_EXIT_CODES,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+        add_target_options(sub, project_argument=True)
+        if verb.flag:
+            add_json_option(sub, what="")
+        sub.set_defaults(json=False, **{v.flag: v is verb for v in VERBS if v.flag})
+    return parser
+
+
+def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None,
+         out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """``migration-dashboard COMMAND ...``"""
+    args = build_command_parser().parse_args(argv)
+    writer = MessageWriter(out or sys.stdout, err or sys.stderr,
+                           upgrade_command="migration-dashboard upgrade")
+    if args.verb == "serve":
+        return serve(args.ini, host=args.host, port=args.port, allow_remote=args.allow_remote,
+                     database_url=args.url, instance_dir=args.instance_dir, environ=environ,
+                     writer=writer)
+    return run_verb(args, environ, writer)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
