@@ -46,12 +46,6 @@ SETTINGS: tuple[Setting, ...] = (
         "current folder).",
     ),
     Setting(
-        "DASHBOARD_FLASK_APP",
-        None,
-        "A Flask-Migrate application, as `flask --app` takes it: the worker runs Alembic "
-        "inside it. Set by `flask migration-dashboard`.",
-    ),
-    Setting(
         "DASHBOARD_PYTHON",
         sys.executable,
         "Python interpreter of the project whose migrations these are; "
@@ -111,7 +105,8 @@ SETTINGS: tuple[Setting, ...] = (
         "DASHBOARD_FLASK_APP",
         "",
         "A Flask-Migrate project's app, as `flask --app` takes it; the worker loads the "
-        "app and runs Flask-Migrate's configuration. Per target: flask_app.",
+        "app and runs Flask-Migrate's configuration. Per target: flask_app. Set by "
+        "`flask migration-dashboard`.",
     ),
     Setting(
         "DASHBOARD_SECRET_KEY",
