@@ -26,12 +26,14 @@ class WorkerFailed(Exception):
 
 
 def worker_command(project: Project, *args: str) -> list[str]:
-    return [project.python, WORKER_SCRIPT, *args]
+    toml = ["--toml", project.toml_path] if project.toml_path else []
+    return [project.python, WORKER_SCRIPT, *toml, *args]
 
 
 def worker_environment(project: Project) -> dict[str, str]:
     env = dict(os.environ)
-    env[URL_ENV] = project.database_url
+    if project.database_url:
+        env[URL_ENV] = project.database_url
     env["PYTHONUNBUFFERED"] = "1"
     env.pop("DASHBOARD_DATABASE_URL", None)
     return env
