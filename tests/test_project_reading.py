@@ -332,3 +332,154 @@ def test_a_bad_dashboard_url_is_refused_without_its_password(placeholder_project
         load_project(str(placeholder_project), "driver://u:hunter2@h/db", require_url=False)
     assert "DASHBOARD_DATABASE_URL" in caught.value.message
     assert "hunter2" not in caught.value.message
+
+
+# ---------------------------------------- histories without their application
+
+KILO, EXPAND_1, CONTRACT_1, EXPAND_2, CONTRACT_2 = (
+    "kilo", "354db87e3225", "30018084ec99", "1c844d1677f7", "4af11ca47297")
+
+
+def neutron_revision(revision: str, down: str | None, labels: str = "None",
+                     depends: str = "None", imports: str = "") -> str:
+    """A revision file shaped as Neutron's: it imports Neutron, which is not installed
+    here, and its branch label is a constant of Neutron's."""
+    return (
+        f'"""{revision} of a Neutron-shaped history\n\nRevision ID: {revision}\n"""\n\n'
+        f"from alembic import op\nimport sqlalchemy as sa\n{imports}\n\n"
+        "# revision identifiers, used by Alembic.\n"
+        f"revision = {revision!r}\ndown_revision = {down!r}\n"
+        f"branch_labels = {labels}\ndepends_on = {depends}\n\n\n"
+        f"def upgrade():\n    op.create_table('t_{revision}', sa.Column('id', sa.Integer))\n"
+    )
+
+
+@pytest.fixture
+def neutron_project(tmp_path) -> Path:
+    folder = tmp_path / "neutron"
+    folder.mkdir()
+    alembic(folder, "init", "-t", "generic", "alembic_migrations")
+    ini = folder / "alembic.ini"
+    ini.write_text(ini.read_text().replace(
+        "[alembic]\n", "[alembic]\nrecursive_version_locations = true\n", 1))
+    set_ini_url(ini, "sqlite:///%(here)s/neutron.db")
+    versions = folder / "alembic_migrations" / "versions"
+    cli = "from neutron.db.migration import cli\n"
+    files = {
+        "kilo_initial.py": neutron_revision(KILO, None),
+        "liberty/expand/354db87e3225_nsxv_vdr_metadata.py": neutron_revision(
+            EXPAND_1, KILO, "(cli.EXPAND_BRANCH,)", imports=cli),
+        "liberty/contract/30018084ec99_initial.py": neutron_revision(
+            CONTRACT_1, KILO, "(cli.CONTRACT_BRANCH,)", imports=cli),
+        "mitaka/expand/1c844d1677f7_dns_nameservers_order.py": neutron_revision(
+            EXPAND_2, EXPAND_1, imports="from neutron.db import migration\n"
+            "neutron_milestone = [migration.MITAKA]\n"),
+        "mitaka/contract/4af11ca47297_drop_cisco_monolithic_tables.py": neutron_revision(
+            CONTRACT_2, CONTRACT_1, depends=f"({EXPAND_2!r},)", imports=cli),
+    }
+    for name, source in files.items():
+        (versions / name).parent.mkdir(parents=True, exist_ok=True)
+        (versions / name).write_text(source)
+    return folder
+
+
+def alembic_with_neutron_stub(folder: Path, tmp_path: Path, *args: str) -> str:
+    """The project's own ``alembic``, with a stand-in for Neutron on the path."""
+    stub = tmp_path / "neutron_stub" / "neutron" / "db" / "migration"
+    stub.mkdir(parents=True, exist_ok=True)
+    for package in (stub.parent.parent, stub.parent, stub):
+        (package / "__init__.py").write_text("")
+    (stub / "__init__.py").write_text("MITAKA = 'mitaka'\n")
+    (stub / "cli.py").write_text("EXPAND_BRANCH = 'expand'\nCONTRACT_BRANCH = 'contract'\n")
+    return tool(folder, "alembic", *args, env={"PYTHONPATH": str(tmp_path / "neutron_stub")})
+
+
+def test_neutron_shaped_history_reads_completely_without_neutron(neutron_project, tmp_path):
+    folder = neutron_project
+    project = load_project(folder, None)
+    history = history_of(project)
+    assert history.error is None and history.unreadable == ()
+    assert set(history.revisions) == {KILO, EXPAND_1, CONTRACT_1, EXPAND_2, CONTRACT_2}
+    theirs = {line.split()[0] for line in
+              alembic_with_neutron_stub(folder, tmp_path, "heads").splitlines()}
+    assert set(history.heads) == theirs == {EXPAND_2, CONTRACT_2}
+    out = alembic_with_neutron_stub(folder, tmp_path, "upgrade", f"{KILO}:heads", "--sql")
+    pending = [r.revision for r in pending_revisions(history, (KILO,))]
+    assert set(pending) == set(re.findall(r"^-- Running upgrade \S* -> (\S+)", out, re.M))
+    assert pending.index(EXPAND_2) < pending.index(CONTRACT_2)  # its depends_on
+    unresolved = dict(history.revisions[CONTRACT_1].unresolved)
+    assert set(unresolved) == {"branch_labels"}
+    assert "cli.CONTRACT_BRANCH" in unresolved["branch_labels"]
+    assert "No module named 'neutron'" in unresolved["branch_labels"]
+    assert history.revisions[EXPAND_2].unresolved == ()  # its headers are all literals
+
+
+def test_neutron_shaped_history_pages_and_api(neutron_project, tmp_path):
+    from tests import history_factory as hf
+
+    folder = neutron_project
+    url = hf.stamp_database(tmp_path / "neutron.db", [KILO])
+    client = client_for(folder, url, tmp_path / "instance")
+
+    status = client.get("/api/status")
+    assert status.status_code == 200
+    assert status.get_json()["state"] == "pending"
+    assert sorted(status.get_json()["heads"]) == sorted([EXPAND_2, CONTRACT_2])
+
+    listed = client.get("/api/revisions")
+    assert listed.status_code == 200
+    by_id = {r["revision"]: r for r in listed.get_json()["revisions"]}
+    assert set(by_id) == {KILO, EXPAND_1, CONTRACT_1, EXPAND_2, CONTRACT_2}
+    assert set(by_id[EXPAND_1]["unresolved"]) == {"branch_labels"}
+    assert by_id[EXPAND_2]["unresolved"] == {} and by_id[EXPAND_2]["missing"] is False
+
+    one = client.get(f"/api/revisions/{EXPAND_1}")
+    assert one.status_code == 200
+    assert "cli.EXPAND_BRANCH" in one.get_json()["unresolved"]["branch_labels"]
+
+    page = client.get("/history")
+    assert page.status_code == 200
+    text = page.get_data(as_text=True)
+    assert all(rev in text for rev in by_id)
+    assert "unresolved" in text and "cli.CONTRACT_BRANCH" in text
+
+    page = client.get(f"/revisions/{CONTRACT_1}")
+    assert page.status_code == 200
+    text = page.get_data(as_text=True)
+    assert "Unresolved headers" in text and "branch_labels" in text
+    assert "No module named &#39;neutron&#39;" in text or "No module named 'neutron'" in text
+
+    overview = client.get("/")
+    assert overview.status_code == 200 and "unresolved" in overview.get_data(as_text=True)
+
+
+def test_a_dangling_parent_draws_a_partial_graph_with_the_problem_marked(neutron_project,
+                                                                       tmp_path):
+    from tests import history_factory as hf
+
+    folder = neutron_project
+    lost = "0ff1ce000000"
+    (folder / "alembic_migrations" / "versions" / "5c0ffee00001_orphan.py").write_text(
+        neutron_revision("5c0ffee00001", lost))
+    url = hf.stamp_database(tmp_path / "neutron.db", [KILO])
+    client = client_for(folder, url, tmp_path / "instance")
+
+    status = client.get("/api/status")
+    assert status.status_code == 200
+    body = status.get_json()
+    assert body["missing"] == [lost]
+    assert any(lost in p and "5c0ffee00001" in p for p in body["problems"])
+
+    by_id = {r["revision"]: r for r in client.get("/api/revisions").get_json()["revisions"]}
+    assert by_id["5c0ffee00001"]["down_revisions"] == [lost]
+    assert by_id[lost]["missing"] is True and "file" in by_id[lost]["unresolved"]
+
+    page = client.get("/history")
+    assert page.status_code == 200
+    text = page.get_data(as_text=True)
+    assert "5c0ffee00001" in text and lost in text and "missing" in text
+
+    page = client.get(f"/revisions/{lost}")
+    assert page.status_code == 200
+    assert "No readable revision file defines this revision" in page.get_data(as_text=True)
+    assert client.get("/").status_code == 200

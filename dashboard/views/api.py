@@ -32,6 +32,8 @@ def status():
     _, history, state = current_dashboard().read_state()
     body = state.as_json()
     body["unreadable"] = [{"path": u.path, "reason": u.reason} for u in history.unreadable]
+    body["problems"] = list(history.problems)
+    body["missing"] = list(history.missing)
     return jsonify(body)
 
 
