@@ -483,3 +483,9 @@ def test_a_dangling_parent_draws_a_partial_graph_with_the_problem_marked(neutron
     assert page.status_code == 200
     assert "No readable revision file defines this revision" in page.get_data(as_text=True)
     assert client.get("/").status_code == 200
+
+    refused = client.post("/api/runs", json={"action": "upgrade", "target": "heads"})
+    assert refused.status_code == 409
+    assert lost in refused.get_json()["error"]["message"]
+    assert client.get("/api/runs").get_json()["runs"] == []
+    assert client.get("/api/status").get_json()["current"] == [KILO]

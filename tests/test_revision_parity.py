@@ -460,12 +460,18 @@ def test_reference_to_a_missing_revision_draws_the_rest_and_marks_it(tmp_path, c
     history = our_history(ini)
     assert history.error is None
     assert child.revision in history.revisions
+    assert child.revision in history.heads
     name = (*child.down_revision, *child.depends_on)[-1]
-    assert history.missing == (name,)
-    node = history.revision_map.get_revision(name)
-    assert node.missing and name not in history.revisions
     assert any(name in p and child.revision in p for p in history.problems)
-    assert set(history.heads) >= {child.revision}
+    if child.depends_on:  # left out of the graph, and said so
+        assert history.missing == ()
+        assert name in dict(history.revisions[child.revision].unresolved)["depends_on"]
+        assert history.revisions[child.revision].depends_on == ()
+    else:  # a missing parent is drawn as a missing node, never a head
+        assert history.missing == (name,)
+        node = history.revision_map.get_revision(name)
+        assert node.missing and name not in history.revisions
+        assert name not in history.heads
 
 
 def test_revision_file_in_a_declared_non_utf8_encoding(tmp_path):

@@ -359,17 +359,23 @@ def _without_import(header: RevisionHeader, import_error: str) -> RevisionHeader
 def build_history(items: Iterable[RevisionHeader | UnreadableFile]) -> History:
     revisions: dict[str, ScriptRevision] = {}
     unreadable: list[UnreadableFile] = []
-    scripts: list[ScriptRevision] = []
+    headers: list[RevisionHeader] = []
     for item in items:
         if isinstance(item, UnreadableFile):
             unreadable.append(item)
-            continue
-        try:
-            scripts.append(ScriptRevision(item))
-        except RevisionError as exc:
-            unreadable.append(UnreadableFile(item.path, str(exc)))
-    missing = _missing_references(scripts)
+        else:
+            headers.append(item)
+    # Alembic resolves parents and dependencies among ids and branch labels.
+    known = {h.revision for h in headers} | {label for h in headers for label in h.branch_labels}
     problems: list[str] = []
+    scripts: list[ScriptRevision] = []
+    for header in headers:
+        header = _without_unknown_dependencies(header, known, problems)
+        try:
+            scripts.append(ScriptRevision(header))
+        except RevisionError as exc:
+            unreadable.append(UnreadableFile(header.path, str(exc)))
+    missing = _missing_parents(scripts, known)
     error = None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -395,9 +401,9 @@ def build_history(items: Iterable[RevisionHeader | UnreadableFile]) -> History:
                 error = f"A revision refers to {name!r}, which no readable revision file defines."
             break
     problems.extend(
-        f"{', '.join(named_by)} name{'s' if len(named_by) == 1 else ''} {name!r} as a parent "
-        "or dependency, but no readable revision file defines it: it is drawn as a missing "
-        "revision, and Alembic cannot run this history until that file is found."
+        f"{', '.join(named_by)} name{'s' if len(named_by) == 1 else ''} {name!r} as "
+        "parent, but no readable revision file defines it: it is drawn as a missing revision, "
+        "and Alembic cannot run this history until that file is found."
         for name, named_by in missing.items()
     )
     problems.extend(str(w.message) for w in caught)
@@ -412,21 +418,35 @@ def build_history(items: Iterable[RevisionHeader | UnreadableFile]) -> History:
     )
 
 
+def _without_unknown_dependencies(header: RevisionHeader, known: set[str],
+                                  problems: list[str]) -> RevisionHeader:
+    """The header without dependencies no readable file defines (a missing or
+    unreadable file, or a partial id, which Alembic never resolves in a file):
+    they are left out of the graph and marked unresolved."""
+    unknown = [name for name in header.depends_on if name not in known]
+    if not unknown:
+        return header
+    names = ", ".join(repr(name) for name in unknown)
+    why = (f"names {names}, which no readable revision file defines (a missing or unreadable "
+           "file, or a partial id)")
+    problems.append(f"{header.revision} depends on {names}, which no readable revision file "
+                    "defines: the dependency is left out of the graph.")
+    return replace(header,
+                   depends_on=tuple(d for d in header.depends_on if d not in unknown),
+                   unresolved=(*header.unresolved, ("depends_on", why)))
+
+
 def _named_by(scripts: list[ScriptRevision], name: str) -> tuple[str, ...]:
     return tuple(s.revision for s in scripts
                  if name in s.header.down_revision or name in s.header.depends_on)
 
 
-def _missing_references(scripts: list[ScriptRevision]) -> dict[str, tuple[str, ...]]:
-    """Parents and dependencies no script defines, with the revisions naming them.
-
-    Alembic resolves them among ids and branch labels; a partial id is not
-    resolved in a file, so it is missing too."""
-    known = {s.revision for s in scripts}
-    known.update(label for s in scripts for label in s.header.branch_labels)
+def _missing_parents(scripts: list[ScriptRevision], known: set[str]
+                     ) -> dict[str, tuple[str, ...]]:
+    """Parents no script defines, with the revisions naming them."""
     missing: dict[str, list[str]] = {}
     for script in scripts:
-        for name in dict.fromkeys((*script.header.down_revision, *script.header.depends_on)):
+        for name in script.header.down_revision:
             if name not in known:
                 missing.setdefault(name, []).append(script.revision)
     return {name: tuple(named_by) for name, named_by in missing.items()}
