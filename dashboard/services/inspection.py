@@ -106,6 +106,16 @@ def summarize(history: History, revision: ScriptRevision,
     )
 
 
+def status_json(history: History, status: MigrationStatus) -> dict:
+    """The body of GET /api/status (and of ``migrate_db.py --check --json``): the
+    status with what is wrong in the history."""
+    body = status.as_json()
+    body["unreadable"] = [{"path": u.path, "reason": u.reason} for u in history.unreadable]
+    body["problems"] = list(history.problems)
+    body["missing"] = list(history.missing)
+    return body
+
+
 def revision_summaries(history: History, status: MigrationStatus | None
                        ) -> list[RevisionSummary]:
     """Every revision, newest first (Alembic's walk order from the heads)."""

@@ -30,11 +30,7 @@ def targets():
 @bp.get("/status")
 def status():
     _, history, state = current_dashboard().read_state()
-    body = state.as_json()
-    body["unreadable"] = [{"path": u.path, "reason": u.reason} for u in history.unreadable]
-    body["problems"] = list(history.problems)
-    body["missing"] = list(history.missing)
-    return jsonify(body)
+    return jsonify(inspection.status_json(history, state))
 
 
 @bp.get("/revisions")
