@@ -482,6 +482,7 @@ def test_a_dangling_parent_draws_a_partial_graph_with_the_problem_marked(neutron
     page = client.get(f"/revisions/{lost}")
     assert page.status_code == 200
     assert "No readable revision file defines this revision" in page.get_data(as_text=True)
+    assert "Back up, then upgrade" not in page.get_data(as_text=True)
     assert client.get("/").status_code == 200
 
     refused = client.post("/api/runs", json={"action": "upgrade", "target": "heads"})

@@ -108,7 +108,7 @@ def find_project_files(path: str) -> tuple[str, str | None]:
         )
     if not os.path.isfile(path):
         raise ConfigurationError(
-            f"alembic.ini not found: {path}",
+            f"{PYPROJECT if path.endswith('.toml') else ALEMBIC_INI} not found: {path}",
             detail="Set DASHBOARD_ALEMBIC_INI to your project's alembic.ini, "
                    "pyproject.toml or folder.",
         )
