@@ -9,9 +9,9 @@ whose headers are not literals is imported in a subprocess under the
 project's interpreter. When that fails too (the file imports an application
 that is not installed here), a file whose ``revision`` and ``down_revision``
 are literals is kept with its other headers marked unresolved; any other is
-listed as unreadable. A revision named as a parent or dependency that no
-readable file defines is drawn as a missing node, so the rest of the history
-still reads.
+listed as unreadable. A parent that no readable file defines is drawn as a
+missing node, and such a dependency is left out (marked unresolved), so the
+rest of the history still reads.
 """
 
 from __future__ import annotations
@@ -380,11 +380,10 @@ def build_history(items: Iterable[RevisionHeader | UnreadableFile]) -> History:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for _attempt in range(len(scripts) + 2):
-            revision_map = RevisionMap(lambda: [])
+            everything = scripts + [_missing_revision(name, named_by, unreadable)
+                                    for name, named_by in missing.items()]
+            revision_map = RevisionMap(lambda everything=everything: everything)
             try:
-                everything = scripts + [_missing_revision(name, named_by, unreadable)
-                                        for name, named_by in missing.items()]
-                revision_map = RevisionMap(lambda everything=everything: everything)
                 _ = revision_map.heads  # builds the map; raises on cycles, label clashes
                 for script in revision_map._revision_map.values():
                     if script is not None:
