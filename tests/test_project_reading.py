@@ -220,6 +220,8 @@ def test_flask_migrate_folder_is_found_and_its_script_location_is_its_folder(tmp
     folder = flask_migrate_project(tmp_path / "flaskapp")
     migrations = folder / "migrations"
     assert "script_location" not in (migrations / "alembic.ini").read_text()
+    # An application's own pyproject.toml, without [tool.alembic], is passed over.
+    (folder / "pyproject.toml").write_text("[project]\nname = 'flaskapp'\n")
     first = re.search(r"([0-9a-f]{12})_", tool(folder, "flask", "--app", "app", "db",
                                                "revision", "-m", "first")).group(1)
     for named in (folder, migrations, migrations / "alembic.ini"):
@@ -227,6 +229,7 @@ def test_flask_migrate_folder_is_found_and_its_script_location_is_its_folder(tmp
         assert project.ini_path == str(migrations / "alembic.ini")
         assert project.script_location == str(migrations)
         assert project.database_url is None  # the app names it, not the ini
+        assert project.toml_path is None
         history = history_of(project)
         assert history.heads == (first,)
     heads = tool(folder, "flask", "--app", "app", "db", "heads")
