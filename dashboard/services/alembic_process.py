@@ -32,6 +32,7 @@ def worker_command(project: Project, *args: str) -> list[str]:
 
 def worker_environment(project: Project) -> dict[str, str]:
     env = dict(os.environ)
+    env.pop(URL_ENV, None)
     if project.database_url:
         env[URL_ENV] = project.database_url
     env["PYTHONUNBUFFERED"] = "1"
