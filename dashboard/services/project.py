@@ -208,11 +208,12 @@ def load_project(
     problem = None
     if database_url:
         url = absolute_sqlite_url(database_url, os.getcwd())
-        explicit_problem = url_problem(url, "DASHBOARD_DATABASE_URL")
+        given = ("The database URL given to the dashboard (DASHBOARD_DATABASE_URL, --url or "
+                 "the targets file)")
+        explicit_problem = url_problem(url, given)
         if explicit_problem:
             raise ConfigurationError(explicit_problem.replace(f": {WHAT_TO_DO}", ""),
-                                     detail="Set DASHBOARD_DATABASE_URL to the SQLAlchemy "
-                                            "URL of the database to migrate.")
+                                     detail="Give the SQLAlchemy URL of the database to migrate.")
     elif ini_url:
         url = absolute_sqlite_url(ini_url, folder)
         problem = url_problem(url, f"sqlalchemy.url in {name}")
