@@ -7,7 +7,7 @@ anything the project's env.py prints goes to standard error instead. The
 database URL comes in the ``DASHBOARD_TARGET_URL`` environment variable, never
 on the command line, where any user could read a password in the process list.
 
-Modes:
+Modes (each after an optional ``--toml PYPROJECT``):
   headers --ini INI FILE...         import revision files whose headers are not literals
   sql --ini INI --revision R [--revision R2 ...] [--direction up|down]
                                     the SQL of each revision's upgrade and downgrade (offline)
@@ -96,10 +96,20 @@ def _redirect_stdout() -> None:
     sys.stdout = sys.stderr
 
 
+_toml = None  # --toml: a pyproject.toml whose [tool.alembic] is read with the ini
+
+
 def _config(ini: str, url: str | None):
+    """The project's Config, as the dashboard read it (services/project.py):
+    the ini with the pyproject.toml (or the toml alone when ``ini`` is it), and
+    Flask-Migrate's script location (the folder of an ini without one, beside env.py)."""
     from alembic.config import Config
 
-    config = Config(ini, stdout=sys.stderr)
+    config = Config(None if ini == _toml else ini, toml_file=_toml, stdout=sys.stderr)
+    if not config.get_alembic_option("script_location"):
+        folder = os.path.dirname(os.path.abspath(ini))
+        if os.path.isfile(os.path.join(folder, "env.py")):
+            config.set_main_option("script_location", folder.replace("%", "%%"))
     if url:
         config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     here = os.path.dirname(os.path.abspath(ini))
@@ -501,6 +511,7 @@ def main(argv: list[str] | None = None) -> int:
     _redirect_stdout()
     _open_events_file()
     parser = argparse.ArgumentParser(prog="alembic_worker")
+    parser.add_argument("--toml", help="a pyproject.toml with [tool.alembic], read with --ini")
     sub = parser.add_subparsers(dest="mode", required=True)
     p_headers = sub.add_parser("headers")
     p_headers.add_argument("--ini", required=True)
@@ -517,6 +528,8 @@ def main(argv: list[str] | None = None) -> int:
     p_run.add_argument("--hold-sqlite", help="hold this SQLite file's write lock throughout")
     p_run.add_argument("--lock-timeout", type=float, default=60.0)
     args = parser.parse_args(argv)
+    global _toml
+    _toml = args.toml
     url = os.environ.get(URL_ENV, "")
     try:
         if args.mode == "headers":

@@ -162,9 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def status_json(history, status: MigrationStatus) -> dict:
     """The body of GET /api/status."""
-    body = status.as_json()
-    body["unreadable"] = [{"path": u.path, "reason": u.reason} for u in history.unreadable]
-    return body
+    return inspection.status_json(history, status)
 
 
 def revisions_json(history, status: MigrationStatus) -> dict:
@@ -179,6 +177,8 @@ def _revs(revisions) -> str:
 def _warn_unreadable(history, writer: MessageWriter) -> None:
     for unreadable in history.unreadable:
         writer.warn(f"warning: cannot read {unreadable.path}: {unreadable.reason}")
+    for problem in history.problems:
+        writer.warn(f"warning: {problem}")
 
 
 def check_exit_code(status: MigrationStatus) -> int:

@@ -30,8 +30,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "DASHBOARD_ALEMBIC_INI",
         str(DEFAULT_FOLDER / "alembic.ini"),
-        "Path to the project's alembic.ini. Default: the sample application's (installed: "
-        "the current folder's).",
+        "The project: its alembic.ini, its pyproject.toml ([tool.alembic]) or its folder "
+        "(alembic.ini, pyproject.toml with [tool.alembic], or Flask-Migrate's "
+        "migrations/alembic.ini). Default: the sample application's (installed: the "
+        "current folder's).",
     ),
     Setting(
         "DASHBOARD_DATABASE_URL",

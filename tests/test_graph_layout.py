@@ -309,3 +309,24 @@ def test_template_without_revisions(app):
     with app.test_request_context():
         html = render_template("_history_graph.html", layout=layout_graph([]))
     assert "<svg" not in html and "No revisions" in html
+
+
+def test_unresolved_and_missing_revisions_are_marked(app):
+    revisions = [
+        GraphRevision(**{**vars(rev("lost")), "missing": True}),
+        GraphRevision(**{**vars(rev("labelled", "lost")), "unresolved": True}),
+        rev("plain", "labelled", head=True),
+    ]
+    layout = layout_graph(revisions)
+    node = {n.revision: n for n in layout.nodes}
+    assert node["lost"].missing and not node["lost"].unresolved
+    assert node["labelled"].unresolved and not node["labelled"].missing
+    assert not node["plain"].unresolved and not node["plain"].missing
+    with app.test_request_context():
+        html = render_template("_history_graph.html", layout=layout)
+    assert html.count('<tspan class="t tu">missing</tspan>') == 1
+    assert html.count('<tspan class="t tu">unresolved</tspan>') == 1
+    assert "unresolved or missing</li>" in html  # the legend explains the red ring
+    with app.test_request_context():
+        plain = render_template("_history_graph.html", layout=layout_graph(chain("c", 2)))
+    assert "unresolved" not in plain

@@ -174,8 +174,10 @@ def test_revision_list_matches_alembic(client, sample_ini):
         assert item["is_head"] == rev.is_head
         assert set(item["branch_labels"]) == set(rev.branch_labels)
         assert item["message"] == rev.doc
+        assert item["unresolved"] == {} and item["missing"] is False
         assert set(item) == {"revision", "down_revisions", "branch_labels", "depends_on",
-                             "message", "is_head", "is_merge", "is_branch_point", "applied"}
+                             "message", "is_head", "is_merge", "is_branch_point", "applied",
+                             "unresolved", "missing"}
 
 
 def test_applied_flags_follow_the_database(client, sample_ini, db_url):

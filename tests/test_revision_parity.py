@@ -453,14 +453,25 @@ def _write(folder: Path, rev: hf.RevisionSpec, source: str | None = None) -> Pat
     hf.RevisionSpec("c41d00000002", (hf.EXPERIMENT_HEAD,), depends_on=("a1f1e2",),
                     message="depends on a partial id"),
 ], ids=["child-of-unreadable", "partial-depends-on"])
-def test_reference_to_a_missing_revision_is_a_history_error_not_a_crash(tmp_path, child):
+def test_reference_to_a_missing_revision_draws_the_rest_and_marks_it(tmp_path, child):
     spec = hf.zoo()
     ini = hf.make_project(tmp_path, spec)
     _write(hf.revision_path(ini, spec, hf.BROKEN).parent, child)
     history = our_history(ini)
-    assert history.error is not None or any(
-        u.path.endswith(hf.revision_filename(child)) for u in history.unreadable
-    )
+    assert history.error is None
+    assert child.revision in history.revisions
+    assert child.revision in history.heads
+    name = (*child.down_revision, *child.depends_on)[-1]
+    assert any(name in p and child.revision in p for p in history.problems)
+    if child.depends_on:  # left out of the graph, and said so
+        assert history.missing == ()
+        assert name in dict(history.revisions[child.revision].unresolved)["depends_on"]
+        assert history.revisions[child.revision].depends_on == ()
+    else:  # a missing parent is drawn as a missing node, never a head
+        assert history.missing == (name,)
+        node = history.revision_map.get_revision(name)
+        assert node.missing and name not in history.revisions
+        assert name not in history.heads
 
 
 def test_revision_file_in_a_declared_non_utf8_encoding(tmp_path):

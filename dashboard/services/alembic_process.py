@@ -27,7 +27,8 @@ class WorkerFailed(Exception):
 
 
 def worker_command(project: Project, *args: str) -> list[str]:
-    return [project.python, WORKER_SCRIPT, *args]
+    toml = ["--toml", project.toml_path] if project.toml_path else []
+    return [project.python, WORKER_SCRIPT, *toml, *args]
 
 
 def worker_environment(project: Project) -> dict[str, str]:
@@ -38,7 +39,9 @@ def worker_environment(project: Project) -> dict[str, str]:
     env = dict(os.environ)
     env.pop("DASHBOARD_DATABASE_URL", None)
     env.update(project.env)
-    env[URL_ENV] = project.database_url
+    env.pop(URL_ENV, None)
+    if project.database_url:
+        env[URL_ENV] = project.database_url
     env["PYTHONUNBUFFERED"] = "1"
     env["DASHBOARD_VERSION_TABLE"] = project.version_table
     env["DASHBOARD_SECRET_FORMS"] = json.dumps(sorted(project.secret_forms()))

@@ -31,6 +31,8 @@ class GraphRevision:
     is_head: bool
     is_current: bool  # the database is at this revision
     applied: bool  # applied to the database (an ancestor of a current revision, or current)
+    unresolved: bool = False  # some headers (labels, depends_on) could not be read
+    missing: bool = False  # named as a parent or dependency; no readable file defines it
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,8 @@ class GraphNode:
     is_merge: bool
     is_branch_point: bool
     is_base: bool  # no parent in the graph (none at all, or only unknown ones)
+    unresolved: bool = False
+    missing: bool = False
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,8 @@ def layout_graph(revisions: Sequence[GraphRevision]) -> GraphLayout:
             is_merge=len(_unique(by_id[rev].down_revisions)) > 1,
             is_branch_point=child_count[rev] > 1,
             is_base=not parents[rev],
+            unresolved=by_id[rev].unresolved,
+            missing=by_id[rev].missing,
         )
         for rev in order
     )

@@ -31,6 +31,9 @@ class RevisionSummary:
     applied: bool
     is_current: bool
     declared_labels: tuple[str, ...] = ()  # in the file; Alembic spreads labels along a branch
+    # (header, why) for headers that could not be read: shown as "unresolved".
+    unresolved: tuple[tuple[str, str], ...] = ()
+    missing: bool = False  # named by others, defined by no readable file
 
     def as_json(self) -> dict:
         return {
@@ -43,6 +46,8 @@ class RevisionSummary:
             "is_merge": self.is_merge,
             "is_branch_point": self.is_branch_point,
             "applied": self.applied,
+            "unresolved": dict(self.unresolved),
+            "missing": self.missing,
         }
 
 
@@ -96,7 +101,19 @@ def summarize(history: History, revision: ScriptRevision,
         applied=revision.revision in applied,
         is_current=revision.revision in current,
         declared_labels=revision.header.branch_labels,
+        unresolved=revision.unresolved,
+        missing=revision.missing,
     )
+
+
+def status_json(history: History, status: MigrationStatus) -> dict:
+    """The body of GET /api/status (and of ``migrate_db.py --check --json``): the
+    status with what is wrong in the history."""
+    body = status.as_json()
+    body["unreadable"] = [{"path": u.path, "reason": u.reason} for u in history.unreadable]
+    body["problems"] = list(history.problems)
+    body["missing"] = list(history.missing)
+    return body
 
 
 def revision_summaries(history: History, status: MigrationStatus | None
@@ -134,14 +151,14 @@ def revision_detail(project: Project, history: History, revision: ScriptRevision
     try:
         with open(revision.path, encoding="utf-8") as handle:
             source = handle.read()
-    except OSError:
+    except OSError:  # also a missing revision, which has no file
         source = ""
     return RevisionDetail(
         summary=summarize(history, revision, status),
         children=children_of(history, revision),
         dependents=dependents_of(history, revision),
         create_date=revision.header.create_date,
-        path=path_relative(project, revision.path),
+        path=path_relative(project, revision.path) if revision.path else "",
         docstring=revision.header.docstring,
         upgrade_source=function_source(source, "upgrade"),
         downgrade_source=function_source(source, "downgrade"),
@@ -164,6 +181,8 @@ def graph_layout(summaries: list[RevisionSummary]):
             is_head=s.is_head,
             is_current=s.is_current,
             applied=s.applied,
+            unresolved=bool(s.unresolved) and not s.missing,
+            missing=s.missing,
         )
         for s in summaries
     ])

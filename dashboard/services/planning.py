@@ -52,6 +52,12 @@ def plan_action(history: History, current: tuple[str, ...], action: str, destina
                          "id, head, heads, base, label@head, +N or -N.")
     if history.error:
         raise BadRequest(f"The revision history cannot be read: {history.error}")
+    if history.missing:
+        raise Conflict(
+            "The revision history is incomplete: no readable revision file defines "
+            f"{', '.join(history.missing)}, which other revisions name as their parent. "
+            "Alembic cannot run this history until that file is found; nothing was run."
+        )
     if state == UNREACHABLE:
         raise Conflict("The database cannot be reached; nothing can run.")
     revision_map = history.revision_map

@@ -6,7 +6,12 @@ not importable, and is slow. We read each file's four header assignments as
 literals and build Alembic's own ``RevisionMap`` from them, so heads, partial
 ids, labels and ``iterate_revisions`` behave exactly as Alembic's. A file
 whose headers are not literals is imported in a subprocess under the
-project's interpreter; a file that fails even then is listed as unreadable.
+project's interpreter. When that fails too (the file imports an application
+that is not installed here), a file whose ``revision`` and ``down_revision``
+are literals is kept with its other headers marked unresolved; any other is
+listed as unreadable. A parent that no readable file defines is drawn as a
+missing node, and such a dependency is left out (marked unresolved), so the
+rest of the history still reads.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import threading
 import tokenize
 import warnings
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from alembic.script.revision import (
@@ -49,7 +54,14 @@ _CREATE_DATE = re.compile(r"^\s*Create Date:\s*(.+?)\s*$", re.M)
 
 
 class NotLiteral(Exception):
-    """A header is computed, so only importing the file can tell its value."""
+    """A header is computed, so only importing the file can tell its value.
+
+    ``partial`` is the header without the computed fields, when its id and
+    parents are literals: what is kept if the import fails."""
+
+    def __init__(self, reason: str, partial: RevisionHeader | None = None):
+        super().__init__(reason)
+        self.partial = partial
 
 
 @dataclass(frozen=True)
@@ -60,6 +72,8 @@ class RevisionHeader:
     branch_labels: tuple[str, ...]
     depends_on: tuple[str, ...]
     docstring: str
+    # (header name, why its value is unknown): read as empty, shown as "unresolved".
+    unresolved: tuple[tuple[str, str], ...] = ()
 
     @property
     def message(self) -> str:
@@ -80,7 +94,7 @@ class UnreadableFile:
 class ScriptRevision(Revision):
     """Alembic's ``Revision`` plus what the pages show about its file."""
 
-    def __init__(self, header: RevisionHeader):
+    def __init__(self, header: RevisionHeader, *, missing: bool = False):
         super().__init__(
             header.revision,
             header.down_revision or None,
@@ -89,6 +103,11 @@ class ScriptRevision(Revision):
         )
         self.header = header
         self.path = header.path
+        self.missing = missing  # no readable file defines it: others name it
+
+    @property
+    def unresolved(self) -> tuple[tuple[str, str], ...]:
+        return self.header.unresolved
 
     @property
     def doc(self) -> str:
@@ -112,6 +131,8 @@ class History:
     unreadable: tuple[UnreadableFile, ...] = ()
     problems: tuple[str, ...] = ()
     error: str | None = None
+    # Revisions named by others that no readable file defines (drawn as missing nodes).
+    missing: tuple[str, ...] = ()
     _memo: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -171,13 +192,20 @@ def _as_ids(value, name: str) -> tuple[str, ...]:
 
 def parse_header_text(text: str, path: str) -> RevisionHeader:
     """Headers of one revision file from its source. Raises ``NotLiteral``
-    when any header is not a plain literal assignment at module level."""
+    when any header is not a plain literal assignment at module level (with
+    the partial header when only ``branch_labels`` or ``depends_on`` are not)."""
     found: dict[str, object] = {}
+    computed: dict[str, str] = {}
     for match in _HEADER.finditer(text):
         name = match.group(1)
-        if name in found:
+        if name in found or name in computed:
             raise NotLiteral(f"{name} is assigned more than once")
-        found[name] = _value_after(text, match.end())
+        try:
+            found[name] = _value_after(text, match.end())
+        except NotLiteral as exc:
+            computed[name] = f"{name} = {exc}"
+    if "revision" in computed or "down_revision" in computed:
+        raise NotLiteral("; ".join(computed.values()))
     if "revision" in found:
         if not isinstance(found["revision"], str):
             raise NotLiteral(f"revision = {found['revision']!r}")
@@ -189,14 +217,25 @@ def parse_header_text(text: str, path: str) -> RevisionHeader:
         revision = legacy.group(1)
     if "down_revision" not in found:
         raise NotLiteral("no down_revision assignment found")
-    return RevisionHeader(
+    optional: dict[str, tuple[str, ...]] = {}
+    for name in ("branch_labels", "depends_on"):
+        try:
+            optional[name] = _as_ids(found.get(name), name)
+        except NotLiteral as exc:
+            computed[name] = str(exc)
+            optional[name] = ()
+    header = RevisionHeader(
         path=path,
         revision=revision,
         down_revision=_as_ids(found["down_revision"], "down_revision"),
-        branch_labels=_as_ids(found.get("branch_labels"), "branch_labels"),
-        depends_on=_as_ids(found.get("depends_on"), "depends_on"),
+        branch_labels=optional["branch_labels"],
+        depends_on=optional["depends_on"],
         docstring=_docstring(text),
+        unresolved=tuple((name, f"not a literal: {why}") for name, why in computed.items()),
     )
+    if computed:
+        raise NotLiteral("; ".join(computed.values()), partial=header)
+    return header
 
 
 def _docstring(text: str) -> str:
@@ -281,6 +320,7 @@ class HistoryCache:
     def _parse_all(self, project: Project, files):
         parsed: dict = {}
         needs_import: list[tuple[str, int, int]] = []
+        partial: dict[tuple[str, int, int], RevisionHeader] = {}
         for entry in files:
             cached = self._files.get(entry)
             if cached is not None:
@@ -291,48 +331,80 @@ class HistoryCache:
                 with tokenize.open(path) as handle:  # honours coding cookies and BOMs
                     text = handle.read()
                 parsed[entry] = parse_header_text(text, path)
-            except NotLiteral:
+            except NotLiteral as exc:
                 needs_import.append(entry)
+                if exc.partial is not None:
+                    partial[entry] = exc.partial
             except (OSError, UnicodeDecodeError, SyntaxError, ValueError) as exc:
                 parsed[entry] = UnreadableFile(path, f"cannot read: {exc}")
         if needs_import:
             imported = self._import_headers(project, [entry[0] for entry in needs_import])
             for entry in needs_import:
-                parsed[entry] = imported.get(
-                    entry[0], UnreadableFile(entry[0], "import gave no result")
-                )
+                found = imported.get(entry[0], UnreadableFile(entry[0], "import gave no result"))
+                if isinstance(found, UnreadableFile) and entry in partial:
+                    found = _without_import(partial[entry], found.reason)
+                parsed[entry] = found
         return parsed
+
+
+def _without_import(header: RevisionHeader, import_error: str) -> RevisionHeader:
+    """The literal part of a header whose file cannot be imported here (its
+    application is not installed): the computed fields stay unresolved."""
+    return replace(header, unresolved=tuple(
+        (name, f"{why}; importing the file failed: {import_error}")
+        for name, why in header.unresolved
+    ))
 
 
 def build_history(items: Iterable[RevisionHeader | UnreadableFile]) -> History:
     revisions: dict[str, ScriptRevision] = {}
     unreadable: list[UnreadableFile] = []
-    scripts: list[ScriptRevision] = []
+    headers: list[RevisionHeader] = []
     for item in items:
         if isinstance(item, UnreadableFile):
             unreadable.append(item)
-            continue
-        try:
-            scripts.append(ScriptRevision(item))
-        except RevisionError as exc:
-            unreadable.append(UnreadableFile(item.path, str(exc)))
-    revision_map = RevisionMap(lambda: scripts)
+        else:
+            headers.append(item)
+    # Alembic resolves parents and dependencies among ids and branch labels.
+    known = {h.revision for h in headers} | {label for h in headers for label in h.branch_labels}
     problems: list[str] = []
+    scripts: list[ScriptRevision] = []
+    for header in headers:
+        header = _without_unknown_dependencies(header, known, problems)
+        try:
+            scripts.append(ScriptRevision(header))
+        except RevisionError as exc:
+            unreadable.append(UnreadableFile(header.path, str(exc)))
+    missing = _missing_parents(scripts, known)
     error = None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        try:
-            _ = revision_map.heads  # builds the map; raises on cycles, label clashes
-            for script in revision_map._revision_map.values():
-                if script is not None:
-                    revisions[script.revision] = script
-        except RevisionError as exc:
-            error = str(exc)
-        except KeyError as exc:
-            # RevisionMap raises a bare KeyError for a parent or dependency it
-            # does not have (a partial id, or the file of it is unreadable).
-            error = (f"A revision refers to {exc.args[0]!r}, which no readable revision file "
-                     "defines (a missing or unreadable file, or a partial id in depends_on).")
+        for _attempt in range(len(scripts) + 2):
+            everything = scripts + [_missing_revision(name, named_by, unreadable)
+                                    for name, named_by in missing.items()]
+            revision_map = RevisionMap(lambda everything=everything: everything)
+            try:
+                _ = revision_map.heads  # builds the map; raises on cycles, label clashes
+                for script in revision_map._revision_map.values():
+                    if script is not None:
+                        revisions[script.revision] = script
+            except RevisionError as exc:
+                error = str(exc)
+            except KeyError as exc:
+                # RevisionMap raises a bare KeyError for a name it does not have:
+                # drawn as a missing node, like the ones found beforehand.
+                name = exc.args[0]
+                if isinstance(name, str) and name not in missing:
+                    missing[name] = _named_by(scripts, name)
+                    continue
+                error = f"A revision refers to {name!r}, which no readable revision file defines."
+            break
+    problems.extend(
+        f"{', '.join(named_by)} name{'s' if len(named_by) == 1 else ''} {name!r} as "
+        "parent, but no readable revision file defines it: it is drawn as a missing revision, "
+        "and Alembic cannot run this history until that file is found."
+        for name, named_by in missing.items()
+    )
     problems.extend(str(w.message) for w in caught)
     ordered = {s.revision: s for s in scripts if s.revision in revisions}
     return History(
@@ -341,7 +413,53 @@ def build_history(items: Iterable[RevisionHeader | UnreadableFile]) -> History:
         unreadable=tuple(unreadable),
         problems=tuple(problems),
         error=error,
+        missing=tuple(missing) if error is None else (),
     )
+
+
+def _without_unknown_dependencies(header: RevisionHeader, known: set[str],
+                                  problems: list[str]) -> RevisionHeader:
+    """The header without dependencies no readable file defines (a missing or
+    unreadable file, or a partial id, which Alembic never resolves in a file):
+    they are left out of the graph and marked unresolved."""
+    unknown = [name for name in header.depends_on if name not in known]
+    if not unknown:
+        return header
+    names = ", ".join(repr(name) for name in unknown)
+    why = (f"names {names}, which no readable revision file defines (a missing or unreadable "
+           "file, or a partial id)")
+    problems.append(f"{header.revision} depends on {names}, which no readable revision file "
+                    "defines: the dependency is left out of the graph.")
+    return replace(header,
+                   depends_on=tuple(d for d in header.depends_on if d not in unknown),
+                   unresolved=(*header.unresolved, ("depends_on", why)))
+
+
+def _named_by(scripts: list[ScriptRevision], name: str) -> tuple[str, ...]:
+    return tuple(s.revision for s in scripts
+                 if name in s.header.down_revision or name in s.header.depends_on)
+
+
+def _missing_parents(scripts: list[ScriptRevision], known: set[str]
+                     ) -> dict[str, tuple[str, ...]]:
+    """Parents no script defines, with the revisions naming them."""
+    missing: dict[str, list[str]] = {}
+    for script in scripts:
+        for name in script.header.down_revision:
+            if name not in known:
+                missing.setdefault(name, []).append(script.revision)
+    return {name: tuple(named_by) for name, named_by in missing.items()}
+
+
+def _missing_revision(name: str, named_by: tuple[str, ...],
+                      unreadable: list[UnreadableFile]) -> ScriptRevision:
+    """A node for a revision others name and no readable file defines."""
+    why = f"no readable revision file defines it; named by {', '.join(named_by)}"
+    if unreadable:
+        why += f" (unreadable files: {len(unreadable)}, listed on the overview)"
+    header = RevisionHeader(path="", revision=name, down_revision=(), branch_labels=(),
+                            depends_on=(), docstring="", unresolved=(("file", why),))
+    return ScriptRevision(header, missing=True)
 
 
 # ---------------------------------------------------------------- queries

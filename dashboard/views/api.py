@@ -38,9 +38,7 @@ def targets():
 @bp.get("/status")
 def status():
     _, history, state = current_dashboard().read_state()
-    body = state.as_json()
-    body["unreadable"] = [{"path": u.path, "reason": u.reason} for u in history.unreadable]
-    return jsonify(body)
+    return jsonify(inspection.status_json(history, state))
 
 
 @bp.get("/sql/pending")
