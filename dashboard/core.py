@@ -92,15 +92,18 @@ class Target:
         history = self.history(project)
         return project, history, migration_status(project, history)
 
-    def revision_detail(self, revision_id: str):
-        """One revision's page data (with its offline SQL), as the pages and API show it."""
+    def revision_detail(self, revision_id: str, sql: str = "now"):
+        """One revision's page data, as the pages and API show it, with its offline
+        SQL: generated now (``sql="now"``), or only if already generated ("cached":
+        ``detail.sql`` is None otherwise, for the page to fetch it in a fragment)."""
         from dashboard.services.inspection import revision_detail
         from dashboard.services.revisions import resolve_revision
 
         project, history, status = self.read_state()
         script = resolve_revision(history, revision_id)
-        detail = revision_detail(project, history, script, status,
-                                 self.offline_sql(project, script))
+        offline = (self.offline_sql(project, script) if sql == "now"
+                   else self.cached_offline_sql(project, script))
+        detail = revision_detail(project, history, script, status, offline)
         return project, status, detail
 
     def reap_interrupted_runs(self) -> list[str]:
@@ -140,6 +143,15 @@ class Target:
         found = self._step_sql(project, revisions, ("up",))
         return {r.revision: found[r.revision, "up"] for r in revisions}
 
+    def cached_offline_sql(self, project: Project, revision) -> alembic_process.OfflineSql | None:
+        """Offline SQL of one revision if both directions are cached, else None."""
+        keys = self._sql_keys(project, [revision], ("up", "down"))
+        found = {pair: self._sql_cache.get(key) for pair, key in keys.items()}
+        if any(step is None for step in found.values()):
+            return None
+        return alembic_process.OfflineSql.of(found[revision.revision, "up"],
+                                             found[revision.revision, "down"])
+
     def downgrade_sql(self, project: Project, revisions) -> dict[str, alembic_process.StepSql]:
         """Each revision's downgrade SQL: what is not cached comes from one subprocess."""
         found = self._step_sql(project, revisions, ("down",))
@@ -147,12 +159,7 @@ class Target:
 
     def _step_sql(self, project: Project, revisions, directions: tuple[str, ...]
                   ) -> dict[tuple[str, str], alembic_process.StepSql]:
-        env_mtime = _mtime(os.path.join(project.script_location, "env.py"))
-        keys = {
-            (r.revision, direction): (r.revision, direction, _mtime(r.path), env_mtime,
-                                      project.database_url, project.ini_path)
-            for r in revisions for direction in directions
-        }
+        keys = self._sql_keys(project, revisions, directions)
         missing = list(dict.fromkeys(name for (name, _), key in keys.items()
                                      if key not in self._sql_cache))
         fresh = (alembic_process.offline_sql(project, missing, self.timeout, directions)
@@ -163,6 +170,15 @@ class Target:
             if step.lasting:  # a timeout is tried again next time
                 self._sql_cache[keys[pair]] = step
         return {pair: fresh.get(pair) or self._sql_cache[key] for pair, key in keys.items()}
+
+    def _sql_keys(self, project: Project, revisions, directions: tuple[str, ...]) -> dict:
+        """Cache keys: a revision's SQL holds until its file, env.py or the database changes."""
+        env_mtime = _mtime(os.path.join(project.script_location, "env.py"))
+        return {
+            (r.revision, direction): (r.revision, direction, _mtime(r.path), env_mtime,
+                                      project.database_url, project.ini_path)
+            for r in revisions for direction in directions
+        }
 
     def ensure_sample_database(self) -> bool:
         """On first start against the sample project, create its database at an

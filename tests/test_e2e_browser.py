@@ -209,3 +209,13 @@ def test_times_read_in_the_readers_zone_and_ids_copy(server, browser, browser_er
     assert page.evaluate("navigator.clipboard.readText()") == backup_id
     context.close()
     assert browser_errors == []
+
+
+def test_a_revision_page_fetches_its_sql_after_showing(server, page, browser_errors):
+    page.goto(server.url + "/history")
+    page.locator("a[href*='/revisions/']").first.click()
+    expect(page.locator("#sql-upgrade pre.sql")).to_contain_text("CREATE", timeout=30_000)
+    expect(page.locator("#sql-downgrade pre.sql")).not_to_be_empty()
+    expect(page.get_by_role("button", name="Copy upgrade SQL")).to_be_visible()
+    expect(page.get_by_role("button", name="Copy downgrade SQL")).to_be_visible()
+    assert browser_errors == []

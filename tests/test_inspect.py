@@ -195,7 +195,7 @@ def test_revision_page_shows_source_and_offline_sql(client):
     assert "CREATE TABLE users" in body["upgrade_sql"]
     assert "DROP TABLE users" in body["downgrade_sql"]
     assert body["upgrade_sql_error"] is None
-    page = client.get(f"/revisions/{USERS}").get_data(as_text=True)
+    page = client.get(f"/revisions/{USERS}?sql=now").get_data(as_text=True)
     assert "CREATE TABLE users" in page and "DROP TABLE users" in page
     assert "def downgrade()" in page
 
@@ -206,7 +206,7 @@ def test_offline_sql_failure_is_shown_in_place_of_the_sql(client, sample_ini):
     body = client.get(f"/api/revisions/{USERS}").get_json()
     assert body["upgrade_sql"] is None
     assert "env.py exploded on purpose" in body["upgrade_sql_error"]
-    page = client.get(f"/revisions/{USERS}")
+    page = client.get(f"/revisions/{USERS}/sql")
     assert page.status_code == 200
     assert b"Could not generate the SQL" in page.data
     assert b"env.py exploded on purpose" in page.data
@@ -257,3 +257,25 @@ def test_concurrent_status_requests_agree(app, sample_ini, db_url):
     for t in threads:
         t.join()
     assert len(results) == 6 and all(r == results[0] for r in results)
+
+
+def test_a_revision_page_comes_at_once_and_its_sql_in_a_fragment(client, sample_ini):
+    """The first visit does not wait for env.py: the page names what is loading and
+    fetches the SQL (both directions, one subprocess); once generated it is inline."""
+    first = client.get(f"/revisions/{USERS}").get_data(as_text=True)
+    assert "CREATE TABLE users" not in first
+    assert "Generating the SQL" in first and "def upgrade()" in first
+    fragment_url = f"/revisions/{USERS}/sql"
+    assert f'hx-get="{fragment_url}"' in first
+    assert f'href="/revisions/{USERS}?sql=now"' in first  # without JavaScript
+    fragment = client.get(fragment_url, headers={"HX-Request": "true"}).get_data(as_text=True)
+    assert "CREATE TABLE users" in fragment and "DROP TABLE users" in fragment
+    assert 'id="sql-downgrade" hx-swap-oob="true"' in fragment
+    again = client.get(f"/revisions/{USERS}").get_data(as_text=True)
+    assert "CREATE TABLE users" in again and "Generating the SQL" not in again
+
+
+def test_without_javascript_the_sql_comes_with_the_page(client, sample_ini):
+    page = client.get(f"/revisions/{USERS}?sql=now").get_data(as_text=True)
+    assert "CREATE TABLE users" in page and "DROP TABLE users" in page
+    assert client.get(f"/revisions/{USERS}?sql=later").status_code == 400

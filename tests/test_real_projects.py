@@ -154,7 +154,7 @@ def test_a_revisions_sql_is_shown_and_nothing_is_written_into_the_project(case):
     before = project_files(case.project.root)
     client = case.client()
     second, table = case.project.revisions[1], case.project.tables[1]
-    page = client.get(f"/revisions/{second}")
+    page = client.get(f"/revisions/{second}?sql=now")
     assert page.status_code == 200
     assert f"CREATE TABLE {table}" in page.get_data(as_text=True)
     api = client.get(f"/api/revisions/{second}").get_json()

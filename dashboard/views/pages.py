@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from flask import Response, g, render_template
+from flask import Response, g, render_template, request
 
+from dashboard.errors import BadRequest
 from dashboard.services import guard, inspection, runs
 from dashboard.views import TargetBlueprint, current_dashboard, init_target_urls, registry
 
@@ -49,5 +50,18 @@ def history_page():
 
 @bp.get("/revisions/<path:revision_id>")
 def revision(revision_id: str):
-    project, status, detail = current_dashboard().revision_detail(revision_id)
+    """The page at once; its SQL, if not generated yet, in a fragment the page fetches
+    (``?sql=now`` waits for it: the way without JavaScript)."""
+    wanted = request.args.get("sql", "cached")
+    if wanted not in ("cached", "now"):
+        raise BadRequest("'sql' must be 'now' or 'cached'.")
+    project, status, detail = current_dashboard().revision_detail(revision_id, sql=wanted)
     return render_template("revision.html", project=project, status=status, detail=detail)
+
+
+@bp.get("/revisions/<path:revision_id>/sql")
+def revision_sql(revision_id: str):
+    """Both directions' SQL of one revision (one subprocess): the upgrade's block in
+    place, the downgrade's out of band."""
+    project, status, detail = current_dashboard().revision_detail(revision_id, sql="now")
+    return render_template("_revision_sql.html", detail=detail, fragment=True)
