@@ -130,3 +130,31 @@ def test_a_target_in_error_shows_unknown_not_zero(multi):
     rows = {t["name"]: t for t in multi.get("/api/targets").get_json()["targets"]}
     assert rows["broken"]["pending_count"] is None
     assert rows["dev"]["pending_count"] > 0
+
+
+def test_a_failed_run_says_what_was_undone_what_failed_and_what_next(client, sample_ini,
+                                                                      db_url):
+    """Steps a restore undid are not left green, the sentences of the error are apart,
+    the page names the file to fix and offers to retry the same action."""
+    from tests.conftest import UNIFIED_REASONING
+    from tests.test_runs import add_failing_revision, run_to_end
+
+    migrate(sample_ini, db_url, CHATS)
+    add_failing_revision(sample_ini, UNIFIED_REASONING)
+    run = run_to_end(client, "upgrade", "heads")
+    assert run["status"] == "restored"
+    succeeded = [s for s in run["steps"] if s["status"] == "succeeded"]
+    assert succeeded and all(s["undone"] for s in succeeded)
+    assert "on purpose. " in run["error"], run["error"]  # not "on purpose The run's"
+
+    page = client.get(f"/runs/{run['id']}").get_data(as_text=True)
+    statuses = re.findall(r'class="step-status"[^>]*>([^<]*)<', page)
+    assert "succeeded" not in statuses and statuses.count("undone by the restore") == len(
+        succeeded)
+    next_step = page.split('id="what-next"', 1)[1].split("</section>", 1)[0]
+    assert "bad0000000001_explodes.py" in next_step and "then retry" in next_step
+    assert 'name="action" value="upgrade"' in next_step
+    assert 'name="target" value="heads"' in next_step
+
+    retried = client.post("/actions", data={"action": "upgrade", "target": "heads"})
+    assert retried.status_code == 303 and "/runs/" in retried.headers["Location"]

@@ -195,6 +195,14 @@ def revision_messages(history: History) -> dict[str, str]:
     })
 
 
+def revision_files(project: Project, history: History) -> dict[str, str]:
+    """Each revision's file, relative to the project, for a failure to name what to fix."""
+    return history.memo(("files", project.script_location), lambda: {
+        rev: path_relative(project, script.path)
+        for rev, script in history.revisions.items() if script.path
+    })
+
+
 @dataclass(frozen=True)
 class TargetSummary:
     """One row of the targets table."""

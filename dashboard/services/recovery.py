@@ -86,7 +86,7 @@ def recover(target: Target, failed: FailedRun) -> str:
         if problem is None:
             how = ("The run's one transaction was rolled back" if not failed.cancelled
                    else "The run was stopped and its transaction rolled back")
-            message = (f"{failed.failure} {how}; the database is at "
+            message = (f"{_sentence(failed.failure)} {how}; the database is at "
                        f"{_revs(live)} as before (checked).")
             return _final(target, failed, runs.CANCELLED if failed.cancelled else runs.RESTORED,
                           message, live, discarded=[],
@@ -96,13 +96,14 @@ def recover(target: Target, failed: FailedRun) -> str:
                      f"The rollback did not bring the database back as it was ({problem}); "
                      "restoring the pre-action backup instead.")
     if failed.backup is None:
-        message = (f"{failed.failure} There is no backup to restore; the database is at "
+        message = (f"{_sentence(failed.failure)} There is no backup to restore; the database is at "
                    f"{_revs(live)}.")
         return _final(target, failed, runs.FAILED, message, live, discarded=None,
                       event=audit.ActionFailed)
     unexpected = set(live) - set(failed.reachable) - set(failed.from_revs)
     if unexpected:
-        message = (f"{failed.failure} The database is now at {_revs(live)}, which this run "
+        message = (f"{_sentence(failed.failure)} The database is now at {_revs(live)}, "
+                   "which this run "
                    "could not have left it at: something else changed it, so its backup "
                    f"{failed.backup.id} was NOT restored over those changes. Compare the "
                    f"database with the backup ({failed.backup.path}) and restore it by hand "
@@ -116,13 +117,14 @@ def recover(target: Target, failed: FailedRun) -> str:
     except Exception as exc:
         detail = exc.message if isinstance(exc, DashboardError) else str(exc)
         live = live_revisions(project, allow_missing=True)
-        message = (f"{failed.failure} Restoring the pre-action backup {failed.backup.id} ALSO "
+        message = (f"{_sentence(failed.failure)} Restoring the pre-action backup "
+                   f"{failed.backup.id} ALSO "
                    f"failed: {detail}. The database is at {_revs(live)} and may be "
                    f"half-migrated; the verified backup is at {failed.backup.path}.")
         return _final(target, failed, runs.FAILED, message, live, discarded=None,
                       event=audit.ActionFailed)
     live = live_revisions(project, allow_missing=True)
-    message = (f"{failed.failure} The database was restored from the pre-action backup "
+    message = (f"{_sentence(failed.failure)} The database was restored from the pre-action backup "
                f"{failed.backup.id} (checked) and is at {_revs(live)} as before.")
     if discarded:
         lost = ", ".join(f"{d['rows']} row{'s' if d['rows'] != 1 else ''} written to "
@@ -164,6 +166,12 @@ def _final(target: Target, failed: FailedRun, status: str, message: str,
     runs.update_run(inst, failed.run_id, status=status, error=message,
                     finished_at=time.time(), to_revs=live, discarded_writes=discarded)
     return status
+
+
+def _sentence(text: str) -> str:
+    """``text`` ending as a sentence, so what follows does not run into it."""
+    text = text.rstrip()
+    return text if text.endswith((".", "!", "?")) else text + "."
 
 
 def _revs(revisions) -> str:

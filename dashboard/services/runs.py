@@ -97,12 +97,18 @@ class RunRecord:
             return None
         return (self.finished_at or time.time()) - self.started_at
 
+    def undid(self, step: RunStep) -> bool:
+        """Whether a step that succeeded was undone since: the run ended with the
+        database put back as it was before (restored or cancelled, checked)."""
+        return step.status == SUCCEEDED and self.status in (RESTORED, CANCELLED)
+
     def as_json(self) -> dict:
         return {
             "id": self.id, "action": self.action, "target": self.target,
             "status": self.status, "from": list(self.from_revs), "to": list(self.to_revs),
             "backup_id": self.backup_id, "restore_backup_id": self.restore_backup_id,
-            "steps": [s.as_json() for s in self.steps], "error": self.error,
+            "steps": [{**s.as_json(), "undone": self.undid(s)} for s in self.steps],
+            "error": self.error,
             "failed_step": self.failed_step, "user": self.user,
             "created_at": self.created_at, "started_at": self.started_at,
             "finished_at": self.finished_at, "backup_seconds": self.backup_seconds,

@@ -17,7 +17,7 @@ from dashboard.errors import BadRequest, DashboardError, NotFound
 from dashboard.services import audit, backups, guard, runs
 from dashboard.services.audit import current_user
 from dashboard.services.impact import preview_action
-from dashboard.services.inspection import revision_messages
+from dashboard.services.inspection import revision_files, revision_messages
 from dashboard.views import (
     TargetBlueprint,
     audit_listing,
@@ -76,21 +76,26 @@ def run_page(run_id: str):
     run = runs.get_run(dashboard.instance_dir, run_id)
     if run is None:
         raise NotFound(f"No run '{run_id}'.")
-    messages = _messages(dashboard)
+    messages, files = _messages(dashboard)
     if request.headers.get("HX-Request"):
-        response = make_response(render_template("_run.html", run=run, messages=messages))
+        response = make_response(render_template("_run.html", run=run, messages=messages,
+                                                 files=files))
     else:
         response = make_response(render_template("run.html", run=run, messages=messages,
+                                                 files=files,
                                                  project=dashboard.project()))
     response.headers["Vary"] = "HX-Request"
     return response
 
 
-def _messages(dashboard) -> dict[str, str]:
+def _messages(dashboard) -> tuple[dict[str, str], dict[str, str]]:
+    """Each revision's message and file, for a run's steps and what to fix."""
     try:
-        return revision_messages(dashboard.history())
+        project = dashboard.project()
+        history = dashboard.history(project)
+        return revision_messages(history), revision_files(project, history)
     except DashboardError:
-        return {}
+        return {}, {}
 
 
 def _confirmed() -> bool:

@@ -26,6 +26,7 @@ def overview():
         run=recent[0] if recent else None,
         lock_holder=guard.lock_holder(dashboard.pinned(project)),
         messages=inspection.revision_messages(history),
+        files=inspection.revision_files(project, history),
     )
 
 
