@@ -332,6 +332,11 @@ def _execute_action(target: Target, prepared: Prepared) -> None:
             _refuse(target, prepared, started,
                     f"The worker could not start, so nothing was run: {exc}")
             return
+        refusal = supervision.wrong_databases(project, worker.report.databases)
+        if refusal:
+            worker.abort()
+            _refuse(target, prepared, started, refusal)
+            return
         marks = None
         if plan.creates_file:
             runs.add_log(inst, run_id, "INFO", f"No backup: {plan.creates_file} did not exist; "

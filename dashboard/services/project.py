@@ -31,6 +31,10 @@ class Project:
     python: str
     lock_timeout: float = 60.0  # seconds a restore waits for other sessions' locks
     backup_verify: str = "full"  # "full" or "quick": how deeply a fresh backup is checked
+    # False: the database is the one env.py names itself (asked, see env_py_databases),
+    # and the worker hands env.py no URL, so it runs exactly as `alembic` runs it.
+    hands_url: bool = True
+    flask_app: str | None = None  # a Flask-Migrate app, as `flask --app` takes it
 
     @property
     def masked_url(self) -> str:
@@ -57,6 +61,7 @@ def load_project(
     python: str = "python3",
     lock_timeout: float = 60.0,
     backup_verify: str = "full",
+    require_url: bool = True,
 ) -> Project:
     if not os.path.isfile(ini_path):
         raise ConfigurationError(
@@ -66,6 +71,9 @@ def load_project(
     try:
         config = Config(ini_path)
         location = config.get_alembic_option("script_location")
+        here = os.path.dirname(os.path.abspath(ini_path))
+        if not location and os.path.isfile(os.path.join(here, "env.py")):
+            location = here  # Flask-Migrate's alembic.ini: in its script folder, naming none
         if not location:
             raise ConfigurationError(f"No script_location in {ini_path}.")
         script_location = str(coerce_resource_to_filename(location))
@@ -83,7 +91,7 @@ def load_project(
         raise ConfigurationError(f"Cannot read {ini_path}: {exc}") from exc
     except Exception as exc:  # configparser errors and the like
         raise ConfigurationError(f"Cannot read {ini_path}: {exc}") from exc
-    if not url:
+    if not url and require_url:
         raise ConfigurationError(
             "No database URL.",
             detail="Set DASHBOARD_DATABASE_URL, or sqlalchemy.url in the alembic.ini.",

@@ -29,7 +29,7 @@ def targets():
 
 @bp.get("/status")
 def status():
-    _, history, state = current_dashboard().read_state()
+    _, history, state = current_dashboard().read_state(ask_env_py=True)
     body = state.as_json()
     body["unreadable"] = [{"path": u.path, "reason": u.reason} for u in history.unreadable]
     return jsonify(body)
