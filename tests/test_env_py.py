@@ -447,3 +447,26 @@ def test_multidb_a_run_on_two_databases_is_refused_before_any_step(tmp_path):
     assert "refused before any step" in run["error"]
     assert tables(f"sqlite:///{one}") == {"notes"}
     assert tables(f"sqlite:///{two}") == {"notes"}
+
+
+# ---------------------------------------------------------------- messages
+
+
+def test_env_py_failing_before_the_first_step_says_so_with_its_own_line(
+        reads_database_url, tmp_path, monkeypatch):
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    a = tmp_path / "a.db"
+    sqlite_notes(a)
+    client = client_for(reads_database_url, f"sqlite:///{a}", tmp_path / "inst")
+
+    run = run_to_end(client, "upgrade", "heads")
+
+    assert run["status"] == "failed", run
+    assert "env.py failed before the first step" in run["error"], run["error"]
+    assert "KeyError: 'DATABASE_URL'" in run["error"]
+    assert "migrations/env.py, line " in run["error"]  # the user's own file and line
+    assert "Step " not in run["error"]
+    assert run["backup_id"] is None
+    assert tables(f"sqlite:///{a}") == {"notes"}
+    logs = "\n".join(log["message"] for log in run["logs"])
+    assert "Traceback" in logs and 'os.environ["DATABASE_URL"]' in logs
