@@ -205,6 +205,12 @@ def test_asking_env_py_never_creates_a_missing_sqlite_file(reads_database_url, t
     assert not missing.exists()
     assert list(tmp_path.glob("not-yet.db*")) == []
 
+    run = run_to_end(client, "upgrade", "heads")  # the run creates it
+    assert run["status"] == "succeeded", run
+    assert tables(f"sqlite:///{missing}") == {"widgets", "alembic_version"}
+    status = client.get("/api/status").get_json()
+    assert status["state"] == "up_to_date" and status["env_py"]["elsewhere"] == [], status
+
 
 def test_a_dashboard_url_other_than_env_py_s_is_shown_before_any_run(
         reads_database_url, tmp_path, monkeypatch):

@@ -175,7 +175,14 @@ class EnvDatabase:
     masked_url: str
     dialect: str
     version_table: str
-    identity: str  # the engine seam's name for it: what the guard locks
+
+    @property
+    def identity(self) -> str:
+        """The engine seam's name for it, read now (a SQLite file created since
+        has a new one): what the guard compares with the database it locks."""
+        from dashboard.engines import engine_for
+
+        return engine_for(self.url).identity(self.url)
 
     def as_json(self) -> dict:
         return {"url": self.masked_url, "dialect": self.dialect,
@@ -198,7 +205,6 @@ class EnvPyDatabases:
 def databases_of(event: dict, cwd: str) -> tuple[EnvDatabase, ...]:
     """The databases of a worker's "databases" report; a relative SQLite path is made
     absolute against the folder env.py ran in."""
-    from dashboard.engines import engine_for
     from dashboard.engines.sqlite import absolute_sqlite_url
 
     cwd = str(event.get("cwd") or cwd)
@@ -210,8 +216,7 @@ def databases_of(event: dict, cwd: str) -> tuple[EnvDatabase, ...]:
         found.append(EnvDatabase(url=url, masked_url=mask_url(url),
                                  dialect=str(data.get("dialect") or "unknown"),
                                  version_table=str(data.get("version_table") or
-                                                   "alembic_version"),
-                                 identity=engine_for(url).identity(url)))
+                                                   "alembic_version")))
     return tuple(found)
 
 
