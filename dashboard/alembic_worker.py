@@ -220,7 +220,7 @@ def read_headers(ini: str, paths: list[str]) -> None:
                 "docstring": (module.__doc__ or "").strip(),
             }
         except BaseException as exc:  # a revision file may even call sys.exit
-            results[path] = {"error": f"{type(exc).__name__}: {exc}"}
+            results[path] = {"error": f"{type(exc).__name__}: {exc}{_where(exc)}"}
     emit("headers", results=results)
 
 
@@ -240,14 +240,14 @@ def offline_sql(ini: str, url: str, revisions: list[str],
         except BaseException as exc:
             for direction in directions:
                 emit("sql", revision=revision, direction=direction, sql=None,
-                     error=f"{type(exc).__name__}: {exc}")
+                     error=f"{type(exc).__name__}: {exc}{_where(exc)}")
             continue
         for direction in directions:
             try:
                 sql = _offline_step_sql(config, script, target, direction)
             except BaseException as exc:
                 emit("sql", revision=revision, direction=direction, sql=None,
-                     error=f"{type(exc).__name__}: {exc}")
+                     error=f"{type(exc).__name__}: {exc}{_where(exc)}")
             else:
                 emit("sql", revision=revision, direction=direction, sql=sql, error=None)
 

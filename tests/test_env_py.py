@@ -476,3 +476,16 @@ def test_env_py_failing_before_the_first_step_says_so_with_its_own_line(
     assert tables(f"sqlite:///{a}") == {"notes"}
     logs = "\n".join(log["message"] for log in run["logs"])
     assert "Traceback" in logs and 'os.environ["DATABASE_URL"]' in logs
+
+
+def test_a_revision_whose_sql_cannot_be_made_names_its_own_line(reads_database_url, tmp_path,
+                                                                monkeypatch):
+    a = tmp_path / "a.db"
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{a}")
+    write_revision(reads_database_url, GADGETS, WIDGETS, "gadgets", fail=True)
+    client = client_for(reads_database_url, None, tmp_path / "inst")
+
+    detail = client.get(f"/api/revisions/{GADGETS}").get_json()
+
+    assert "this revision fails on purpose" in detail["upgrade_sql_error"], detail
+    assert f"{GADGETS}_gadgets.py, line 13)" in detail["upgrade_sql_error"]
