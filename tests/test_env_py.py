@@ -489,3 +489,20 @@ def test_a_revision_whose_sql_cannot_be_made_names_its_own_line(reads_database_u
 
     assert "this revision fails on purpose" in detail["upgrade_sql_error"], detail
     assert f"{GADGETS}_gadgets.py, line 13)" in detail["upgrade_sql_error"]
+
+
+def test_the_overview_says_why_env_py_could_not_be_asked(reads_database_url, tmp_path,
+                                                        monkeypatch):
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    a = tmp_path / "a.db"
+    sqlite_notes(a)
+    client = client_for(reads_database_url, f"sqlite:///{a}", tmp_path / "inst")
+
+    page = client.get("/")
+    status = client.get("/api/status").get_json()
+
+    assert page.status_code == 200
+    text = page.get_data(as_text=True)
+    assert "It could not be asked" in text and "KeyError" in text, text
+    assert "env.py failed before the first step" in status["env_py"]["error"]
+    assert "migrations/env.py" in status["env_py"]["traceback"]
