@@ -275,7 +275,7 @@ def follow_run(instance_dir: str, run_id: str, writer: MessageWriter) -> runs.Ru
 
 def report(args: argparse.Namespace, dashboard: Target, writer: MessageWriter) -> int:
     """--check, --check-pending or --history, as text or as the API's JSON."""
-    _, history, status = dashboard.read_state()
+    _, history, status = dashboard.read_state(ask_env_py=args.json)
     if args.json:
         if args.history:
             writer.say(json.dumps(revisions_json(history, status), indent=2))
