@@ -365,6 +365,8 @@ def test_a_flask_migrate_project_works_with_no_edit_on_sqlite(tmp_path, monkeypa
     assert status["database"]["url"] == f"sqlite:///{db}", status
     assert status["env_py"]["databases"][0]["url"] == f"sqlite:///{db}"
     assert not db.exists()
+    page = client.get("/history")
+    assert page.status_code == 200 and first in page.get_data(as_text=True)
     sqlite_notes(db)
     lifecycle(client, f"sqlite:///{db}", frozenset({"notes"}), first=first, table="widget")
 
