@@ -11,13 +11,20 @@ Modes (each after an optional ``--toml PYPROJECT``):
   headers --ini INI FILE...         import revision files whose headers are not literals
   sql --ini INI --revision R [--revision R2 ...] [--direction up|down]
                                     the SQL of each revision's upgrade and downgrade (offline)
+  databases --ini INI                which databases env.py migrates (online, no step run)
   run --ini INI --action upgrade|downgrade|stamp --target T
                                     run an action, reporting each step
+
+env.py runs as the project's own ``alembic`` would run it, with its own engine:
+what the dashboard needs goes in through ``context.configure``, which this
+module wraps to see each database env.py opens (and to refuse one the guard
+did not back up) and to add Alembic's ``on_version_apply`` progress hook.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import io
 import json
@@ -29,6 +36,7 @@ import time
 import traceback
 
 URL_ENV = "DASHBOARD_TARGET_URL"
+FLASK_APP_ENV = "DASHBOARD_FLASK_APP"
 EVENTS_ENV = "DASHBOARD_EVENTS_FILE"
 _protocol = sys.stdout
 _events = None  # the run's own record on disk, kept even when the supervisor is gone
@@ -55,6 +63,37 @@ def emit(event: str, **fields) -> None:
         pass
 
 
+def emit_private(event: str, **fields) -> None:
+    """Report to the supervisor alone what may hold a password (a database's full
+    URL): never to the events file, never scrubbed (the dashboard needs it whole)."""
+    fields["event"] = event
+    fields.setdefault("ts", time.time())
+    try:
+        _protocol.write(json.dumps(fields, default=str) + "\n")
+        _protocol.flush()
+    except (OSError, ValueError):
+        pass
+
+
+def _add_secret(url: str) -> None:
+    """The password of a database env.py named, kept out of everything reported."""
+    from urllib.parse import quote, quote_plus
+
+    from sqlalchemy.engine import make_url
+
+    try:
+        password = make_url(url).password
+    except Exception:
+        return
+    if not password:
+        return
+    password = str(password)
+    forms = {password, quote(password, safe=""), quote(password), quote_plus(password)}
+    forms |= {json.dumps(f)[1:-1] for f in forms}
+    _SECRET_FORMS[:] = sorted(set(_SECRET_FORMS) | {f for f in forms if f}, key=len,
+                              reverse=True)
+
+
 def _scrub(text: str) -> str:
     """The password out of what is reported, in each form the dashboard names
     (``DASHBOARD_SECRET_FORMS``, longest first), also as JSON escapes it."""
@@ -78,6 +117,14 @@ def _secret_forms() -> list[str]:
 _SECRET_FORMS = _secret_forms()
 
 
+def _add_environment_secrets() -> None:
+    """The password of any URL in the environment (an env.py's own DATABASE_URL),
+    kept out of what is reported even when env.py fails before naming its database."""
+    for value in os.environ.values():
+        if "://" in value and "@" in value:
+            _add_secret(value)
+
+
 def _open_events_file() -> None:
     global _events
     path = os.environ.get(EVENTS_ENV)
@@ -99,23 +146,61 @@ def _redirect_stdout() -> None:
 _toml = None  # --toml: a pyproject.toml whose [tool.alembic] is read with the ini
 
 
-def _config(ini: str, url: str | None):
-    """The project's Config, as the dashboard read it (services/project.py):
-    the ini with the pyproject.toml (or the toml alone when ``ini`` is it), and
-    Flask-Migrate's script location (the folder of an ini without one, beside env.py)."""
+def _config(ini: str, url: str | None, scratch_folder: bool = False):
+    """The project's Alembic Config, as the dashboard read it (services/project.py),
+    the process in the project's folder (as its own ``alembic`` or ``flask db`` runs
+    there): the ini with the pyproject.toml (or the toml alone when ``ini`` is it),
+    Flask-Migrate's script location (the folder of an ini without one, beside
+    env.py), or a Flask app's own configuration. With ``scratch_folder``, the process
+    is in a temporary folder instead, so nothing env.py writes (offline SQL files)
+    lands in the project."""
     from alembic.config import Config
 
-    config = Config(None if ini == _toml else ini, toml_file=_toml, stdout=sys.stderr)
-    if not config.get_alembic_option("script_location"):
+    if os.environ.get(FLASK_APP_ENV):
+        config = _flask_config(ini)
+    else:
+        config = Config(None if ini == _toml else ini, toml_file=_toml, stdout=sys.stderr)
         folder = os.path.dirname(os.path.abspath(ini))
-        if os.path.isfile(os.path.join(folder, "env.py")):
+        if not config.get_alembic_option("script_location") and \
+                os.path.isfile(os.path.join(folder, "env.py")):
             config.set_main_option("script_location", folder.replace("%", "%%"))
+        os.chdir(folder)
+        for entry in reversed(config.get_prepend_sys_paths_list() or []):
+            sys.path.insert(0, os.path.abspath(entry))
     if url:
         config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
-    here = os.path.dirname(os.path.abspath(ini))
-    os.chdir(here)
-    for entry in reversed(config.get_prepend_sys_paths_list() or []):
-        sys.path.insert(0, entry)
+    if scratch_folder:
+        import atexit
+        import shutil
+        import tempfile
+
+        scratch = tempfile.mkdtemp(prefix="dashboard-worker-")
+        atexit.register(shutil.rmtree, scratch, True)
+        os.chdir(scratch)
+    return config
+
+
+def _flask_config(ini: str):
+    """A Flask-Migrate project's Config, made as ``flask --app APP db ...`` makes it:
+    the app loaded by Flask's own loader from the folder beside its migrations
+    folder, an app context pushed for env.py, and Flask-Migrate's own ``get_config``
+    (its directory, its configure callbacks)."""
+    from flask.cli import ScriptInfo, load_dotenv
+
+    script_folder = os.path.dirname(os.path.abspath(ini))
+    os.chdir(os.path.dirname(script_folder))
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    load_dotenv()
+    name = os.environ[FLASK_APP_ENV]
+    app = ScriptInfo(app_import_path=name).load_app()
+    app.app_context().push()
+    extension = app.extensions.get("migrate")
+    if extension is None:
+        raise RuntimeError(f"The Flask app {name} does not use Flask-Migrate "
+                           "(app.extensions['migrate'] is missing).")
+    config = extension.migrate.get_config(script_folder)
+    config.stdout = sys.stderr
     return config
 
 
@@ -146,7 +231,7 @@ def read_headers(ini: str, paths: list[str]) -> None:
                 "docstring": (module.__doc__ or "").strip(),
             }
         except BaseException as exc:  # a revision file may even call sys.exit
-            results[path] = {"error": f"{type(exc).__name__}: {exc}"}
+            results[path] = {"error": f"{type(exc).__name__}: {exc}{_where(exc)}"}
     emit("headers", results=results)
 
 
@@ -158,7 +243,7 @@ def offline_sql(ini: str, url: str, revisions: list[str],
     Python, not one per step. One revision that fails does not stop the others."""
     from alembic.script import ScriptDirectory
 
-    config = _config(ini, url)
+    config = _config(ini, url, scratch_folder=True)
     script = ScriptDirectory.from_config(config)
     for revision in revisions:
         try:
@@ -166,14 +251,14 @@ def offline_sql(ini: str, url: str, revisions: list[str],
         except BaseException as exc:
             for direction in directions:
                 emit("sql", revision=revision, direction=direction, sql=None,
-                     error=f"{type(exc).__name__}: {exc}")
+                     error=f"{type(exc).__name__}: {exc}{_where(exc)}")
             continue
         for direction in directions:
             try:
                 sql = _offline_step_sql(config, script, target, direction)
             except BaseException as exc:
                 emit("sql", revision=revision, direction=direction, sql=None,
-                     error=f"{type(exc).__name__}: {exc}")
+                     error=f"{type(exc).__name__}: {exc}{_where(exc)}")
             else:
                 emit("sql", revision=revision, direction=direction, sql=sql, error=None)
 
@@ -194,10 +279,21 @@ def _offline_step_sql(config, script, target, direction: str) -> str:
     def one_step(_heads, _context):
         return [step]
 
-    with EnvironmentContext(
-        config, script, fn=one_step, as_sql=True,
-        starting_rev=starting, destination_rev=target.revision,
-    ):
+    configured = 0
+
+    def into_our_buffer(url, kw):
+        # An env.py that writes each database's SQL to a file of its own (the multidb
+        # template) writes it here instead, each database after the first named.
+        nonlocal configured
+        configured += 1
+        kw.pop("output_buffer", None)
+        if configured > 1:
+            shown = _described(url, kw)["masked_url"] if url else "another database"
+            buffer.write(f"\n-- env.py's database #{configured}: {shown}\n\n")
+
+    with _wrapped_configure(into_our_buffer, lambda _context, run: run()), \
+            EnvironmentContext(config, script, fn=one_step, as_sql=True,
+                               starting_rev=starting, destination_rev=target.revision):
         script.run_env()
     return buffer.getvalue()
 
@@ -223,24 +319,33 @@ def _attach_log_handler() -> None:
         logger.propagate = name == "alembic.runtime.migration" and False
 
 
-def _report(steps, direction_of):
-    """Yield Alembic's steps one by one, reporting each as it starts and ends.
+class _Progress:
+    """Each step as it starts (Alembic pulls it from our step generator) and as it
+    ends (Alembic's ``on_version_apply``, added to env.py's configure call)."""
 
-    Alembic pulls the next step only after the previous one ran, so the moment
-    we are resumed is the moment the step finished. Its changes are committed
-    with the whole action (see ``run_action``)."""
-    total = len(steps)
-    _attach_log_handler()
-    emit("plan", steps=[{"revision": _step_revision(s), "direction": direction_of(s)}
-                        for s in steps])
-    for index, step in enumerate(steps, start=1):
-        revision = _step_revision(step)
-        started = time.time()
-        emit("step_started", index=index, total=total, revision=revision,
-             direction=direction_of(step))
-        yield step
-        emit("step_finished", index=index, total=total, revision=revision,
-             direction=direction_of(step), elapsed=time.time() - started)
+    def __init__(self, direction_of):
+        self.direction_of = direction_of
+        self.running: dict | None = None
+
+    def steps(self, steps):
+        total = len(steps)
+        _attach_log_handler()
+        emit("plan", steps=[{"revision": _step_revision(s), "direction": self.direction_of(s)}
+                            for s in steps])
+        for index, step in enumerate(steps, start=1):
+            self.running = {"index": index, "total": total, "revision": _step_revision(step),
+                            "direction": self.direction_of(step), "started": time.time()}
+            emit("step_started", index=index, total=total, revision=self.running["revision"],
+                 direction=self.running["direction"])
+            yield step
+            self.finished()  # in case env.py's context dropped our hook
+
+    def finished(self, **_alembic_arguments) -> None:
+        running, self.running = self.running, None
+        if running is not None:
+            emit("step_finished", index=running["index"], total=running["total"],
+                 revision=running["revision"], direction=running["direction"],
+                 elapsed=time.time() - running["started"])
 
 
 def _step_revision(step) -> str:
@@ -250,9 +355,141 @@ def _step_revision(step) -> str:
     return ",".join(getattr(step, "to_revisions", ()) or getattr(step, "from_revisions", ()) or ())
 
 
+class EnvPyFailed(Exception):
+    """env.py raised before the first step; the message says so."""
+
+
+def _database_of(args: tuple, kw: dict) -> str | None:
+    """The full URL of the database one ``context.configure`` call names: its
+    connection's (for an async env.py, the sync connection ``run_sync`` hands over),
+    else its ``url``; None when it names none (offline by dialect name)."""
+    connection = kw.get("connection", args[0] if args else None)
+    url = kw.get("url", args[1] if len(args) > 1 else None)
+    if connection is not None:
+        url = getattr(getattr(connection, "engine", None), "url", None)
+    if url is None:
+        return None
+    if hasattr(url, "render_as_string"):
+        return url.render_as_string(hide_password=False)
+    return str(url)
+
+
+def _described(url: str, kw: dict) -> dict:
+    from sqlalchemy.engine import make_url
+
+    _add_secret(url)
+    try:
+        parsed = make_url(url)
+        masked, dialect = parsed.render_as_string(hide_password=True), parsed.get_backend_name()
+    except Exception:
+        masked, dialect = url.split(":", 1)[0] + ":<unparseable URL>", "unknown"
+    return {"url": url, "masked_url": masked, "dialect": dialect,
+            "version_table": kw.get("version_table") or "alembic_version",
+            "version_table_schema": kw.get("version_table_schema")}
+
+
+@contextlib.contextmanager
+def _wrapped_configure(on_configure, on_run):
+    """``EnvironmentContext.configure`` and ``run_migrations`` wrapped for one pass
+    of env.py: ``on_configure(url, kw)`` sees (and may refuse or extend) each
+    configure call; ``on_run(context, run)`` calls ``run()`` to run the migrations,
+    or does not."""
+    from alembic.runtime.environment import EnvironmentContext
+
+    configure, run_migrations = EnvironmentContext.configure, EnvironmentContext.run_migrations
+
+    def wrapped_configure(self, *args, **kw):
+        on_configure(_database_of(args, kw), kw)
+        return configure(self, *args, **kw)
+
+    def wrapped_run(self, **kw):
+        return on_run(self, lambda: run_migrations(self, **kw))
+
+    EnvironmentContext.configure = wrapped_configure
+    EnvironmentContext.run_migrations = wrapped_run
+    try:
+        yield
+    finally:
+        EnvironmentContext.configure = configure
+        EnvironmentContext.run_migrations = run_migrations
+
+
+@contextlib.contextmanager
+def _sqlite_read_only(held_path: str | None = None):
+    """While env.py is only asked which database it migrates: a SQLite file opens
+    read-only, and one that does not exist is not created (an empty in-memory
+    database stands in for it). The held file still goes to the held connection."""
+    import sqlite3
+    from pathlib import Path
+
+    previous = sqlite3.connect
+
+    def connect(database, *args, **kwargs):
+        name = str(database)
+        if name in ("", ":memory:") or name.startswith("file:") or \
+                (held_path and os.path.realpath(name) == held_path):
+            return previous(database, *args, **kwargs)
+        kwargs.pop("uri", None)
+        path = os.path.abspath(name)
+        if not os.path.exists(path):
+            return previous(":memory:", *args, **kwargs)
+        return previous(Path(path).as_uri() + "?mode=ro", *args, uri=True, **kwargs)
+
+    sqlite3.connect = sqlite3.dbapi2.connect = connect
+    try:
+        yield
+    finally:
+        sqlite3.connect = sqlite3.dbapi2.connect = previous
+
+
+def _probe_databases(config, script, held_path: str | None = None) -> list[dict]:
+    """Run env.py online, as ``alembic upgrade`` would, but with every
+    ``run_migrations`` a no-op: each database a ``configure`` call names, in order.
+    Nothing is created or changed."""
+    from alembic.runtime.environment import EnvironmentContext
+
+    found: list[dict] = []
+
+    def seen(url, kw):
+        if url is not None:
+            found.append(_described(url, kw))
+
+    with _wrapped_configure(seen, lambda _context, _run: None), \
+            _sqlite_read_only(held_path), _env_py_step("asked which database it migrates"):
+        with EnvironmentContext(config, script, fn=lambda _rev, _context: [], as_sql=False,
+                                starting_rev=None, destination_rev="heads"):
+            script.run_env()
+    return found
+
+
+@contextlib.contextmanager
+def _env_py_step(doing: str):
+    """An exception out of env.py (before any step) said as such, traceback kept."""
+    try:
+        yield
+    except EnvPyFailed:
+        raise
+    except Exception as exc:
+        raise EnvPyFailed(f"env.py failed before the first step ({doing}): "
+                          f"{type(exc).__name__}: {exc}") from exc
+
+
+def probe(ini: str, url: str) -> None:
+    from alembic.script import ScriptDirectory
+
+    config = _config(ini, url)
+    script = ScriptDirectory.from_config(config)
+    emit_private("databases", databases=_probe_databases(config, script), cwd=os.getcwd())
+
+
 def run_action(ini: str, url: str, action: str, target: str, purge: bool = False,
                hold_file: str | None = None, lock_timeout: float = 60.0) -> None:
     """Run one action, reporting each step, every commit and each table written.
+
+    env.py is first asked which databases it migrates (no step runs); the
+    supervisor compares them with the one it locked and backs up, and says "go"
+    only when they are that one. In the run itself, a database env.py did not
+    name when asked is refused before its first step.
 
     With ``hold_file`` (a SQLite database) the whole action is one SQLite
     transaction begun with BEGIN IMMEDIATE before the backup is copied (by this
@@ -262,10 +499,7 @@ def run_action(ini: str, url: str, action: str, target: str, purge: bool = False
     the supervisor, having verified the backup, says "go" on stdin.
     """
     from alembic.runtime.environment import EnvironmentContext
-    from alembic.runtime.migration import MigrationContext
     from alembic.script import ScriptDirectory
-    from sqlalchemy import create_engine
-    from sqlalchemy.pool import NullPool, StaticPool
 
     config = _config(ini, url)
     script = ScriptDirectory.from_config(config)
@@ -274,54 +508,76 @@ def run_action(ini: str, url: str, action: str, target: str, purge: bool = False
     def direction_of(step):
         return "up" if step.is_upgrade else "down"
 
+    progress = _Progress(direction_of if action != "stamp" else lambda s: "stamp")
+
     def upgrade(rev, _context):
-        return _report(list(script._upgrade_revs(target, rev)), direction_of)
+        return progress.steps(list(script._upgrade_revs(target, rev)))
 
     def downgrade(rev, _context):
-        return _report(list(script._downgrade_revs(target, rev)), direction_of)
+        return progress.steps(list(script._downgrade_revs(target, rev)))
 
     def stamp(rev, _context):
         targets = tuple(t for t in target.split(",") if t)
-        return _report(list(script._stamp_revs(targets, rev)), lambda s: "stamp")
+        return progress.steps(list(script._stamp_revs(targets, rev)))
 
     fn = {"upgrade": upgrade, "downgrade": downgrade, "stamp": stamp}[action]
     held = _HeldSqlite(hold_file, lock_timeout) if hold_file else None
+    try:
+        databases = _probe_databases(config, script, held.path if held else None)
+    except BaseException:
+        if held is not None:
+            held.release(commit=False)
+        raise
+    emit_private("databases", databases=databases, cwd=os.getcwd())
     if not _wait_for_go(held):
         if held is not None:
             held.release(commit=False)
         emit("aborted")
         return
-    if held is not None:
-        engine = create_engine("sqlite://", creator=held.proxy, poolclass=StaticPool)
-    else:
-        engine = create_engine(url, poolclass=NullPool)
+    approved = {d["url"] for d in databases}
+    heads: list[str] | None = None
+
+    def check(url, kw):
+        if url not in approved:
+            shown = _described(url, kw)["masked_url"] if url else "no database"
+            raise EnvPyFailed(f"env.py opened {shown}, which it did not name when asked "
+                              "which database it migrates: refused before its first step.")
+        kw["on_version_apply"] = (progress.finished,
+                                  *_as_tuple(kw.get("on_version_apply")))
+
+    def run(context, run_migrations):
+        nonlocal heads
+        run_migrations()
+        # Read through env.py's own connection, inside its transaction.
+        heads = list(context.get_context().get_current_heads())
+
+    # Alembic begins and ends the transactions through env.py's own connection, as
+    # `alembic upgrade` does; every commit is reported, so the supervisor never calls
+    # a failure "rolled back" when something was committed.
     try:
-        # Handed to env.py through config.attributes (env.py may also open its own):
-        # Alembic begins and ends the transactions itself, as `alembic upgrade` does,
-        # so op.get_context().autocommit_block() works; on PostgreSQL the default is
-        # one transaction for the whole action. Every commit is reported, so the
-        # supervisor never calls a failure "rolled back" when something was committed.
-        with engine.connect() as connection:
-            config.attributes["connection"] = connection
-            try:
-                with EnvironmentContext(config, script, fn=fn, as_sql=False,
-                                        starting_rev=None, destination_rev=target,
-                                        purge=purge):
-                    script.run_env()
-            except BaseException:
-                if held is not None:
-                    held.release(commit=False)
-                    emit("rolled_back")
-                raise
-            if held is not None:
-                held.release(commit=True)
-        with engine.connect() as connection:
-            heads = MigrationContext.configure(
-                connection, opts={"version_table": _version_table()}
-            ).get_current_heads() if held is None else held.heads
-        emit("done", heads=sorted(heads))
-    finally:
-        engine.dispose()
+        with _wrapped_configure(check, run):
+            with EnvironmentContext(config, script, fn=fn, as_sql=False,
+                                    starting_rev=None, destination_rev=target, purge=purge):
+                script.run_env()
+        if heads is None:
+            raise EnvPyFailed("env.py never called context.run_migrations(): nothing ran.")
+    except BaseException:
+        if held is not None:
+            held.release(commit=False)
+            emit("rolled_back")
+        raise
+    if held is not None:
+        held.release(commit=True)
+        heads = held.heads
+    emit("done", heads=sorted(heads))
+
+
+def _as_tuple(value) -> tuple:
+    if value is None:
+        return ()
+    if callable(value):
+        return (value,)
+    return tuple(value)
 
 
 def _wait_for_go(held) -> bool:
@@ -507,8 +763,35 @@ class _ConnectionProxy:
         pass
 
 
+def _where(exc: BaseException) -> str:
+    """Where in the project's own code (env.py, a revision, the app) the error was
+    raised: the deepest frame outside Python, its packages and this worker."""
+    import sysconfig
+
+    outside = {os.path.realpath(p) for p in (sysconfig.get_paths()["stdlib"],
+                                             sysconfig.get_paths()["purelib"],
+                                             sysconfig.get_paths()["platlib"]) if p}
+    here = os.path.realpath(__file__)
+    found = None
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        for frame in traceback.extract_tb(exc.__traceback__):
+            path = os.path.realpath(frame.filename)
+            if path != here and not frame.filename.startswith("<") and \
+                    not any(path.startswith(p + os.sep) for p in outside):
+                found = frame
+        if found is not None:
+            break
+        exc = exc.__cause__ or exc.__context__
+    if found is None:
+        return ""
+    return f" (at {found.filename}, line {found.lineno})"
+
+
 def main(argv: list[str] | None = None) -> int:
     _redirect_stdout()
+    _add_environment_secrets()
     _open_events_file()
     parser = argparse.ArgumentParser(prog="alembic_worker")
     parser.add_argument("--toml", help="a pyproject.toml with [tool.alembic], read with --ini")
@@ -520,6 +803,8 @@ def main(argv: list[str] | None = None) -> int:
     p_sql.add_argument("--ini", required=True)
     p_sql.add_argument("--revision", action="append", required=True)
     p_sql.add_argument("--direction", choices=("up", "down"), action="append")
+    p_databases = sub.add_parser("databases")
+    p_databases.add_argument("--ini", required=True)
     p_run = sub.add_parser("run")
     p_run.add_argument("--ini", required=True)
     p_run.add_argument("--action", choices=("upgrade", "downgrade", "stamp"), required=True)
@@ -534,14 +819,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.mode == "headers":
             read_headers(args.ini, args.paths)
+        elif args.mode == "databases":
+            probe(args.ini, url)
         elif args.mode == "sql":
             offline_sql(args.ini, url, args.revision, tuple(args.direction or ("up", "down")))
         else:
             run_action(args.ini, url, args.action, args.target, args.purge,
                        hold_file=args.hold_sqlite, lock_timeout=args.lock_timeout)
     except BaseException as exc:
-        emit("error", error=f"{type(exc).__name__}: {exc}".strip(),
-             traceback=traceback.format_exc())
+        error = str(exc) if isinstance(exc, EnvPyFailed) else f"{type(exc).__name__}: {exc}"
+        emit("error", error=error.strip() + _where(exc), traceback=traceback.format_exc())
         return 1
     return 0
 

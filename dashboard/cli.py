@@ -396,7 +396,7 @@ def serve(project: str | None = None, *, host: str = DEFAULT_HOST, port: int = D
 
 def report(args: argparse.Namespace, dashboard: Target, writer: MessageWriter) -> int:
     """--check, --check-pending or --history, as text or as the API's JSON."""
-    _, history, status = dashboard.read_state()
+    _, history, status = dashboard.read_state(ask_env_py=args.json)
     if args.json:
         if args.history:
             writer.say(json.dumps(revisions_json(history, status), indent=2))

@@ -14,6 +14,8 @@ import copy
 import logging
 import os
 import subprocess
+import time
+from dataclasses import replace
 
 from dashboard.errors import ConfigurationError, DashboardError
 from dashboard.services import alembic_process
@@ -24,6 +26,7 @@ from dashboard.settings import REPO_ROOT
 log = logging.getLogger(__name__)
 
 SQL_CACHE_ENTRIES = 4096  # offline SQL of one revision in one direction each
+FAILED_PROBE_SECONDS = 5.0  # how long "env.py could not be asked" is believed
 
 
 class Target:
@@ -44,6 +47,7 @@ class Target:
         self._history_cache = HistoryCache(self._import_headers)
         self._sql_cache: dict = {}
         self._pinned: Project | None = None
+        self._env_py_cache: dict = {}
 
     @property
     def backup_dir(self) -> str:
@@ -68,29 +72,67 @@ class Target:
         return bound
 
     def project(self) -> Project:
+        """The project, and its database: ``DASHBOARD_DATABASE_URL`` (handed to env.py
+        as ``sqlalchemy.url``) when set, else the one env.py names when asked."""
         if self._pinned is not None:
             return self._pinned
-        return load_project(
+        given = self.settings.get("DASHBOARD_DATABASE_URL") or None
+        project = (load_project(
             str(self.settings["DASHBOARD_ALEMBIC_INI"]),
-            self.settings.get("DASHBOARD_DATABASE_URL") or None,
+            given,
             version_table=str(self.settings["DASHBOARD_VERSION_TABLE"]),
             python=str(self.settings["DASHBOARD_PYTHON"]),
             lock_timeout=float(self.settings.get("DASHBOARD_LOCK_TIMEOUT") or 60),
             backup_verify=str(self.settings.get("DASHBOARD_BACKUP_VERIFY") or "full"),
             flask_app=str(self.settings.get("DASHBOARD_FLASK_APP") or "") or None,
             env=self.env,
-        )
+            require_url=False,
+        ))
+        if given:
+            return project
+        asked = self.env_py_databases(replace(project, hands_url=False))
+        if asked.databases:
+            return replace(project, database_url=asked.databases[0].url, hands_url=False)
+        if project.database_url:  # env.py cannot say: the ini's sqlalchemy.url, handed over
+            return project
+        raise ConfigurationError(
+            "No database URL: env.py could not be asked which database it migrates."
+            + (f" {project.url_problem}" if project.url_problem else ""),
+            detail=f"{asked.error}\n\n{asked.traceback}".strip() + "\n\nSet "
+                   "DASHBOARD_DATABASE_URL, or let env.py (or the ini's sqlalchemy.url) "
+                   "name the database.")
+
+    def env_py_databases(self, project: Project) -> alembic_process.EnvPyDatabases:
+        """Which databases env.py migrates, asked in a subprocess: cached until env.py,
+        the ini or the environment handed to the project changes (an answer that is a
+        failure, such as a server that is down, for a few seconds only)."""
+        key = (project.ini_path, _mtime(project.ini_path),
+               _mtime(os.path.join(project.script_location, "env.py")), project.python,
+               tuple(sorted(alembic_process.worker_environment(project).items())))
+        cached = self._env_py_cache.get(key)
+        if cached is not None and (cached[1].databases or
+                                   time.monotonic() - cached[0] < FAILED_PROBE_SECONDS):
+            return cached[1]
+        asked = alembic_process.env_py_databases(project, self.timeout)
+        if len(self._env_py_cache) > 16:
+            self._env_py_cache.clear()
+        self._env_py_cache[key] = (time.monotonic(), asked)
+        return asked
 
     def history(self, project: Project | None = None) -> History:
         return self._history_cache.load(project or self.project())
 
-    def read_state(self):
-        """The project, its parsed history and the database's status, read now."""
+    def read_state(self, ask_env_py: bool = False):
+        """The project, its parsed history and the database's status, read now; with
+        ``ask_env_py``, also which databases env.py migrates (the overview shows it)."""
         from dashboard.services.status import migration_status
 
         project = self.project()
         history = self.history(project)
-        return project, history, migration_status(project, history)
+        status = migration_status(project, history)
+        if ask_env_py:
+            status.env_py = self.env_py_databases(project)
+        return project, history, status
 
     def revision_detail(self, revision_id: str, sql: str = "now"):
         """One revision's page data, as the pages and API show it, with its offline

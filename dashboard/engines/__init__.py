@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from sqlalchemy.engine import make_url
 
-from dashboard.engines.base import DatabaseEngine, DatabaseUnreachable, FileCheck
+from dashboard.engines.base import DatabaseEngine, DatabaseUnreachable, FileCheck, sync_url
 from dashboard.engines.mariadb import MariaDbEngine
 from dashboard.engines.postgresql import PostgresEngine
 from dashboard.engines.sqlite import SqliteEngine
@@ -38,4 +38,5 @@ def engine_for(url: str) -> DatabaseEngine:
     return engine
 
 
-__all__ = ["DatabaseEngine", "DatabaseUnreachable", "FileCheck", "engine_for", "backend_name"]
+__all__ = ["DatabaseEngine", "DatabaseUnreachable", "FileCheck", "engine_for", "backend_name",
+           "sync_url"]

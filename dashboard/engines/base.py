@@ -29,6 +29,30 @@ if TYPE_CHECKING:
 NOT_RUN = "Nothing was run."
 
 
+# An async driver, and the sync driver the dashboard reads the same database with.
+SYNC_DRIVERS = {
+    "aiosqlite": "pysqlite",
+    "asyncpg": "psycopg",
+    "psycopg_async": "psycopg",
+    "aiomysql": "pymysql",
+    "asyncmy": "pymysql",
+}
+
+
+def sync_url(url: str) -> str:
+    """The same database through a sync driver: the dashboard's own reads, backups
+    and locks never run in an event loop, whatever driver the project's env.py uses."""
+    try:
+        parsed = make_url(url)
+    except Exception:
+        return url
+    sync = SYNC_DRIVERS.get(parsed.get_driver_name())
+    if sync is None:
+        return url
+    return parsed.set(drivername=f"{parsed.get_backend_name()}+{sync}").render_as_string(
+        hide_password=False)
+
+
 class DatabaseUnreachable(Exception):
     """The target database cannot be opened or read (the message is scrubbed)."""
 
@@ -82,7 +106,7 @@ class DatabaseEngine:
     def open_engine(self, url: str, read_only: bool = True) -> Engine:
         """A SQLAlchemy engine on the database, for reads (or the lock's connection)."""
         try:
-            return create_engine(make_url(url), poolclass=NullPool,
+            return create_engine(make_url(sync_url(url)), poolclass=NullPool,
                                  connect_args=self.connect_args())
         except Exception as exc:  # missing driver, bad options
             raise DatabaseUnreachable(scrub(f"{type(exc).__name__}: {exc}", url)) from exc

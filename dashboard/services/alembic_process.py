@@ -14,6 +14,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from dashboard.redact import mask_url
 from dashboard.services.project import Project
 from dashboard.services.revisions import RevisionHeader, UnreadableFile
 
@@ -23,7 +24,9 @@ FLASK_APP_ENV = "DASHBOARD_FLASK_APP"
 
 
 class WorkerFailed(Exception):
-    pass
+    def __init__(self, message: str, traceback: str = ""):
+        super().__init__(message)
+        self.traceback = traceback  # scrubbed, as the worker printed it
 
 
 def worker_command(project: Project, *args: str) -> list[str]:
@@ -40,7 +43,7 @@ def worker_environment(project: Project) -> dict[str, str]:
     env.pop("DASHBOARD_DATABASE_URL", None)
     env.update(project.env)
     env.pop(URL_ENV, None)
-    if project.database_url:
+    if project.hands_url and project.database_url:
         env[URL_ENV] = project.database_url
     env["PYTHONUNBUFFERED"] = "1"
     env["DASHBOARD_VERSION_TABLE"] = project.version_table
@@ -83,7 +86,8 @@ def call_worker(project: Project, args: list[str], timeout: float) -> list[dict]
     events = parse_events(proc.stdout)
     for event in events:
         if event.get("event") == "error":
-            raise WorkerFailed(project.scrub(event.get("error", "unknown error")))
+            raise WorkerFailed(project.scrub(event.get("error", "unknown error")),
+                               project.scrub(event.get("traceback") or ""))
     if not events:
         tail = project.scrub(proc.stderr.strip()[-2000:])
         raise WorkerFailed(f"The worker exited with status {proc.returncode}: {tail}")
@@ -170,3 +174,74 @@ def offline_sql(project: Project, revisions: list[str], timeout: float,
             else:
                 out[revision, direction] = StepSql(event.get("sql"))
     return out
+
+
+@dataclass(frozen=True)
+class EnvDatabase:
+    """One database env.py migrates, as it said when asked."""
+
+    url: str  # may hold a password: never render, log or store it; use masked_url
+    masked_url: str
+    dialect: str
+    version_table: str
+
+    @property
+    def identity(self) -> str:
+        """The engine seam's name for it, read now (a SQLite file created since
+        has a new one): what the guard compares with the database it locks."""
+        from dashboard.engines import engine_for
+
+        return engine_for(self.url).identity(self.url)
+
+    def as_json(self) -> dict:
+        return {"url": self.masked_url, "dialect": self.dialect,
+                "version_table": self.version_table}
+
+
+@dataclass(frozen=True)
+class EnvPyDatabases:
+    """Which databases env.py migrates, or why it could not be asked."""
+
+    databases: tuple[EnvDatabase, ...] = ()
+    error: str | None = None  # scrubbed
+    traceback: str = ""  # scrubbed, down to the user's own file and line
+
+    def as_json(self) -> dict:
+        return {"databases": [d.as_json() for d in self.databases], "error": self.error,
+                "traceback": self.traceback}
+
+
+def databases_of(event: dict, cwd: str) -> tuple[EnvDatabase, ...]:
+    """The databases of a worker's "databases" report; a relative SQLite path is made
+    absolute against the folder env.py ran in."""
+    from dashboard.engines.sqlite import absolute_sqlite_url
+
+    cwd = str(event.get("cwd") or cwd)
+    found = []
+    for data in event.get("databases") or ():
+        if not data.get("url"):
+            continue
+        url = absolute_sqlite_url(str(data["url"]), cwd)
+        found.append(EnvDatabase(url=url, masked_url=mask_url(url),
+                                 dialect=str(data.get("dialect") or "unknown"),
+                                 version_table=str(data.get("version_table") or
+                                                   "alembic_version")))
+    return tuple(found)
+
+
+def env_py_databases(project: Project, timeout: float) -> EnvPyDatabases:
+    """Ask env.py which databases it migrates: the worker runs it online, as
+    ``alembic upgrade`` would, stopping at each ``context.configure``; no step runs
+    and nothing is created (a missing SQLite file stays missing)."""
+    try:
+        events = call_worker(project, ["databases", "--ini", project.ini_path], timeout)
+    except WorkerFailed as exc:
+        return EnvPyDatabases(error=str(exc), traceback=exc.traceback)
+    event = next((e for e in events if e.get("event") == "databases"), None)
+    if event is None:
+        return EnvPyDatabases(error="The worker gave no answer.")
+    found = databases_of(event, os.path.dirname(project.ini_path))
+    if not found:
+        return EnvPyDatabases(error="env.py opened no database when run online (it never "
+                                    "called context.configure with a connection).")
+    return EnvPyDatabases(tuple(found))

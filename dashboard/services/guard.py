@@ -341,7 +341,12 @@ def _execute_action(target: Target, prepared: Prepared) -> None:
             worker.wait_for("ready")  # a SQLite worker holds the write lock from here on
         except supervision.WorkerFailed as exc:
             _refuse(target, prepared, started,
-                    f"The worker could not start, so nothing was run: {exc}")
+                    f"Nothing was run, and nothing was backed up: {exc}")
+            return
+        refusal = supervision.wrong_databases(project, worker.report.databases)
+        if refusal:
+            worker.abort()
+            _refuse(target, prepared, started, refusal)
             return
         marks = None
         if plan.creates_file:

@@ -55,6 +55,9 @@ class Project:
     toml_path: str | None = None
     # Why database_url is None (no sqlalchemy.url, or a placeholder), said to the user.
     url_problem: str | None = None
+    # False: the database is the one env.py names itself (asked, see env_py_databases),
+    # and the worker hands env.py no URL, so it runs exactly as `alembic` runs it.
+    hands_url: bool = True
 
     @property
     def masked_url(self) -> str:

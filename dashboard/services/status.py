@@ -14,6 +14,7 @@ from sqlalchemy import inspect
 
 from dashboard.engines import DatabaseUnreachable
 from dashboard.errors import ConfigurationError
+from dashboard.services.alembic_process import EnvPyDatabases
 from dashboard.services.project import Project
 from dashboard.services.revisions import (
     History,
@@ -44,6 +45,7 @@ UNREACHABLE = State.UNREACHABLE
 class DatabaseInfo:
     url: str  # masked
     dialect: str
+    identity: str = ""  # the engine seam's name for it (no password)
     # Other sessions' writes are held off for a whole run (SQLite): none can be lost.
     writes_held_off: bool = False
     # A failed run is undone by the database itself when nothing was committed on the
@@ -76,6 +78,14 @@ class MigrationStatus:
     explanation: str = ""
     table_count: int = 0
     creatable: bool = False  # a SQLite file that does not exist yet: an upgrade creates it
+    env_py: EnvPyDatabases | None = None  # which databases env.py says it migrates
+
+    @property
+    def env_py_elsewhere(self) -> list:
+        """Databases env.py migrates that are not this one: a run would be refused."""
+        if self.env_py is None:
+            return []
+        return [d for d in self.env_py.databases if d.identity != self.database.identity]
 
     def as_json(self) -> dict:
         return {
@@ -87,6 +97,9 @@ class MigrationStatus:
             "unknown": self.unknown,
             "explanation": self.explanation,
             "creatable": self.creatable,
+            "env_py": None if self.env_py is None else {
+                **self.env_py.as_json(), "elsewhere": [d.masked_url for d in
+                                                       self.env_py_elsewhere]},
         }
 
 
@@ -123,6 +136,7 @@ def read_database_revisions(project: Project) -> DatabaseRevisions:
 
 def migration_status(project: Project, history: History) -> MigrationStatus:
     database = DatabaseInfo(url=project.masked_url, dialect=project.dialect,
+                            identity=project.engine.identity(project.database_url),
                             writes_held_off=project.engine.holds_off_writers,
                             transactional_ddl=project.engine.transactional_ddl)
     if history.error:

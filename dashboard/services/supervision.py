@@ -20,7 +20,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from dashboard.services import locking, runs
-from dashboard.services.alembic_process import parse_events, worker_command, worker_environment
+from dashboard.services.alembic_process import (
+    EnvDatabase,
+    databases_of,
+    parse_events,
+    worker_command,
+    worker_environment,
+)
 from dashboard.services.planning import ActionPlan
 
 if TYPE_CHECKING:
@@ -46,6 +52,8 @@ class WorkerReport:
     sessions: list[str] = field(default_factory=list)
     touched: set[str] = field(default_factory=set)
     events: list[str] = field(default_factory=list)  # kinds seen, in order
+    # Each database env.py said it migrates (full URLs: never stored or shown).
+    databases: list[EnvDatabase] | None = None
 
 
 @dataclass
@@ -227,12 +235,37 @@ def record_event(inst: str, run_id: str, project, event: dict, report: WorkerRep
         report.sessions.append(str(event.get("id")))
     elif kind == "touched":
         report.touched.add(str(event.get("table")))
+    elif kind == "databases":
+        report.databases = list(databases_of(event, os.path.dirname(project.ini_path)))
     elif kind == "done":
         report.heads = tuple(event.get("heads", ()))
     elif kind == "error":
         report.error = project.scrub(event.get("error", "unknown error"))
         runs.add_log(inst, run_id, "ERROR", project.scrub(event.get("traceback") or
                                                           report.error))
+
+
+def wrong_databases(project, databases: list[EnvDatabase] | None) -> str | None:
+    """Why a run must be refused because env.py would migrate a database other than
+    the one the guard locked and backs up (named masked); None when every database
+    env.py names is that one."""
+    if not databases:
+        return ("env.py opened no database when asked which one it migrates, so "
+                "nothing was run.")
+    locked = project.engine.identity(project.database_url)
+    others = [d for d in databases if d.identity != locked]
+    if not others:
+        return None
+    if len({d.identity for d in databases}) > 1:
+        named = ", ".join(dict.fromkeys(d.masked_url for d in databases))
+        return (f"env.py migrates {len(databases)} databases ({named}), but the dashboard "
+                f"locks and backs up one, {project.masked_url}: the run was refused before "
+                "any step, and nothing was run. Runs of an env.py that migrates several "
+                "databases are not supported yet.")
+    return (f"env.py migrates {others[0].masked_url}, but the dashboard locked "
+            f"{project.masked_url}, the database it backs up for this run: the run was "
+            "refused before any step, and nothing was run. Point DASHBOARD_DATABASE_URL "
+            "at the database env.py migrates, or unset it to let env.py name the database.")
 
 
 def replay_events(inst: str, run_id: str, project) -> WorkerReport:

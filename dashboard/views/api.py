@@ -37,7 +37,7 @@ def targets():
 
 @bp.get("/status")
 def status():
-    _, history, state = current_dashboard().read_state()
+    _, history, state = current_dashboard().read_state(ask_env_py=True)
     return jsonify(inspection.status_json(history, state))
 
 

@@ -18,7 +18,7 @@ def overview():
     if registry().multiple and not g.get("target_name"):
         return render_template("targets.html", targets=inspection.target_summaries(registry()))
     dashboard = current_dashboard()
-    project, history, status = dashboard.read_state()
+    project, history, status = dashboard.read_state(ask_env_py=True)
     recent = runs.list_runs(dashboard.instance_dir, limit=1)
     return render_template(
         "overview.html", project=project, history=history, status=status,
