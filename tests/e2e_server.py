@@ -129,11 +129,13 @@ def wait_for_run(page, status: str = "succeeded", timeout_ms: int = 60_000) -> N
 
 
 def take_screenshots(out_dir: Path) -> list[Path]:
-    """The README's pictures: overview (pending), history, and a finished run."""
+    """The README's pictures: overview (pending), history, and a finished run, on a
+    desktop screen; the overview and the run on a phone (390x844) too."""
     from playwright.sync_api import sync_playwright
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    shots = [out_dir / "overview.png", out_dir / "history.png", out_dir / "run.png"]
+    shots = [out_dir / "overview.png", out_dir / "history.png", out_dir / "run.png",
+             out_dir / "overview-phone.png", out_dir / "run-phone.png"]
     with tempfile.TemporaryDirectory() as scratch, running_dashboard(Path(scratch)) as server, \
             sync_playwright() as playwright:
         browser = launch_chromium(playwright)
@@ -148,7 +150,16 @@ def take_screenshots(out_dir: Path) -> list[Path]:
             page.click("#upgrade-button")
             wait_for_run(page)
             page.screenshot(path=shots[2], full_page=True)
+            run_url = page.url
             context.close()
+            phone = browser.new_context(viewport={"width": 390, "height": 844},
+                                        device_scale_factor=2)
+            page = phone.new_page()
+            page.goto(server.url + "/")
+            page.screenshot(path=shots[3])
+            page.goto(run_url)
+            page.screenshot(path=shots[4])
+            phone.close()
         finally:
             browser.close()
     return shots

@@ -145,7 +145,9 @@ def test_a_failed_run_says_what_was_undone_what_failed_and_what_next(client, sam
     assert run["status"] == "restored"
     succeeded = [s for s in run["steps"] if s["status"] == "succeeded"]
     assert succeeded and all(s["undone"] for s in succeeded)
-    assert "on purpose. " in run["error"], run["error"]  # not "on purpose The run's"
+    # Sentences apart: not "on purpose The run's one transaction..."
+    assert re.search(r"[.)]\. The run's|purpose\. The run's", run["error"]), run["error"]
+    assert "bad0000000001_explodes.py, line " in run["error"]  # the file and line to fix
 
     page = client.get(f"/runs/{run['id']}").get_data(as_text=True)
     statuses = re.findall(r'class="step-status"[^>]*>([^<]*)<', page)
