@@ -39,6 +39,7 @@ class MariaDbEngine(ServerEngine):
     with the mariadb client. Every DDL statement commits on its own."""
 
     name = "mysql"
+    default_port = 3306
     label = "MariaDB/MySQL"
     family = "mysql"
     transactional_ddl = False

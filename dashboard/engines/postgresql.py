@@ -124,6 +124,7 @@ class PostgresEngine(ServerEngine):
     DDL is transactional, so a whole action can run in one transaction."""
 
     name = "postgresql"
+    default_port = 5432
     label = "PostgreSQL"
     family = "postgresql"
     transactional_ddl = True

@@ -539,12 +539,31 @@ def _tail(handle) -> str:
 SCRATCH_MARK = "mdverify"
 
 
+# Names of this machine in a URL: one host for a database's identity.
+LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1", "ip6-localhost", "localhost.localdomain"})
+
+
 class ServerEngine(DatabaseEngine, abc.ABC):
     """What PostgreSQL and MariaDB/MySQL share: an address, SQL reads, scratch databases."""
 
     family = ""  # "postgresql" or "mysql": which client tools and driver
+    default_port = 0  # the port a URL without one reaches
     scratch_name_limit = 64
     holds_off_writers = False
+
+    def identity(self, url: str) -> str:
+        """Engine, host, port and database, spelled one way: ``localhost``,
+        ``127.0.0.1``, ``::1`` and a local socket are one host, no port is the
+        default port, and the driver (psycopg, asyncpg, pymysql) does not count.
+        Holds no user and no password."""
+        try:
+            parsed = make_url(url)
+        except (ArgumentError, ValueError):
+            return url.split(":", 1)[0]
+        host = (parsed.host or str(parsed.query.get("host") or "") or "localhost").lower()
+        if host.strip("[]") in LOOPBACK or host.startswith("/"):
+            host = "localhost"
+        return f"{self.name}://{host}:{parsed.port or self.default_port}/{parsed.database or ''}"
 
     def connect_args(self) -> dict:
         return {"connect_timeout": 5}
