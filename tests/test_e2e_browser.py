@@ -219,3 +219,24 @@ def test_a_revision_page_fetches_its_sql_after_showing(server, page, browser_err
     expect(page.get_by_role("button", name="Copy upgrade SQL")).to_be_visible()
     expect(page.get_by_role("button", name="Copy downgrade SQL")).to_be_visible()
     assert browser_errors == []
+
+
+def test_a_failed_run_shows_the_file_and_line_to_fix_and_retries(server, page, browser_errors,
+                                                                 tmp_path):
+    from tests.conftest import UNIFIED_REASONING
+    from tests.test_runs import add_failing_revision
+
+    add_failing_revision(tmp_path / "project" / "alembic.ini", UNIFIED_REASONING)
+    page.goto(server.url + "/")
+    page.click("#upgrade-button")
+    page.wait_for_url("**/runs/*")
+    wait_for_run(page, "restored")
+    error = page.locator("#run-panel .run-error")
+    expect(error).to_contain_text("bad0000000001_explodes.py, line ")
+    expect(page.locator("#what-next")).to_contain_text("then retry")
+    undone = page.locator("#run-panel td.step-status", has_text="undone by the restore")
+    expect(undone).not_to_have_count(0)
+    page.click("#retry-button")
+    page.wait_for_url("**/runs/*")
+    wait_for_run(page, "restored")
+    assert browser_errors == []
