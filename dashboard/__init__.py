@@ -69,6 +69,17 @@ def create_app(test_config: dict | None = None) -> Flask:
 
     app.jinja_env.globals["now"] = time.time
 
+    @app.template_global()
+    def preview_url(action: str, destination: str, **query: str) -> str:
+        """The confirmation page of an action. Its revision travels as the query's
+        ``target`` by hand: ``url_for(..., target=...)`` names the dashboard's target."""
+        from urllib.parse import urlencode
+
+        from flask import url_for
+
+        return url_for("actions.preview") + "?" + urlencode(
+            {"action": action, "target": destination, **query})
+
     @app.context_processor
     def target_context():
         from flask import g

@@ -194,6 +194,13 @@ class Target:
         return alembic_process.OfflineSql.of(found[revision.revision, "up"],
                                              found[revision.revision, "down"])
 
+    def cached_downgrade_sql(self, project: Project, revisions
+                             ) -> dict[str, alembic_process.StepSql] | None:
+        """Each revision's downgrade SQL if all are cached, else None."""
+        keys = self._sql_keys(project, revisions, ("down",))
+        found = {pair[0]: self._sql_cache.get(key) for pair, key in keys.items()}
+        return None if any(step is None for step in found.values()) else found
+
     def downgrade_sql(self, project: Project, revisions) -> dict[str, alembic_process.StepSql]:
         """Each revision's downgrade SQL: what is not cached comes from one subprocess."""
         found = self._step_sql(project, revisions, ("down",))

@@ -316,7 +316,7 @@ def test_a_downgrade_preview_to_base_generates_its_sql_in_one_subprocess(tmp_pat
     calls.unlink(missing_ok=True)
 
     started = time.monotonic()
-    page = client.get("/actions/preview?action=downgrade&target=base")
+    page = client.get("/actions/preview?action=downgrade&target=base&sql=now")
     elapsed = time.monotonic() - started
     assert page.status_code == 200, page.get_data(as_text=True)[:500]
     html = page.get_data(as_text=True)

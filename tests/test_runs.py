@@ -377,7 +377,7 @@ def test_progress_fragment_and_page(client, seeded):
 
 
 def test_downgrade_preview_names_what_it_drops(client, seeded):
-    page = client.get("/actions/preview?action=downgrade&target=" + USERS)
+    page = client.get("/actions/preview?action=downgrade&target=" + USERS + "&sql=now")
     assert page.status_code == 200
     html = page.get_data(as_text=True)
     assert "table chat_messages" in html and "table chat_sessions" in html
@@ -395,7 +395,7 @@ def test_a_downgrade_preview_keeps_each_revisions_sql_until_its_file_changes(
     wrapper.write_text(f'#!/bin/sh\necho "$*" >> "{calls}"\nexec "{sys.executable}" "$@"\n')
     wrapper.chmod(0o755)
     client = create_app({**app_config, "DASHBOARD_PYTHON": str(wrapper)}).test_client()
-    url = "/actions/preview?action=downgrade&target=" + USERS
+    url = "/actions/preview?action=downgrade&target=" + USERS + "&sql=now"
 
     def started(page) -> list[str]:
         assert page.status_code == 200 and "table chat_sessions" in page.get_data(as_text=True)
@@ -498,3 +498,21 @@ def test_a_failed_creation_removes_the_new_file(client, db_path, sample_ini):
     assert not db_path.exists()
     # Only the dashboard's lock file is left beside it (empty: nobody holds it).
     assert [p.name for p in db_path.parent.glob("target.db*")] in ([], ["target.db-mdlock"])
+
+
+def test_a_downgrade_preview_comes_at_once_and_what_it_drops_in_a_fragment(client, seeded):
+    """The plan without waiting for env.py; what each step drops, with the button
+    that confirms, comes in a fragment (or with the page under ?sql=now)."""
+    url = "/actions/preview?action=downgrade&target=" + USERS
+    first = client.get(url).get_data(as_text=True)
+    assert "table chat_sessions" not in first and 'id="confirm-button"' not in first
+    assert "Reading what each step drops" in first
+    now = f"/actions/preview?action=downgrade&amp;target={USERS}&amp;sql=now"
+    assert f'hx-get="{now}"' in first and f'href="{now}"' in first
+    fragment = client.get(url + "&sql=now", headers={"HX-Request": "true"})
+    html = fragment.get_data(as_text=True)
+    assert "table chat_sessions" in html and 'id="confirm-button"' in html
+    assert "<html" not in html
+    again = client.get(url).get_data(as_text=True)  # generated: with the page now
+    assert "table chat_sessions" in again and 'id="confirm-button"' in again
+    assert client.get(url + "&sql=soon").status_code == 400

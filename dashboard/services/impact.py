@@ -56,17 +56,23 @@ def live_columns(project) -> dict[str, list[str]]:
         engine.dispose()
 
 
-def preview_action(dashboard, project, history, status, action: str, target: str):
-    """The plan of an action and, for downgrades, what each step drops."""
+def preview_action(dashboard, project, history, status, action: str, target: str,
+                   sql: str = "now"):
+    """The plan of an action and, for downgrades, what each step drops: read now
+    (``sql="now"``), or only if every step's SQL is already generated ("cached";
+    ``drops`` is None otherwise, for the page to fetch it in a fragment)."""
     from dashboard.services.planning import plan_action, resulting_revisions
 
     plan = plan_action(history, tuple(status.current), action, target, status.state)
-    drops: dict[str, list[str]] = {}
+    drops: dict[str, list[str]] | None = {}
     sql_errors: dict[str, str] = {}
     if action == "downgrade":
+        revisions = [history.revisions[step.revision] for step in plan.steps]
+        found = (dashboard.downgrade_sql(project, revisions) if sql == "now"
+                 else dashboard.cached_downgrade_sql(project, revisions))
+        if found is None:
+            return plan, None, sql_errors, resulting_revisions(history, plan)
         columns = live_columns(project)
-        found = dashboard.downgrade_sql(project, [history.revisions[step.revision]
-                                                  for step in plan.steps])
         for step in plan.steps:
             sql = found[step.revision]
             if sql.sql is None:

@@ -40,14 +40,22 @@ def _form_value(name: str) -> str:
 
 @bp.get("/actions/preview")
 def preview():
+    """The plan at once; for a downgrade whose SQL is not generated yet, what each
+    step drops (and the confirmation) in a fragment the page fetches, or with the
+    page itself under ``?sql=now`` (the way without JavaScript)."""
     dashboard = current_dashboard()
     action = request.args.get("action", "")
     target = request.args.get("target", "").strip()
+    wanted = request.args.get("sql", "cached")
+    if wanted not in ("cached", "now"):
+        raise BadRequest("'sql' must be 'now' or 'cached'.")
+    fragment = bool(request.headers.get("HX-Request")) and wanted == "now"
     project, history, status = dashboard.read_state()
     plan, drops, sql_errors, after = preview_action(dashboard, project, history, status,
-                                                    action, target)
-    return render_template("preview.html", project=project, status=status, plan=plan,
-                           drops=drops, sql_errors=sql_errors, history=history, after=after)
+                                                    action, target, sql=wanted)
+    return render_template("_preview_plan.html" if fragment else "preview.html",
+                           project=project, status=status, plan=plan, drops=drops,
+                           sql_errors=sql_errors, history=history, after=after)
 
 
 @bp.post("/actions")
