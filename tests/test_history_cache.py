@@ -26,7 +26,7 @@ def _settle(folder: Path) -> None:
     """Date every file well in the past, as in a project not being edited:
     a file changed within the last moments is read again rather than cached."""
     past = time.time() - 3600
-    for path in folder.rglob("*.py"):
+    for path in [*folder.rglob("*.py"), *(p for p in folder.rglob("*") if p.is_dir())]:
         os.utime(path, (past, past))
 
 
@@ -146,3 +146,24 @@ def test_a_file_still_being_written_is_not_kept_on_disk(tmp_path):
     _settle(ini.parent)
     assert len(client.get("/api/status").get_json()["pending"]) == 2
     assert len(_cache_entries(instance)) == 3
+
+
+def test_a_file_added_or_removed_while_stopped_is_seen(project, tmp_path):
+    """The cache file also keeps each folder's listing, used only while the
+    folder's own times are unchanged: a file added or removed changes them."""
+    ini, url, spec = project
+    instance = tmp_path / "instance"
+    client_for(ini, url, instance).get("/api/status")
+    assert json.loads((instance / CACHE).read_text(encoding="utf-8"))["folders"]
+    head = spec.revisions[-1]
+    new = hf.RevisionSpec("feedfacecafe", (head.revision,), message="added while stopped")
+    folder = hf.revision_path(ini, spec, head.revision).parent
+    (folder / hf.revision_filename(new)).write_text(hf.revision_source(new), encoding="utf-8")
+    _settle(ini.parent)
+
+    body = client_for(ini, url, instance).get("/api/status").get_json()
+    assert body["heads"] == [new.revision]
+
+    (folder / hf.revision_filename(new)).unlink()
+    body = client_for(ini, url, instance).get("/api/status").get_json()
+    assert body["heads"] == [head.revision]

@@ -353,7 +353,7 @@ def _folder_listing(folder: str, fd: int,
     listing = FolderListing(stamp, tuple(found), tuple(subfolders))
     # A folder changed within the last tick may change again keeping its times,
     # and a link may be pointed elsewhere: those are listed again next time.
-    if listings is not None and not has_links and max(stamp) < time.time_ns() - RACY_NS:
+    if listings is not None and not has_links and stamp[0] < time.time_ns() - RACY_NS:
         if len(listings) > 256:
             listings.clear()
         listings[folder] = listing
@@ -397,17 +397,20 @@ class HistoryCache:
 
     def load(self, project: Project) -> History:
         with self._lock:
+            if not self._disk_read:
+                self._disk_read = True
+                headers, listings = read_cache_file(self._cache_file)
+                for entry, header in headers.items():
+                    self._files.setdefault(entry, header)
+                    self._from_text.add(entry)
+                for folder, listing in listings.items():
+                    self._listings.setdefault(folder, listing)
             files = revision_files(project, self._listings)
             key = (project.version_locations, tuple(files))
             if self._racy_until and time.time_ns() >= self._racy_until:
                 self._read_racy_again(project)
             if key == self._key and self._history is not None:
                 return self._history
-            if not self._disk_read:
-                self._disk_read = True
-                for entry, header in read_cache_file(self._cache_file).items():
-                    self._files.setdefault(entry, header)
-                    self._from_text.add(entry)
             parsed, fresh = self._parse_all(project, files)
             self._files = {f: parsed[f] for f in files}
             self._from_text &= self._files.keys()
@@ -473,16 +476,21 @@ class HistoryCache:
             return
         keep = {entry: self._files[entry] for entry in self._from_text - self._racy
                 if entry in self._files}
-        write_cache_file(self._cache_file, keep)
+        write_cache_file(self._cache_file, keep, self._listings)
 
 
-def write_cache_file(path: str, headers: dict[FileKey, RevisionHeader]) -> None:
-    """Headers with their files' keys, as JSON, replacing ``path`` at once: a
-    reader sees the old file or the new one, never half of one. Only headers
-    read whole from the text (nothing unresolved) are written."""
+def write_cache_file(path: str, headers: dict[FileKey, RevisionHeader],
+                     listings: dict[str, FolderListing] | None = None) -> None:
+    """Headers with their files' keys, and the folders' listings, as JSON,
+    replacing ``path`` at once: a reader sees the old file or the new one,
+    never half of one. Only headers read whole from the text (nothing
+    unresolved) are written."""
     body = {"format": CACHE_FORMAT, "files": [
         [*entry, h.revision, h.down_revision, h.branch_labels, h.depends_on, h.docstring]
         for entry, h in headers.items() if h.path == entry[0] and not h.unresolved
+    ], "folders": [
+        [folder, *listing.stamp, listing.files, listing.subfolders]
+        for folder, listing in (listings or {}).items()
     ]}
     folder = os.path.dirname(path) or "."
     temporary = None
@@ -502,16 +510,17 @@ def write_cache_file(path: str, headers: dict[FileKey, RevisionHeader]) -> None:
                 pass
 
 
-def read_cache_file(path: str | None) -> dict[FileKey, RevisionHeader]:
+def read_cache_file(path: str | None
+                    ) -> tuple[dict[FileKey, RevisionHeader], dict[str, FolderListing]]:
     """What ``write_cache_file`` kept, or nothing when the file is missing,
     damaged or of another format: the cache is then rebuilt from the files."""
     if path is None:
-        return {}
+        return {}, {}
     try:
         with open(path, encoding="utf-8") as handle:
             body = json.load(handle)
         if body.get("format") != CACHE_FORMAT:
-            return {}
+            return {}, {}
         found: dict[FileKey, RevisionHeader] = {}
         for file_path, mtime, size, ctime, revision, down, labels, depends, docstring in (
                 body["files"]):
@@ -525,13 +534,20 @@ def read_cache_file(path: str | None) -> dict[FileKey, RevisionHeader]:
                 path=file_path, revision=revision, down_revision=tuple(down),
                 branch_labels=tuple(labels), depends_on=tuple(depends), docstring=docstring,
             )
-        return found
+        listings: dict[str, FolderListing] = {}
+        for folder, mtime, ctime, files, subfolders in body.get("folders", ()):
+            if not (type(mtime) is int and type(ctime) is int):
+                raise ValueError(f"unexpected listing of {folder!r}")
+            pairs = tuple((name, file_path) for name, file_path in files)
+            "".join((folder, *subfolders, *(text for pair in pairs for text in pair)))
+            listings[folder] = FolderListing((mtime, ctime), pairs, tuple(subfolders))
+        return found, listings
     except FileNotFoundError:
-        return {}
+        return {}, {}
     except (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
         log.warning("ignoring the revision header cache %s (%s): reading the files again",
                     path, exc)
-        return {}
+        return {}, {}
 
 
 def _without_import(header: RevisionHeader, import_error: str) -> RevisionHeader:
