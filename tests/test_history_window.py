@@ -111,7 +111,7 @@ def test_a_search_finding_nothing_says_so(long_history):
 
 
 @pytest.mark.parametrize("args", [
-    "start=abc", "start=-1", "start=1.5", "size=0", "size=100000", "size=x",
+    "start=abc", "start=-1", "start=1.5", "start=%C2%B2", "size=0", "size=100000", "size=x",
     "q=" + "x" * 201, "around=0", "around=",
 ])
 def test_bad_window_arguments_are_a_4xx(long_history, args):

@@ -44,7 +44,7 @@ MAX_QUERY = 200
 def history_page():
     start = _whole_number("start", 0, None)
     size = _whole_number("size", 1, inspection.MAX_WINDOW) or inspection.HISTORY_WINDOW
-    around = request.args.get("around", "").strip() or None
+    around = _text("around") or None
     query = _text("q")
     project, history, status = current_dashboard().read_state()
     view = inspection.history_view(history, status, start=start, around=around, size=size,
@@ -79,7 +79,8 @@ def _whole_number(name: str, least: int, most: int | None) -> int | None:
     raw = request.args.get(name, "").strip()
     if not raw:
         return None
-    if not raw.isdigit() or int(raw) < least or (most is not None and int(raw) > most):
+    if (not (raw.isascii() and raw.isdigit()) or int(raw) < least
+            or (most is not None and int(raw) > most)):
         limits = f"from {least} to {most}" if most is not None else f"of at least {least}"
         raise BadRequest(f"'{name}' must be a whole number {limits}.")
     return int(raw)
