@@ -209,3 +209,20 @@ def test_times_read_in_the_readers_zone_and_ids_copy(server, browser, browser_er
     assert page.evaluate("navigator.clipboard.readText()") == backup_id
     context.close()
     assert browser_errors == []
+
+
+def test_stamp_destination_suggests_revisions_as_you_type(server, page, browser_errors):
+    """The datalist starts with the heads and the current revision; typing a
+    prefix fetches the revisions that match (htmx), and the form still takes
+    whatever is typed."""
+    documents = "987a8e514080"  # neither a head nor the seeded current revision
+    page.goto(server.url + "/history")
+    options = page.locator(f"#stamp-suggestions option[value='{documents}']")
+    expect(options).to_have_count(0)
+    page.locator("#stamp-target").press_sequentially("987a", delay=30)
+    expect(options).to_have_count(1)
+    stamp = page.locator("form.action-form", has=page.locator("input[value=stamp]"))
+    stamp.locator("input[name=target]").fill(documents)
+    stamp.get_by_role("button", name="Preview stamp…").click()
+    expect(page.locator("h1")).to_contain_text("stamp")
+    assert browser_errors == []
