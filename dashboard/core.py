@@ -44,7 +44,8 @@ class Target:
         self.instance_dir = str(settings["DASHBOARD_INSTANCE_DIR"])
         self.timeout = float(settings["DASHBOARD_SUBPROCESS_TIMEOUT"])
         self.retention = int(settings.get("DASHBOARD_BACKUP_RETENTION", 20))
-        self._history_cache = HistoryCache(self._import_headers)
+        self._history_cache = HistoryCache(
+            self._import_headers, os.path.join(self.instance_dir, "history-cache.json"))
         self._sql_cache: dict = {}
         self._pinned: Project | None = None
         self._env_py_cache: dict = {}

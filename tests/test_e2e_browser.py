@@ -110,7 +110,7 @@ def test_upgrade_all_heads_then_download_the_backup(server, page, browser_errors
 def test_downgrade_through_the_preview_page(server, page, browser_errors):
     page.goto(server.url + "/")
     downgrade = page.locator("form.action-form", has=page.locator("input[value=downgrade]"))
-    downgrade.locator("select[name=target]").select_option("-1")
+    downgrade.locator("input[name=target]").fill("-1")
     downgrade.get_by_role("button", name="Preview downgrade…").click()
 
     expect(page.locator("h1")).to_contain_text("downgrade")
@@ -239,4 +239,21 @@ def test_a_failed_run_shows_the_file_and_line_to_fix_and_retries(server, page, b
     page.click("#retry-button")
     page.wait_for_url("**/runs/*")
     wait_for_run(page, "restored")
+    assert browser_errors == []
+
+
+def test_stamp_destination_suggests_revisions_as_you_type(server, page, browser_errors):
+    """The datalist starts with the heads and the current revision; typing a
+    prefix fetches the revisions that match (htmx), and the form still takes
+    whatever is typed."""
+    documents = "987a8e514080"  # neither a head nor the seeded current revision
+    page.goto(server.url + "/history")
+    options = page.locator(f"#stamp-suggestions option[value='{documents}']")
+    expect(options).to_have_count(0)
+    page.locator("#stamp-target").press_sequentially("987a", delay=30)
+    expect(options).to_have_count(1)
+    stamp = page.locator("form.action-form", has=page.locator("input[value=stamp]"))
+    stamp.locator("input[name=target]").fill(documents)
+    stamp.get_by_role("button", name="Preview stamp…").click()
+    expect(page.locator("h1")).to_contain_text("stamp")
     assert browser_errors == []

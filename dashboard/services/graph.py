@@ -10,12 +10,17 @@ Drawing contract for the template: an edge leaves its child's node, bends
 into the parent's lane before the next row, then runs straight down that lane
 to the parent. The layout keeps a lane reserved for a parent from the row of
 its first child to its own row, so that vertical run never crosses a node.
+
+A long history is shown a window of rows at a time (``window``): an edge whose
+other end lies outside the window is kept, marked as entering from above or
+leaving below, so a branch that continues out of view is drawn running off the
+edge of the window, never dropped.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 EdgeKind = Literal["parent", "depends_on"]
@@ -61,6 +66,8 @@ class GraphEdge:
     from_lane: int
     to_row: int
     to_lane: int
+    enters: bool = False  # the child is above the window: drawn from its top edge
+    leaves: bool = False  # the parent is below the window: drawn to its bottom edge
 
 
 @dataclass(frozen=True)
@@ -69,6 +76,24 @@ class GraphLayout:
     edges: tuple[GraphEdge, ...]  # sorted by child row, then parents before depends_on
     lane_count: int
     row_count: int
+    first_row: int = 0  # of the whole layout, when this is a window of it
+    total_rows: int | None = None  # rows of the whole layout (None: this is the whole)
+
+    @property
+    def enters(self) -> bool:
+        return any(e.enters for e in self.edges)
+
+    @property
+    def leaves(self) -> bool:
+        return any(e.leaves for e in self.edges)
+
+    @property
+    def leaving_lanes(self) -> tuple[int, ...]:
+        return tuple(sorted({e.to_lane for e in self.edges if e.leaves}))
+
+    @property
+    def entering_lanes(self) -> tuple[int, ...]:
+        return tuple(sorted({e.to_lane for e in self.edges if e.enters}))
 
 
 def layout_graph(revisions: Sequence[GraphRevision]) -> GraphLayout:
@@ -127,6 +152,52 @@ def layout_graph(revisions: Sequence[GraphRevision]) -> GraphLayout:
         for target in ids
     )
     return GraphLayout(nodes=nodes, edges=edges, lane_count=lane_count, row_count=len(order))
+
+
+def window(layout: GraphLayout, first: int, stop: int) -> GraphLayout:
+    """Rows ``first`` to ``stop - 1`` of ``layout``, renumbered from 0.
+
+    Edges with one end in the window, or passing through it, are kept: an edge
+    from a child above the window enters at its top edge in the parent's lane
+    (the lane it runs down in), and one to a parent below leaves at its bottom
+    edge. Lanes no row or edge of the window uses are closed up, keeping their
+    order, so the labels sit as far left as the window allows.
+    """
+    total = layout.row_count
+    first, stop = max(0, first), min(total, stop)
+    nodes = layout.nodes[first:stop]
+    kept: list[tuple[GraphEdge, bool, bool]] = []
+    passing: set[tuple[str, str]] = set()
+    for e in layout.edges:
+        if e.to_row < e.from_row:  # only a broken (cyclic) history: drawn when whole
+            if first <= e.to_row and e.from_row < stop:
+                kept.append((e, False, False))
+            continue
+        if e.to_row < first or e.from_row >= stop:
+            continue
+        enters, leaves = e.from_row < first, e.to_row >= stop
+        if enters:  # one line per parent and kind: they share its lane from here
+            if (e.parent, e.kind) in passing:
+                continue
+            passing.add((e.parent, e.kind))
+        kept.append((e, enters, leaves))
+    used = sorted({n.lane for n in nodes}
+                  | {e.to_lane for e, _, _ in kept}
+                  | {e.from_lane for e, enters, _ in kept if not enters})
+    lane = {old: new for new, old in enumerate(used)}
+    return GraphLayout(
+        nodes=tuple(replace(n, row=n.row - first, lane=lane[n.lane]) for n in nodes),
+        edges=tuple(
+            replace(e, from_row=e.from_row - first, to_row=e.to_row - first,
+                    from_lane=lane[e.to_lane if enters else e.from_lane],
+                    to_lane=lane[e.to_lane], enters=enters, leaves=leaves)
+            for e, enters, leaves in kept
+        ),
+        lane_count=len(used),
+        row_count=len(nodes),
+        first_row=first,
+        total_rows=total,
+    )
 
 
 def _index(revisions: Sequence[GraphRevision]) -> dict[str, GraphRevision]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 from dataclasses import dataclass
+from itertools import pairwise
 
 from dashboard.services.alembic_process import OfflineSql
 from dashboard.services.project import Project
@@ -186,6 +187,139 @@ def graph_layout(summaries: list[RevisionSummary]):
         )
         for s in summaries
     ])
+
+
+# Rows of the history page: a long history is shown this many at a time.
+HISTORY_WINDOW = 200
+MAX_WINDOW = 1000
+SEARCH_LIMIT = 50
+
+
+@dataclass(frozen=True)
+class HistoryView:
+    """What the history page shows: windows of the graph (one, or several around
+    the heads and the current revisions), where the next windows start, and the
+    search results."""
+
+    total: int
+    windows: tuple  # graph.GraphLayout windows, top to bottom
+    size: int
+    start: int | None  # a window asked for by its first row; None: the opening view
+    newer_start: int | None  # first row of the window above, if any
+    older_start: int | None  # first row of the window below, if any
+    current: tuple[str, ...]
+    heads: tuple[str, ...]
+    query: str = ""
+    matches: tuple[RevisionSummary, ...] = ()
+    more_matches: int = 0
+
+    @property
+    def gaps(self) -> list[tuple[int, int]]:
+        """(first row, count) of the rows between two windows."""
+        return [(a.first_row + a.row_count, b.first_row - a.first_row - a.row_count)
+                for a, b in pairwise(self.windows)]
+
+
+def history_view(history: History, status: MigrationStatus | None, *,
+                 start: int | None = None, around: str | None = None,
+                 size: int = HISTORY_WINDOW, query: str = "") -> HistoryView:
+    """The history page's windows: rows from ``start``, or centred on the revision
+    ``around`` names, or (neither) the heads and the current revisions with the
+    rows near them; and the revisions ``query`` finds."""
+    from dashboard.services.graph import window
+    from dashboard.services.revisions import resolve_revision
+
+    summaries = revision_summaries(history, status)
+    key = ("layout", tuple(status.current) if status else None, status.state if status else None)
+    layout = history.memo(key, lambda: graph_layout(summaries))
+    row_of = history.memo(key + ("rows",), lambda: {n.revision: n.row for n in layout.nodes})
+    total = layout.row_count
+    current = tuple(r for r in (status.current if status else ()) if r in row_of)
+    heads = tuple(r for r in history.heads if r in row_of)
+    if around:
+        row = row_of.get(resolve_revision(history, around).revision, 0)
+        start = max(0, min(row - size // 2, total - size))
+    if start is not None:
+        start = max(0, min(start, total - size))
+        ranges = [(start, start + size)]
+    else:
+        ranges = _opening_ranges(total, [row_of[h] for h in heads],
+                                 [row_of[c] for c in current], size)
+    windows = tuple(window(layout, a, b) for a, b in ranges)
+    first, stop = (windows[0].first_row, windows[-1].first_row + windows[-1].row_count) \
+        if windows else (0, 0)
+    matches, more = search_revisions(summaries, query) if query else ((), 0)
+    return HistoryView(
+        total=total, windows=windows, size=size, start=start,
+        newer_start=max(0, first - size) if first > 0 else None,
+        older_start=stop if stop < total else None,
+        current=current, heads=heads, query=query, matches=matches, more_matches=more,
+    )
+
+
+def _opening_ranges(total: int, head_rows: list[int], current_rows: list[int],
+                    size: int) -> list[tuple[int, int]]:
+    """Rows to open the page on: the whole history when it fits in one window;
+    otherwise the rows below each head and around each current revision (mostly
+    above it: what is pending next), about ``size`` rows in all, ranges that
+    touch or nearly touch joined."""
+    if total <= size:
+        return [(0, total)] if total else []
+    focus = len(head_rows) + len(current_rows) or 1
+    context = max(10, size // focus)
+    ranges = [(row, row + context) for row in head_rows or [0]]
+    ranges += [(row - context * 3 // 4, row + context // 4 + 1) for row in current_rows]
+    joined: list[list[int]] = []
+    for a, b in sorted((max(0, a), min(total, b)) for a, b in ranges):
+        if joined and a <= joined[-1][1] + 10:
+            joined[-1][1] = max(joined[-1][1], b)
+        else:
+            joined.append([a, b])
+    return [(a, b) for a, b in joined]
+
+
+def search_revisions(summaries: list[RevisionSummary], query: str
+                     ) -> tuple[tuple[RevisionSummary, ...], int]:
+    """Revisions whose id contains ``query`` (a prefix, as usually typed), one
+    of whose branch labels contains it, or whose message has every word of it;
+    case-insensitive, newest first. Returns the first ``SEARCH_LIMIT`` and how
+    many more there are."""
+    needle = query.strip().lower()
+    words = needle.split()
+    if not words:
+        return (), 0
+    found = [
+        s for s in summaries
+        if needle in s.revision.lower()
+        or any(needle in label.lower() for label in s.branch_labels)
+        or all(word in s.message.lower() for word in words)
+    ]
+    return tuple(found[:SEARCH_LIMIT]), max(0, len(found) - SEARCH_LIMIT)
+
+
+def revision_suggestions(history: History, status: MigrationStatus | None, typed: str,
+                         action: str, limit: int = 30) -> list[RevisionSummary]:
+    """Revisions to offer as the user types a downgrade or stamp destination:
+    those whose id or label starts with, or message contains, what was typed
+    (a downgrade only offers applied revisions); with nothing typed, the ones
+    nearest the current revision."""
+    summaries = revision_summaries(history, status)
+    if action == "downgrade":
+        summaries = [s for s in summaries if s.applied and not s.is_current]
+    needle = typed.strip().lower()
+    if not needle:
+        if action == "downgrade":
+            return summaries[:limit]
+        rows = [i for i, s in enumerate(summaries) if s.is_current or s.is_head]
+        first = max(0, min(rows, default=0) - 2)
+        return summaries[first:first + limit]
+    starts = [s for s in summaries if s.revision.lower().startswith(needle)
+              or any(label.lower().startswith(needle) for label in s.branch_labels)]
+    if len(starts) < limit:
+        seen = {s.revision for s in starts}
+        starts += [s for s in summaries if s.revision not in seen
+                   and needle in s.message.lower()][:limit - len(starts)]
+    return starts[:limit]
 
 
 def revision_messages(history: History) -> dict[str, str]:

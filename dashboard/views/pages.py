@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Response, g, render_template, request
+from flask import Response, g, render_template, request, url_for
 
 from dashboard.errors import BadRequest
 from dashboard.services import guard, inspection, runs
@@ -38,15 +38,60 @@ def pending_sql():
     return response
 
 
+MAX_QUERY = 200
+
+
 @bp.get("/history")
 def history_page():
+    start = _whole_number("start", 0, None)
+    size = _whole_number("size", 1, inspection.MAX_WINDOW) or inspection.HISTORY_WINDOW
+    around = _text("around") or None
+    query = _text("q")
     project, history, status = current_dashboard().read_state()
-    summaries = inspection.revision_summaries(history, status)
-    layout = inspection.graph_layout(summaries)
+    view = inspection.history_view(history, status, start=start, around=around, size=size,
+                                   query=query)
     return render_template(
-        "history.html", project=project, history=history, status=status,
-        summaries=summaries, layout=layout,
+        "history.html", project=project, history=history, status=status, view=view,
+        summaries=inspection.revision_summaries(history, status), page_url=_history_url,
     )
+
+
+def _history_url(**args) -> str:
+    """This page with other window arguments (the search and size are kept)."""
+    kept = {name: request.args[name] for name in ("q", "size") if request.args.get(name)}
+    anchor = args.pop("_anchor", None)
+    return url_for("pages.history_page", **kept, **args, _anchor=anchor)
+
+
+@bp.get("/history/suggestions")
+def revision_suggestions():
+    """<option>s for a downgrade or stamp destination being typed (the
+    datalist of _actions.html); a fragment, fetched as the user types."""
+    action = request.args.get("action", "stamp")
+    if action not in ("downgrade", "stamp"):
+        raise BadRequest("'action' must be downgrade or stamp.")
+    typed = _text("target")
+    _, history, status = current_dashboard().read_state()
+    found = inspection.revision_suggestions(history, status, typed, action)
+    return render_template("_suggestions.html", action=action, suggestions=found)
+
+
+def _whole_number(name: str, least: int, most: int | None) -> int | None:
+    raw = request.args.get(name, "").strip()
+    if not raw:
+        return None
+    if (not (raw.isascii() and raw.isdigit()) or int(raw) < least
+            or (most is not None and int(raw) > most)):
+        limits = f"from {least} to {most}" if most is not None else f"of at least {least}"
+        raise BadRequest(f"'{name}' must be a whole number {limits}.")
+    return int(raw)
+
+
+def _text(name: str) -> str:
+    value = request.args.get(name, "").strip()
+    if len(value) > MAX_QUERY:
+        raise BadRequest(f"'{name}' may be at most {MAX_QUERY} characters.")
+    return value
 
 
 @bp.get("/revisions/<path:revision_id>")
