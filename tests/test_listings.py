@@ -67,6 +67,7 @@ def test_backups_filter_by_verification(history_of_actions):
 
 
 @pytest.mark.parametrize("query", ["status=bogus", "page=0", "page=x", "per_page=100000",
+                                   "page=²", "per_page=١٠",
                                    "verified=maybe", "event=<script>"])
 def test_bad_filters_are_a_clear_400(client, sample_ini, db_url, query):
     migrate(sample_ini, db_url, USERS)

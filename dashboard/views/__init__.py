@@ -97,7 +97,7 @@ def _positive(name: str, default: int) -> int:
     raw = request.args.get(name, "").strip()
     if not raw:
         return default
-    if not raw.isdigit() or int(raw) < 1:
+    if not (raw.isascii() and raw.isdigit()) or int(raw) < 1:
         raise BadRequest(f"'{name}' must be a whole number of at least 1.")
     return int(raw)
 
