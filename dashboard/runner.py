@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-import select
+import selectors
 import site
 import subprocess
 import sys
@@ -87,18 +87,21 @@ def _handshake(proc: subprocess.Popen) -> dict:
     assert proc.stdout is not None
     deadline = time.monotonic() + HANDSHAKE_SECONDS
     line = b""
-    while not line.endswith(b"\n"):
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise Unavailable("The run did not say whether it started within "
-                              f"{HANDSHAKE_SECONDS:g} s; see the runs page.")
-        ready, _, _ = select.select([proc.stdout], [], [], left)
-        if not ready:
-            continue
-        chunk = os.read(proc.stdout.fileno(), 65536)
-        if not chunk:
-            break
-        line += chunk
+    # A selector (epoll here), not select(): a long-lived server may hold descriptors
+    # numbered past 1024, which select() refuses.
+    with selectors.DefaultSelector() as selector:
+        selector.register(proc.stdout, selectors.EVENT_READ)
+        while not line.endswith(b"\n"):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise Unavailable("The run did not say whether it started within "
+                                  f"{HANDSHAKE_SECONDS:g} s; see the runs page.")
+            if not selector.select(left):
+                continue
+            chunk = os.read(proc.stdout.fileno(), 65536)
+            if not chunk:
+                break
+            line += chunk
     proc.stdout.close()
     try:
         return json.loads(line.decode("utf-8"))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from dashboard.core import Target
 from dashboard.services import guard, runs
 from dashboard.settings import settings_from_environ
@@ -49,3 +51,25 @@ def test_a_relative_sqlite_url_names_the_same_file_for_status_backup_and_worker(
     assert db_revisions(workdir / "rel.db") == [UNIFIED_REASONING]
     assert run.status == runs.SUCCEEDED
     assert os.path.exists(workdir / "rel.db")
+
+
+def test_a_server_holding_more_than_1024_files_still_starts_runs(client, sample_ini, db_url):
+    """select() cannot watch a descriptor numbered 1024 or more: a long-lived server
+    with many connections and files open got a 500 on every action."""
+    import resource
+
+    from tests.conftest import USERS, migrate
+    from tests.test_runs import wait_for_run
+
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 1200:
+        pytest.skip(f"the open-files limit ({soft}) is too low to open 1100 files")
+    migrate(sample_ini, db_url, USERS)
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        response = client.post("/api/runs", json={"action": "upgrade", "target": "heads"})
+        assert response.status_code == 202, response.get_data(as_text=True)[:300]
+    finally:
+        for fd in held:
+            os.close(fd)
+    assert wait_for_run(client, response.get_json()["id"])["status"] == "succeeded"
