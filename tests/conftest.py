@@ -110,6 +110,17 @@ def app(make_app):
     return make_app()
 
 
+@pytest.fixture(autouse=True)
+def _stores_closed_after_each_test():
+    """Each test's dashboard opens its own store (one SQLite engine per instance
+    folder, kept for the process): closed after the test, or the session holds a
+    few more descriptors per test, past what select()-based code can watch."""
+    yield
+    from dashboard.services import store
+
+    store.close_all()
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _no_runner_outlives_the_tests():
     """Runs are carried out by detached runner processes (and their workers): any
