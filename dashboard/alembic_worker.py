@@ -503,7 +503,7 @@ def run_action(ini: str, url: str, action: str, target: str, purge: bool = False
 
     config = _config(ini, url)
     script = ScriptDirectory.from_config(config)
-    _watch_connections()
+    watched = _watch_connections()
 
     def direction_of(step):
         return "up" if step.is_upgrade else "down"
@@ -529,6 +529,7 @@ def run_action(ini: str, url: str, action: str, target: str, purge: bool = False
             held.release(commit=False)
         raise
     emit_private("databases", databases=databases, cwd=os.getcwd())
+    watched[:] = [d["url"] for d in databases]
     if not _wait_for_go(held):
         if held is not None:
             held.release(commit=False)
@@ -616,15 +617,18 @@ _WRITE = re.compile(
     r"(?:ONLY\s+)?(?:IF\s+(?:NOT\s+)?EXISTS\s+)?([`\"\[]?[\w.$]+[`\"\]]?)", re.IGNORECASE)
 
 
-def _watch_connections() -> None:
+def _watch_connections() -> list[str]:
     """Report, from every engine env.py may make: each server session opened, each
-    commit, and each table a statement writes (for the discarded-writes count)."""
+    commit (with the index of its database among those env.py named, when it is
+    one), and each table a statement writes (for the discarded-writes count).
+    Returns the list to fill with the databases' URLs."""
     from sqlalchemy import event
     from sqlalchemy.engine import Engine
     from sqlalchemy.pool import Pool
 
     session_sql = os.environ.get("DASHBOARD_SESSION_SQL")
     touched: set[str] = set()
+    urls: list[str] = []
 
     @event.listens_for(Pool, "connect")
     def _session(dbapi_connection, _record):
@@ -640,7 +644,11 @@ def _watch_connections() -> None:
 
     @event.listens_for(Engine, "commit")
     def _commit(conn):
-        emit("committed")
+        try:
+            url = conn.engine.url.render_as_string(hide_password=False)
+        except Exception:
+            url = None
+        emit("committed", database=urls.index(url) if url in urls else None)
 
     @event.listens_for(Engine, "before_cursor_execute")
     def _statement(conn, cursor, statement, parameters, context, executemany):
@@ -650,6 +658,8 @@ def _watch_connections() -> None:
             if name not in touched:
                 touched.add(name)
                 emit("touched", table=name)
+
+    return urls
 
 
 class _HeldSqlite:

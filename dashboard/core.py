@@ -120,6 +120,21 @@ class Target:
         self._env_py_cache[key] = (time.monotonic(), asked)
         return asked
 
+    def guarded_databases(self, project: Project) -> tuple[Project, ...]:
+        """Every database a run must lock, back up and restore as one: ``project``'s
+        own, then each other database env.py migrates (the multidb template), each
+        as a project of its own. One when the database was given to the dashboard
+        (handed to env.py; any other env.py opens is refused) or env.py names one."""
+        if project.hands_url or not project.database_url:
+            return (project,)
+        asked = self.env_py_databases(replace(project, hands_url=False))
+        found = {project.engine.identity(project.database_url): project}
+        for database in asked.databases:
+            identity = database.identity
+            if identity not in found:
+                found[identity] = replace(project, database_url=database.url)
+        return tuple(found.values())
+
     def history(self, project: Project | None = None) -> History:
         return self._history_cache.load(project or self.project())
 
@@ -133,6 +148,9 @@ class Target:
         status = migration_status(project, history)
         if ask_env_py:
             status.env_py = self.env_py_databases(project)
+            databases = self.guarded_databases(project)
+            if len(databases) > 1:
+                status.guarded = tuple(d.masked_url for d in databases)
         return project, history, status
 
     def revision_detail(self, revision_id: str, sql: str = "now"):

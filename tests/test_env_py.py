@@ -21,7 +21,7 @@ from sqlalchemy.pool import NullPool
 
 from tests.conftest import client_for
 from tests.servers import SERVERS, require, scratch_database
-from tests.test_runs import run_to_end
+from tests.test_runs import run_to_end, snapshot, wait_for_run
 
 BIN = Path(sys.executable).parent
 WIDGETS = "aaa000000001"
@@ -436,7 +436,9 @@ def test_multidb_a_revision_page_writes_nothing_into_the_project(tmp_path):
     assert not one.exists() and not two.exists()
 
 
-def test_multidb_a_run_on_two_databases_is_refused_before_any_step(tmp_path):
+def test_multidb_a_run_guards_both_databases_as_one_run(tmp_path):
+    """Both databases env.py migrates are locked and backed up (each verified) before
+    any step; the run goes through on both; the run and the audit name both (masked)."""
     one, two = tmp_path / "one.db", tmp_path / "two.db"
     sqlite_notes(one)
     sqlite_notes(two)
@@ -446,15 +448,210 @@ def test_multidb_a_run_on_two_databases_is_refused_before_any_step(tmp_path):
     status = client.get("/api/status").get_json()
     assert [d["url"] for d in status["env_py"]["databases"]] == [f"sqlite:///{one}",
                                                                  f"sqlite:///{two}"]
-    assert status["env_py"]["elsewhere"] == [f"sqlite:///{two}"]
+    assert status["env_py"]["guarded"] == [f"sqlite:///{one}", f"sqlite:///{two}"]
+    assert status["env_py"]["elsewhere"] == []
+    overview = client.get("/").get_data(as_text=True)
+    assert "env.py migrates 2 databases" in overview and "refused" not in overview
+    run = run_to_end(client, "upgrade", "heads")
+
+    assert run["status"] == "succeeded", run
+    assert tables(f"sqlite:///{one}") == {"notes", "widgets", "alembic_version"}
+    assert tables(f"sqlite:///{two}") == {"notes", "gizmos", "alembic_version"}
+    assert [b["database"] for b in run["backups"]] == [f"sqlite:///{one}", f"sqlite:///{two}"]
+    assert run["backup_id"] == run["backups"][0]["backup_id"]
+    listed = {b["id"]: b for b in client.get("/api/backups").get_json()["backups"]}
+    for entry in run["backups"]:
+        backup = listed[entry["backup_id"]]
+        assert backup["database"] == entry["database"] and backup["verified"], backup
+        assert backup["revisions"] == []
+    page = client.get(f"/runs/{run['id']}").get_data(as_text=True)
+    for entry in run["backups"]:
+        assert entry["backup_id"] in page and entry["database"] in page
+    entry = next(e for e in client.get("/api/audit").get_json()["entries"]
+                 if e["run_id"] == run["id"])
+    assert entry["event"] == "action_succeeded"
+    assert f"sqlite:///{one}" in entry["database"] and f"sqlite:///{two}" in entry["database"]
+
+
+def test_multidb_a_backup_of_the_second_database_is_restored_into_that_database(tmp_path):
+    """Restoring engine2's backup puts back engine2, never engine1."""
+    one, two = tmp_path / "one.db", tmp_path / "two.db"
+    sqlite_notes(one)
+    sqlite_notes(two)
+    ini = multidb_project(tmp_path / "project", one, two)
+    client = client_for(ini, None, tmp_path / "inst")
+    run = run_to_end(client, "upgrade", "heads")
+    assert run["status"] == "succeeded", run
+    first = snapshot(one)
+    second = run["backups"][1]
+    assert second["database"] == f"sqlite:///{two}"
+
+    response = client.post(f"/api/backups/{second['backup_id']}/restore", json={})
+    assert response.status_code == 202, response.get_json()
+    restore = wait_for_run(client, response.get_json()["id"])
+
+    assert restore["status"] == "succeeded", restore
+    assert tables(f"sqlite:///{two}") == {"notes"}
+    assert snapshot(one) == first
+
+
+def test_multidb_the_worker_check_accepts_exactly_the_locked_set(tmp_path):
+    """What env.py opens in the run must be the databases locked and backed up: one
+    more, or one fewer, refuses the run before any step, naming them."""
+    from dataclasses import replace
+
+    from dashboard.services.alembic_process import EnvDatabase
+    from dashboard.services.project import load_project
+    from dashboard.services.supervision import wrong_databases
+
+    one, two, three = (tmp_path / f"{n}.db" for n in ("one", "two", "three"))
+    for path in (one, two, three):
+        sqlite_notes(path)
+    ini = multidb_project(tmp_path / "project", one, two)
+    project = load_project(str(ini), f"sqlite:///{one}")
+    guarded = (project, replace(project, database_url=f"sqlite:///{two}"))
+
+    def opened(*paths):
+        return [EnvDatabase(f"sqlite:///{p}", f"sqlite:///{p}", "sqlite", "alembic_version")
+                for p in paths]
+
+    assert wrong_databases(project, opened(one, two), guarded) is None
+    assert wrong_databases(project, opened(two, one), guarded) is None
+    more = wrong_databases(project, opened(one, two, three), guarded)
+    assert f"sqlite:///{three}" in more and "refused before any step" in more
+    fewer = wrong_databases(project, opened(one), guarded)
+    assert f"no longer migrates sqlite:///{two}" in fewer
+
+
+def test_multidb_a_lock_held_on_the_second_database_refuses_the_run(tmp_path):
+    """The lock of every database is taken before anything; one that cannot be had
+    refuses the run (409) and the ones taken are let go."""
+    from dashboard.services import locking
+
+    one, two = tmp_path / "one.db", tmp_path / "two.db"
+    sqlite_notes(one)
+    sqlite_notes(two)
+    ini = multidb_project(tmp_path / "project", one, two)
+    client = client_for(ini, None, tmp_path / "inst")
+    assert client.get("/api/status").status_code == 200
+    from dashboard.engines import engine_for
+
+    url = f"sqlite:///{two}"
+    engine = engine_for(url)
+    held = locking.acquire(str(tmp_path / "other-inst"), engine.identity(url),
+                           locking.LockHolder(os.getpid(), "upgrade elsewhere", "x", "someone",
+                                              0.0), beside=engine.lock_file(url))
+    try:
+        response = client.post("/api/runs", json={"action": "upgrade", "target": "heads"})
+        assert response.status_code == 409, response.get_json()
+        assert "someone" in response.get_json()["error"]["message"]
+    finally:
+        held.release()
+    assert tables(f"sqlite:///{one}") == {"notes"} and tables(url) == {"notes"}
+    # The first database's lock was let go: the run goes through now.
+    run = run_to_end(client, "upgrade", "heads")
+    assert run["status"] == "succeeded", run
+
+
+def _multidb_failing_revision(ini: Path, engine2_body: str) -> None:
+    (ini.parent / "migrations" / "versions" / "bbb000000002_doomed.py").write_text(
+        '"""doomed"""\nimport glob\nimport os\n\nimport sqlalchemy as sa\n'
+        'from alembic import op\n\n'
+        f'revision = "bbb000000002"\ndown_revision = "{WIDGETS}"\nbranch_labels = None\n'
+        'depends_on = None\n\n\n'
+        'def upgrade(engine_name):\n    globals()[f"upgrade_{engine_name}"]()\n\n\n'
+        'def downgrade(engine_name):\n    pass\n\n\n'
+        'def upgrade_engine1():\n'
+        '    op.create_table("doomed1", sa.Column("id", sa.Integer, primary_key=True))\n\n\n'
+        'def upgrade_engine2():\n'
+        '    op.create_table("doomed2", sa.Column("id", sa.Integer, primary_key=True))\n'
+        + engine2_body +
+        '    raise RuntimeError("engine2 is doomed")\n')
+
+
+def test_multidb_a_failure_in_the_second_database_puts_both_back(tmp_path):
+    """engine1's step ran (in the held transaction), engine2's DDL was written (SQLite
+    outside a transaction) and then failed: each is back as it was, checked."""
+    one, two = tmp_path / "one.db", tmp_path / "two.db"
+    sqlite_notes(one)
+    sqlite_notes(two)
+    ini = multidb_project(tmp_path / "project", one, two)
+    client = client_for(ini, None, tmp_path / "inst")
+    assert run_to_end(client, "upgrade", WIDGETS)["status"] == "succeeded"
+    _multidb_failing_revision(ini, "")
+    before = {p: snapshot(p) for p in (one, two)}
+
+    run = run_to_end(client, "upgrade", "heads")
+
+    assert run["status"] == "restored", run
+    assert {p: snapshot(p) for p in (one, two)} == before
+    assert "engine2 is doomed" in run["error"]
+    assert f"sqlite:///{one}" in run["error"] and f"sqlite:///{two}" in run["error"]
+    assert "restored from its backup" in run["error"], run["error"]
+
+
+def test_multidb_a_run_whose_runner_dies_puts_every_database_back_at_restart(tmp_path):
+    """engine2's DDL is written (outside a transaction) when the runner and worker are
+    killed: at the next start engine1 is found rolled back by SQLite and engine2 is
+    restored from its own backup, never "nothing of the run remains"."""
+    import time
+
+    from tests.test_guard_recovery import kill_runner_of
+
+    one, two = tmp_path / "one.db", tmp_path / "two.db"
+    sqlite_notes(one)
+    sqlite_notes(two)
+    ini = multidb_project(tmp_path / "project", one, two)
+    inst = tmp_path / "inst"
+    client = client_for(ini, None, inst)
+    assert run_to_end(client, "upgrade", WIDGETS)["status"] == "succeeded"
+    _multidb_failing_revision(ini, "    import time\n    time.sleep(60)\n")
+    before = {p: snapshot(p) for p in (one, two)}
+    started = client.post("/api/runs", json={"action": "upgrade", "target": "heads"})
+    assert started.status_code == 202, started.get_json()
+    run_id = started.get_json()["id"]
+    deadline = time.monotonic() + 30
+    while "doomed2" not in tables(f"sqlite:///{two}"):
+        assert time.monotonic() < deadline, client.get(f"/api/runs/{run_id}").get_json()
+        time.sleep(0.1)
+
+    kill_runner_of(client.get(f"/api/runs/{run_id}").get_json())
+    settled = wait_for_run(client_for(ini, None, inst), run_id)
+
+    assert settled["status"] == "restored", settled
+    assert {p: snapshot(p) for p in (one, two)} == before
+    assert f"sqlite:///{two}: restored from its backup" in settled["error"], settled["error"]
+
+
+def test_multidb_a_restore_of_the_second_database_that_fails_is_never_called_restored(
+        tmp_path):
+    """engine2's backup is damaged during the run: its restore fails, so the run is
+    failed, naming which database is in which state, and the backup is not lost."""
+    one, two = tmp_path / "one.db", tmp_path / "two.db"
+    sqlite_notes(one)
+    sqlite_notes(two)
+    ini = multidb_project(tmp_path / "project", one, two)
+    inst = tmp_path / "inst"
+    client = client_for(ini, None, inst)
+    assert run_to_end(client, "upgrade", WIDGETS)["status"] == "succeeded"
+    _multidb_failing_revision(ini, (
+        f'    for path in glob.glob(os.path.join({str(inst)!r}, "**", "two__*"),\n'
+        '                          recursive=True):\n'
+        '        with open(path, "ab") as handle:\n'
+        '            handle.write(b"damage")\n'))
+    first = snapshot(one)
+
     run = run_to_end(client, "upgrade", "heads")
 
     assert run["status"] == "failed", run
-    assert "env.py migrates 2 databases" in run["error"], run["error"]
-    assert f"sqlite:///{one}" in run["error"] and f"sqlite:///{two}" in run["error"]
-    assert "refused before any step" in run["error"]
-    assert tables(f"sqlite:///{one}") == {"notes"}
-    assert tables(f"sqlite:///{two}") == {"notes"}
+    assert snapshot(one) == first  # the held transaction was rolled back
+    assert "doomed2" in tables(f"sqlite:///{two}")  # left as the failure left it
+    error = run["error"]
+    assert f"sqlite:///{two}" in error and "ALSO failed" in error, error
+    assert "restored" not in run["status"]
+    second = next(b for b in run["backups"] if b["database"] == f"sqlite:///{two}")
+    assert second["backup_id"] in error
+    assert client.get("/api/backups").get_json()["backups"]
 
 
 # ---------------------------------------------------------------- messages

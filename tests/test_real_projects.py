@@ -24,7 +24,15 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import client_for
-from tests.real_projects import FAILING_TABLE, KINDS, RealProject, async_url, make, tables_of
+from tests.real_projects import (
+    FAILING_MESSAGE,
+    FAILING_TABLE,
+    KINDS,
+    RealProject,
+    async_url,
+    make,
+    tables_of,
+)
 from tests.servers import SERVERS, require, scratch_database
 from tests.test_runs import wait_for_run
 
@@ -116,7 +124,7 @@ def case(made, new_database, kind, backend, tmp_path, monkeypatch) -> Case:
 
 def pytest_generate_tests(metafunc):
     if "case" in metafunc.fixturenames:
-        metafunc.parametrize("kind", KINDS)
+        metafunc.parametrize("kind", getattr(metafunc.function, "kinds", KINDS))
         metafunc.parametrize("backend", BACKENDS)
 
 
@@ -166,31 +174,27 @@ def test_a_revisions_sql_is_shown_and_nothing_is_written_into_the_project(case):
 # ---------------------------------------------------------------- runs
 
 
-def _refused_as_several_databases(case, client) -> None:
-    """A multidb env.py migrates two databases; the guard locks and backs up one, so
-    a run is refused before any step (issue 8, item 6 allows this until several
-    databases are guarded as one run) and both databases stay as they were."""
-    before = {url: tables_of(url) for url in case.urls}
-    current = case.current()
-    run = run_to_end(client, "upgrade", "heads")
-    assert run["status"] == "failed", run
-    assert all(s["status"] == "planned" for s in run["steps"]), run
-    assert "databases" in run["error"] and "refused before any step" in run["error"], run
-    for url in case.urls:
-        assert url.rsplit("/", 1)[1] in run["error"], run["error"]
-    assert {url: tables_of(url) for url in case.urls} == before
-    assert case.current() == current
+def _backed_up_each_database(case, run: dict) -> None:
+    """Each database the project migrates has its own verified backup in the run."""
+    assert run["backup_id"], run
+    if len(case.urls) == 1:
+        assert run["backups"] == [], run  # one database: backup_id alone, as before
+        return
+    names = [url.rsplit("/", 1)[1] for url in case.urls]
+    listed = [b["database"] for b in run["backups"]]
+    assert len(listed) == len(case.urls), run
+    for name, database in zip(names, listed, strict=True):
+        assert database.endswith("/" + name), (database, name)
+    assert run["backup_id"] == run["backups"][0]["backup_id"]
 
 
 def test_upgrade_and_downgrade_leave_the_database_where_its_own_tool_says(case):
     first, *_, head = case.project.revisions
     case.upgrade(first)
     client = case.client()
-    if case.project.kind == "multidb":
-        _refused_as_several_databases(case, client)
-        return
     up = run_to_end(client, "upgrade", "heads")
     assert up["status"] == "succeeded", up
+    _backed_up_each_database(case, up)
     assert case.current() == [head]
     for url in case.urls:
         assert set(case.project.tables) <= set(tables_of(url))
@@ -213,15 +217,74 @@ def test_a_failing_revision_ends_restored_with_the_tables_as_before(case):
     status = client.get("/api/status")
     assert status.status_code == 200, status.get_json()
     assert status.get_json()["heads"] == case.heads() == [doomed]
-    if case.project.kind == "multidb":
-        _refused_as_several_databases(case, client)
-        return
     run = run_to_end(client, "upgrade", "heads")
     assert run["status"] == "restored", run
     assert run["backup_id"]
+    _backed_up_each_database(case, run)
     assert [tables_of(url) for url in case.urls] == before
     assert all(FAILING_TABLE not in t for t in before)
     assert case.current() == [head]
+
+
+def _commit_each_database_as_soon_as_it_is_migrated(project: RealProject) -> None:
+    """A common edit of the multidb env.py: each database's migrations are committed
+    before the next database is migrated (no two-phase commit)."""
+    text = project.env_py.read_text()
+    run_line = "            context.run_migrations(engine_name=name)\n"
+    at = text.index(run_line, text.index("def run_migrations_online")) + len(run_line)
+    project.env_py.write_text(text[:at] + (
+        '            rec["transaction"].commit()\n'
+        '            rec["transaction"] = rec["connection"].begin()\n') + text[at:])
+
+
+def _fails_in_engine2_only(project: RealProject, rev_id: str) -> None:
+    """The revision's engine1 part succeeds; engine2's creates its table, then fails."""
+    path = project.revision_file(rev_id)
+    text = path.read_text()
+    at = text.index("def upgrade_engine2")
+    end = text.index("sa.String(50)))\n", at) + len("sa.String(50)))\n")
+    path.write_text(text[:end] + f'    raise RuntimeError("{FAILING_MESSAGE}")\n' + text[end:])
+
+
+def test_multidb_a_failure_after_engine1_committed_is_restored_from_its_backup(case):
+    """engine1's step is committed (PostgreSQL) or held (SQLite's held file) when
+    engine2's fails: every database that differs from its start is restored from its
+    own backup and checked; the run says restored, naming each database."""
+    head = case.project.revisions[-1]
+    case.upgrade(head)
+    _commit_each_database_as_soon_as_it_is_migrated(case.project)
+    doomed = case.project.add_revision("ff98halfway", "halfway", FAILING_TABLE)
+    _fails_in_engine2_only(case.project, doomed)
+    before = [tables_of(url) for url in case.urls]
+    client = case.client()
+    assert client.get("/api/status").get_json()["heads"] == [doomed]
+
+    run = run_to_end(client, "upgrade", "heads")
+
+    assert run["status"] == "restored", run
+    _backed_up_each_database(case, run)
+    assert [tables_of(url) for url in case.urls] == before
+    assert case.current() == [head]
+    error = run["error"]
+    assert FAILING_MESSAGE in error, error
+    said = {url: _sentence_about(error, url.rsplit("/", 1)[1]) for url in case.urls}
+    if case.project.kind == "multidb" and case.urls[0].startswith("postgresql"):
+        # engine1 committed: only its backup could put it back.
+        assert "restored from its backup" in said[case.urls[0]], error
+        assert run["backups"][0]["backup_id"] in said[case.urls[0]], error
+    assert any("restored from its backup" in text for text in said.values()), error
+    assert all("(checked)" in text for text in said.values()), error
+
+
+test_multidb_a_failure_after_engine1_committed_is_restored_from_its_backup.kinds = ("multidb",)
+
+
+def _sentence_about(text: str, name: str) -> str:
+    """The sentence of a run's message that names the database ``name``."""
+    for sentence in text.split("Database "):
+        if f"/{name}: " in sentence:
+            return sentence
+    raise AssertionError(f"{name} is not named in: {text}")
 
 
 def test_another_database_than_the_one_backed_up_is_refused_with_no_step_run(

@@ -75,6 +75,9 @@ class DatabaseEngine:
     transactional_ddl = False
     # Whether other sessions' writes can be held off for a whole run.
     holds_off_writers = False
+    # Whether ``schema_differs`` tells every schema change: what a run left outside a
+    # transaction (DDL that commits by itself) is then seen without a restore.
+    compares_schema = False
 
     # ---------------------------------------------------------- identity
 

@@ -84,6 +84,7 @@ class SqliteEngine(DatabaseEngine):
     # The worker runs a whole action as one transaction that took the write lock
     # before the backup was copied: others' writes wait, none is lost.
     holds_off_writers = True
+    compares_schema = True
     extension = ".sqlite3"
     damage_hint = "The database itself may be damaged: run PRAGMA integrity_check on it. "
 

@@ -109,6 +109,8 @@ class AuditEvent:
     run_id: str | None = None
     duration: float | None = None
     error: str | None = None
+    # A run over several databases names each (masked); else the target's database.
+    databases: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -259,7 +261,8 @@ def record_event(target: Target, event: AuditEvent) -> None:
     """Write one event for ``target``: its database masked, any error scrubbed."""
     project = target.project()
     record(target.instance_dir, AuditEntry(
-        event=event.name, outcome=event.outcome, database=project.masked_url,
+        event=event.name, outcome=event.outcome,
+        database=", ".join(event.databases) or project.masked_url,
         user=event.user, action=event.action, target=event.destination,
         from_revs=tuple(event.from_revs), to_revs=tuple(event.to_revs),
         backup_id=event.backup_id, run_id=event.run_id, duration=event.duration,

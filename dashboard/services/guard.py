@@ -32,11 +32,13 @@ from dashboard.services.status import missing_sqlite_file
 
 if TYPE_CHECKING:
     from dashboard.core import Target
+    from dashboard.services.project import Project
 
 
-def acquire_lock(target: Target, holder: locking.LockHolder) -> locking.ActionLock:
+def acquire_lock(target: Target, holder: locking.LockHolder,
+                 project: Project | None = None) -> locking.ActionLock:
     """This machine's file lock, then the database's own lock (servers only)."""
-    project = target.project()
+    project = project or target.project()
     lock = locking.acquire(target.locks_dir, lock_key(project), holder,
                            beside=lock_file(project))
     try:
@@ -48,6 +50,23 @@ def acquire_lock(target: Target, holder: locking.LockHolder) -> locking.ActionLo
         lock.release()
         raise
     return lock
+
+
+def acquire_locks(target: Target, holder: locking.LockHolder,
+                  databases: tuple[Project, ...]) -> locking.LockGroup:
+    """Every database's lock, taken before anything; if one cannot be had, the ones
+    taken are let go and the refusal (409) names who holds it."""
+    taken: list[locking.ActionLock] = []
+    try:
+        for database in databases:
+            taken.append(acquire_lock(target, holder, database))
+    except BaseException as exc:
+        for lock in reversed(taken):
+            lock.release()
+        if taken and isinstance(exc, Conflict):
+            raise type(exc)(f"{database.masked_url}: {exc.message}") from exc
+        raise
+    return locking.LockGroup(taken)
 
 
 def lock_holder(target: Target) -> str | None:
@@ -227,6 +246,8 @@ class Prepared:
     dead_run: runs.RunRecord | None = None
     why: str = ""
     extra: dict = field(default_factory=dict)
+    # Every database the run locks, backs up and restores: one, or each env.py migrates.
+    databases: tuple = ()
 
 
 def prepare(target: Target, request: dict) -> Prepared:
@@ -240,24 +261,39 @@ def prepare(target: Target, request: dict) -> Prepared:
         run = runs.get_run(target.instance_dir, str(request.get("run_id")))
         if run is None or run.finished:
             raise Conflict("That run is already settled.")
-        lock = acquire_lock(target, locking.LockHolder(
-            os.getpid(), f"recover {run.id}", run.id, user, time.time()))
+        holder = locking.LockHolder(os.getpid(), f"recover {run.id}", run.id, user,
+                                    time.time())
+        if len(run.backups) > 1:
+            databases = target.guarded_databases(target.project())
+            lock = acquire_locks(target, holder, databases)
+        else:
+            databases, lock = (), acquire_lock(target, holder)
         return Prepared("recover", run.id, user, lock, dead_run=run,
-                        why=str(request.get("why") or ""))
+                        why=str(request.get("why") or ""), databases=databases)
     raise BadRequest(f"Unknown request {verb!r}.")
 
 
 def _prepare_action(target: Target, request: dict, user: str) -> Prepared:
     action, destination = str(request["action"]), str(request["destination"])
     run_id = runs.new_run_id()
+    databases = target.guarded_databases(target.project())
+    holder = locking.LockHolder(os.getpid(), f"{action} {destination}", run_id, user,
+                                time.time())
     # The lock comes first: while another action runs, the state it would be
     # planned from is in flux, and "already running" is the answer that helps.
-    lock = acquire_lock(target, locking.LockHolder(
-        os.getpid(), f"{action} {destination}", run_id, user, time.time()))
+    lock = acquire_lock(target, holder) if len(databases) == 1 \
+        else acquire_locks(target, holder, databases)
     try:
         project = target.project()
         history = target.history(project)
         new_file = missing_sqlite_file(project) if action == "upgrade" else None
+        missing = [d.masked_url for d in databases[1:] if missing_sqlite_file(d)]
+        if len(databases) > 1 and (new_file or missing):
+            raise Conflict(
+                f"env.py migrates {len(databases)} databases, and "
+                f"{', '.join(([project.masked_url] if new_file else []) + missing)} does not "
+                "exist yet: a run over several databases backs up each before any step, so "
+                "it cannot create one. Create it first (the project's own `alembic upgrade`).")
         if new_file:
             current: tuple[str, ...] = ()
             plan = replace(plan_action(history, (), action, destination), creates_file=new_file)
@@ -273,16 +309,17 @@ def _prepare_action(target: Target, request: dict, user: str) -> Prepared:
         lock.release()
         raise
     return Prepared("action", run_id, user, lock, current=current, plan=plan,
-                    reachable=_reachable(history, plan))
+                    reachable=_reachable(history, plan), databases=databases)
 
 
 def _prepare_restore(target: Target, request: dict, user: str) -> Prepared:
     record = backups.get_backup(target.instance_dir, str(request["backup_id"]))
+    database = _database_of_backup(target, record)
     run_id = runs.new_run_id()
     lock = acquire_lock(target, locking.LockHolder(
-        os.getpid(), f"restore {record.id}", run_id, user, time.time()))
+        os.getpid(), f"restore {record.id}", run_id, user, time.time()), database)
     try:
-        current = live_revisions(target.project(), allow_missing=True)
+        current = live_revisions(database, allow_missing=True)
         runs.create_run(target.instance_dir, run_id=run_id, action="restore",
                         target=record.id, user=user, from_revs=current,
                         restore_backup_id=record.id)
@@ -293,7 +330,23 @@ def _prepare_restore(target: Target, request: dict, user: str) -> Prepared:
         lock.release()
         raise
     return Prepared("restore", run_id, user, lock, current=current, restoring=record,
-                    reachable=frozenset(current) | frozenset(record.revisions))
+                    reachable=frozenset(current) | frozenset(record.revisions),
+                    databases=(database,))
+
+
+def _database_of_backup(target: Target, record: backups.BackupRecord) -> Project:
+    """The database a backup is restored into: the target's, or, where env.py migrates
+    several, the one the backup was taken of (never another one)."""
+    project = target.project()
+    databases = target.guarded_databases(project)
+    if len(databases) == 1:
+        return project
+    for database in databases:
+        if database.masked_url == record.database:
+            return database
+    raise Conflict(f"Backup {record.id} is of {record.database}, which is none of the "
+                   f"databases env.py migrates ({', '.join(d.masked_url for d in databases)}):"
+                   " it was not restored. Restore it by hand if needed.")
 
 
 def _reachable(history: History, plan: ActionPlan) -> frozenset[str]:
@@ -311,7 +364,9 @@ def _reachable(history: History, plan: ActionPlan) -> frozenset[str]:
 def execute(target: Target, prepared: Prepared) -> None:
     """Carry out a prepared run to its final status; the lock is released at the end."""
     try:
-        if prepared.verb == "action":
+        if prepared.verb == "action" and len(prepared.databases) > 1:
+            _execute_several(target, prepared)
+        elif prepared.verb == "action":
             _execute_action(target, prepared)
         elif prepared.verb == "restore":
             _execute_restore(target, prepared)
@@ -407,6 +462,108 @@ def _execute_action(target: Target, prepared: Prepared) -> None:
     recovery.recover(target, _failed_run(prepared, started, failure, backup, outcome, marks))
 
 
+def _execute_several(target: Target, prepared: Prepared) -> None:
+    """A run of an env.py that migrates several databases, guarded as one run: each
+    locked (in ``prepare``), each backed up and verified before any step, the worker
+    allowed exactly these, and on a failure each one that is not as it was restored
+    from its own backup and checked (``recovery.recover_several``)."""
+    plan, run_id, user = prepared.plan, prepared.run_id, prepared.user
+    assert plan is not None
+    inst, databases = target.instance_dir, prepared.databases
+    project = databases[0]
+    named = tuple(d.masked_url for d in databases)
+    started = time.time()
+    runs.update_run(inst, run_id, status=runs.BACKING_UP, started_at=started)
+    runs.add_log(inst, run_id, "INFO", f"env.py migrates {len(databases)} databases "
+                 f"({', '.join(named)}): each is locked and backed up before any step, and "
+                 "restored from its own backup if the run fails.")
+    unheld = [d.masked_url for d in databases[1:] if d.engine.holds_off_writers]
+    if unheld:
+        runs.add_log(inst, run_id, "WARNING", (
+            f"Only {project.masked_url} is held against other writers for the whole run; "
+            f"writes other sessions make to {', '.join(unheld)} during the run are not "
+            "held off, and a restore of it would discard them."))
+    worker = supervision.Worker(target, run_id, plan, prepared.lock)
+    parts: list[recovery.DatabasePart] = []
+    going = False
+    try:
+        try:
+            worker.wait_for("ready")
+        except supervision.WorkerFailed as exc:
+            _refuse(target, prepared, started,
+                    f"Nothing was run, and nothing was backed up: {exc}")
+            return
+        refusal = supervision.wrong_databases(project, worker.report.databases, databases)
+        if refusal:
+            worker.abort()
+            _refuse(target, prepared, started, refusal)
+            return
+        backup_started = time.time()
+        for index, database in enumerate(databases):
+            try:
+                expected = live_revisions(database)
+                held = index == 0 and database.engine.holds_off_writers
+                backup = backups.take_backup(
+                    database, inst, target.backup_dir, f"{plan.action} {plan.destination}",
+                    expected_revisions=expected,
+                    copy=worker.copy_database if held else None)
+            except (DashboardError, supervision.WorkerFailed) as exc:
+                worker.abort()
+                detail = exc.message if isinstance(exc, DashboardError) else str(exc)
+                kept = "".join(f" The backup {p.backup.id} of {p.project.masked_url} is kept."
+                               for p in parts)
+                _refuse(target, prepared, started,
+                        f"The backup of {database.masked_url} failed, so nothing was run: "
+                        f"{detail}{kept}")
+                return
+            try:
+                marks = database.engine.write_marks(database)
+            except Exception:
+                marks = None
+            parts.append(recovery.DatabasePart(database, backup, expected, marks,
+                                               held=held))
+            runs.update_run(inst, run_id, backup_id=parts[0].backup.id,
+                            backups=[{"database": p.project.masked_url,
+                                      "backup_id": p.backup.id} for p in parts],
+                            backup_seconds=time.time() - backup_started)
+        _apply_retention(target, user)
+        runs.update_run(inst, run_id, status=runs.RUNNING)
+        going = True
+        outcome = worker.run_to_end()
+    except Exception as exc:
+        worker.close()
+        error = project.scrub(f"{type(exc).__name__}: {exc}")
+        if not going:
+            runs.update_run(inst, run_id, status=runs.FAILED, finished_at=time.time(),
+                            error=f"{error}. Nothing was run.")
+            return
+        recovery.recover_several(target, _failed_run(
+            prepared, started, f"The run stopped: {error}", parts[0].backup), parts,
+            worker.report)
+        return
+    worker.close()
+    if outcome.ok:
+        elsewhere = [f"{p.project.masked_url} is at {_revs(live)}" for p in parts
+                     for live in [live_revisions(p.project, allow_missing=True)]
+                     if tuple(sorted(live)) != tuple(sorted(outcome.heads))]
+        if elsewhere:
+            runs.add_log(inst, run_id, "WARNING",
+                         f"env.py ended at {_revs(outcome.heads)}, but " + "; ".join(elsewhere))
+        audit.record_event(target, audit.ActionSucceeded(
+            user=user, action=plan.action, destination=plan.destination,
+            from_revs=plan.from_revs, to_revs=outcome.heads, backup_id=parts[0].backup.id,
+            run_id=run_id, duration=time.time() - started, databases=named))
+        runs.update_run(inst, run_id, status=runs.SUCCEEDED, finished_at=time.time(),
+                        to_revs=outcome.heads)
+        return
+    failure = f"Step {outcome.failed_step} failed: {outcome.error}" if outcome.failed_step \
+        else f"env.py failed before the first step: {outcome.error}"
+    if outcome.cancelled:
+        failure = f"The run was cancelled: {outcome.error}."
+    recovery.recover_several(target, _failed_run(prepared, started, failure, parts[0].backup,
+                                                 outcome), parts, worker.report)
+
+
 def _failed_run(prepared: Prepared, started: float, failure: str, backup,
                 outcome: supervision.WorkerOutcome | None = None, marks=None) -> FailedRun:
     plan = prepared.plan
@@ -427,7 +584,8 @@ def _refuse(target: Target, prepared: Prepared, started: float, message: str) ->
         user=prepared.user, action=plan.action if plan else prepared.verb,
         destination=plan.destination if plan else None, from_revs=prepared.current,
         to_revs=prepared.current, run_id=prepared.run_id, duration=time.time() - started,
-        error=message))
+        error=message, databases=tuple(d.masked_url for d in prepared.databases)
+        if len(prepared.databases) > 1 else ()))
     runs.update_run(target.instance_dir, prepared.run_id, status=runs.FAILED, error=message,
                     finished_at=time.time(), to_revs=prepared.current)
 
@@ -449,7 +607,10 @@ def _undo_creation(target: Target, prepared: Prepared, started: float, failure: 
 def _execute_restore(target: Target, prepared: Prepared) -> None:
     record, run_id, user = prepared.restoring, prepared.run_id, prepared.user
     assert record is not None
-    inst, project = target.instance_dir, target.project()
+    inst = target.instance_dir
+    project = prepared.databases[0] if prepared.databases else target.project()
+    # Where env.py migrates several databases, the one restored is named in the audit.
+    named = (project.masked_url,) if project.masked_url != target.project().masked_url else ()
     started = time.time()
     runs.update_run(inst, run_id, status=runs.BACKING_UP, started_at=started)
     try:
@@ -461,7 +622,7 @@ def _execute_restore(target: Target, prepared: Prepared) -> None:
                    f"{exc.message}")
         audit.record_event(target, audit.RestoreRefused(
             user=user, action="restore", destination=record.id, from_revs=prepared.current,
-            run_id=run_id, duration=time.time() - started, error=message))
+            run_id=run_id, duration=time.time() - started, databases=named, error=message))
         runs.update_run(inst, run_id, status=runs.FAILED, error=message,
                         finished_at=time.time())
         return
@@ -483,19 +644,20 @@ def _execute_restore(target: Target, prepared: Prepared) -> None:
             audit.record_event(target, audit.RestoreFailed(
                 user=user, action="restore", destination=record.id,
                 from_revs=prepared.current, to_revs=live, backup_id=safety.id, run_id=run_id,
-                duration=time.time() - started, error=message))
+                duration=time.time() - started, error=message, databases=named))
             runs.update_run(inst, run_id, status=runs.FAILED, error=message,
                             finished_at=time.time(), to_revs=live)
             return
         failed = _failed_run(prepared, started, failure, safety)
         failed.action, failed.destination = "restore", record.id
-        recovery.recover(target, failed)
+        recovery.recover(target, failed, project)
         return
     runs.update_step(inst, run_id, 1, status="succeeded", finished_at=time.time())
     live = live_revisions(project, allow_missing=True)
     audit.record_event(target, audit.RestoreSucceeded(
         user=user, action="restore", destination=record.id, from_revs=prepared.current,
-        to_revs=live, backup_id=safety.id, run_id=run_id, duration=time.time() - started))
+        to_revs=live, backup_id=safety.id, run_id=run_id, duration=time.time() - started,
+        databases=named))
     runs.update_run(inst, run_id, status=runs.SUCCEEDED, finished_at=time.time(),
                     to_revs=live)
 
@@ -504,6 +666,9 @@ def _execute_recovery(target: Target, prepared: Prepared) -> None:
     """A run whose supervisor died half-way: its own backup is put back."""
     run = prepared.dead_run
     assert run is not None
+    if len(run.backups) > 1:
+        _recover_several_dead(target, prepared, run)
+        return
     try:
         backup = backups.get_backup(target.instance_dir, run.backup_id or "")
     except DashboardError:
@@ -514,6 +679,50 @@ def _execute_recovery(target: Target, prepared: Prepared) -> None:
         run_id=run.id, action=run.action, destination=run.target, from_revs=run.from_revs,
         user=run.user, started=run.started_at or time.time(), failure=prepared.why,
         backup=backup, reachable=reachable))
+
+
+def _recover_several_dead(target: Target, prepared: Prepared, run: runs.RunRecord) -> None:
+    """A run over several databases whose supervisor died: each database is checked
+    and, unless the database itself provably undid the run, restored from its own
+    backup. Nothing is restored when a backup or a database cannot be matched."""
+    reachable = frozenset(run.from_revs) | {
+        name for step in run.steps for name in step.revision.split(",")}
+    by_url = {d.masked_url: d for d in prepared.databases}
+    parts, missing = [], []
+    for entry in run.backups:
+        database = by_url.get(str(entry.get("database")))
+        try:
+            backup = backups.get_backup(target.instance_dir, str(entry.get("backup_id")))
+        except DashboardError:
+            backup = None
+        if database is None or backup is None:
+            missing.append(f"{entry.get('database')} (backup {entry.get('backup_id')})")
+            continue
+        parts.append(recovery.DatabasePart(
+            database, backup, tuple(sorted(backup.revisions)),
+            held=not parts and database.engine.holds_off_writers))
+    failure = prepared.why
+    if missing or len(parts) != len(prepared.databases):
+        message = (f"{recovery._sentence(failure)} Nothing was restored automatically: "
+                   f"the databases env.py migrates now do not match this run's backups "
+                   f"({', '.join(missing) or 'a database without a backup'}). Compare each "
+                   "database with its backup and restore by hand: " + ", ".join(
+                       f"{b.get('database')} from {b.get('backup_id')}" for b in run.backups)
+                   + ".")
+        audit.record_event(target, audit.ActionInterrupted(
+            user=run.user, action=run.action, destination=run.target,
+            from_revs=run.from_revs, backup_id=run.backup_id, run_id=run.id, error=message,
+            databases=tuple(str(b.get("database")) for b in run.backups)))
+        runs.update_run(target.instance_dir, run.id, status=runs.FAILED, error=message,
+                        finished_at=time.time())
+        return
+    # What the worker committed cannot be placed now (its report of the databases is
+    # not kept on disk): every database it did not hold is taken as changed.
+    report = supervision.WorkerReport(committed_databases={-1})
+    recovery.recover_several(target, FailedRun(
+        run_id=run.id, action=run.action, destination=run.target, from_revs=run.from_revs,
+        user=run.user, started=run.started_at or time.time(), failure=failure,
+        backup=parts[0].backup, reachable=reachable), parts, report)
 
 
 def _revs(revisions) -> str:

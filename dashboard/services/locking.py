@@ -63,6 +63,36 @@ class ActionLock:
             os.close(self.fd)
             self.fd = -1
 
+    @property
+    def fds(self) -> tuple[int, ...]:
+        """The open lock files, for a worker that must keep them held if we die."""
+        return (self.fd,) if self.fd >= 0 else ()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+class LockGroup:
+    """The locks of every database one run changes, held and released as one."""
+
+    def __init__(self, locks: list[ActionLock]):
+        self.locks = list(locks)
+
+    @property
+    def fd(self) -> int:
+        return self.locks[0].fd if self.locks else -1
+
+    @property
+    def fds(self) -> tuple[int, ...]:
+        return tuple(fd for lock in self.locks for fd in lock.fds)
+
+    def release(self) -> None:
+        for lock in reversed(self.locks):
+            lock.release()
+
     def __enter__(self):
         return self
 

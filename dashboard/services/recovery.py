@@ -66,10 +66,13 @@ class FailedRun:
     marks: dict | None = field(default=None, repr=False)
 
 
-def recover(target: Target, failed: FailedRun) -> str:
+def recover(target: Target, failed: FailedRun, project: Project | None = None) -> str:
     """After a failed or cancelled run: put the database back as it was, check it,
-    record what happened. Returns the run's final status."""
-    project = target.project()
+    record what happened. Returns the run's final status. ``project``: the database,
+    when it is not the target's own (one of several env.py migrates)."""
+    named = (project.masked_url,) if project is not None and \
+        project.masked_url != target.project().masked_url else ()
+    project = project or target.project()
     inst = target.instance_dir
     if failed.sessions:
         # A worker that is gone may leave a statement running on the server, holding
@@ -88,8 +91,9 @@ def recover(target: Target, failed: FailedRun) -> str:
                    else "The run was stopped and its transaction rolled back")
             message = (f"{_sentence(failed.failure)} {how}; the database is at "
                        f"{_revs(live)} as before (checked).")
-            return _final(target, failed, runs.CANCELLED if failed.cancelled else runs.RESTORED,
-                          message, live, discarded=[],
+            return _final(target, failed, named,
+                          runs.CANCELLED if failed.cancelled else runs.RESTORED, message,
+                          live, discarded=[],
                           event=audit.ActionCancelled if failed.cancelled
                           else audit.ActionRolledBack)
         runs.add_log(inst, failed.run_id, "WARNING",
@@ -98,7 +102,7 @@ def recover(target: Target, failed: FailedRun) -> str:
     if failed.backup is None:
         message = (f"{_sentence(failed.failure)} There is no backup to restore; the database is at "
                    f"{_revs(live)}.")
-        return _final(target, failed, runs.FAILED, message, live, discarded=None,
+        return _final(target, failed, named, runs.FAILED, message, live, discarded=None,
                       event=audit.ActionFailed)
     unexpected = set(live) - set(failed.reachable) - set(failed.from_revs)
     if unexpected:
@@ -108,7 +112,7 @@ def recover(target: Target, failed: FailedRun) -> str:
                    f"{failed.backup.id} was NOT restored over those changes. Compare the "
                    f"database with the backup ({failed.backup.path}) and restore it by hand "
                    "if needed.")
-        return _final(target, failed, runs.FAILED, message, live, discarded=None,
+        return _final(target, failed, named, runs.FAILED, message, live, discarded=None,
                       event=audit.ActionFailed)
     runs.update_run(inst, failed.run_id, status=runs.RESTORING, error=failed.failure)
     discarded = _discarded_writes(project, failed)
@@ -121,7 +125,7 @@ def recover(target: Target, failed: FailedRun) -> str:
                    f"{failed.backup.id} ALSO "
                    f"failed: {detail}. The database is at {_revs(live)} and may be "
                    f"half-migrated; the verified backup is at {failed.backup.path}.")
-        return _final(target, failed, runs.FAILED, message, live, discarded=None,
+        return _final(target, failed, named, runs.FAILED, message, live, discarded=None,
                       event=audit.ActionFailed)
     live = live_revisions(project, allow_missing=True)
     message = (f"{_sentence(failed.failure)} The database was restored from the pre-action backup "
@@ -134,9 +138,137 @@ def recover(target: Target, failed: FailedRun) -> str:
     elif discarded is None:
         message += (" Whether other sessions wrote to the database during the run cannot be "
                     "told: any such writes were discarded with it.")
-    return _final(target, failed, runs.CANCELLED if failed.cancelled else runs.RESTORED,
+    return _final(target, failed, named,
+                  runs.CANCELLED if failed.cancelled else runs.RESTORED,
                   message, live, discarded=discarded,
                   event=audit.ActionCancelled if failed.cancelled else audit.ActionRestored)
+
+
+@dataclass
+class DatabasePart:
+    """One database of a run over several: its own project, its verified backup, the
+    revisions it was at, and whether the worker held its whole run in one transaction."""
+
+    project: Project
+    backup: backups.BackupRecord
+    from_revs: tuple[str, ...]
+    marks: dict | None = field(default=None, repr=False)
+    held: bool = False
+
+
+def recover_several(target: Target, failed: FailedRun, parts: list[DatabasePart],
+                    report: supervision.WorkerReport) -> str:
+    """After a failed or cancelled run over several databases: each database that is
+    not provably as it was is restored from its own backup and checked. The run is
+    "restored" only when every database is back and checked; otherwise "failed",
+    saying which database is in which state and where each backup is."""
+    inst = target.instance_dir
+    committed = _committed_identities(report)
+    if failed.sessions:
+        # A worker that is gone may leave statements running, holding their locks.
+        for part in parts:
+            try:
+                still = part.project.engine.end_sessions(part.project, list(failed.sessions))
+            except Exception as exc:
+                still = [f"none could be stopped ({type(exc).__name__})"]
+            if still:
+                runs.add_log(inst, failed.run_id, "WARNING",
+                             f"Stopped server session(s) the worker left running on "
+                             f"{part.project.masked_url}: " + ", ".join(still))
+    runs.update_run(inst, failed.run_id, status=runs.RESTORING, error=failed.failure)
+    said, trouble, restored, discarded_all = [], False, False, []
+    unknown_discards = False
+    for part in parts:
+        project, name = part.project, part.project.masked_url
+        try:
+            project.engine.settle(project)
+            live = live_revisions(project, allow_missing=True)
+            identity = project.engine.identity(project.database_url)
+            undone = part.held or (identity not in committed and "*" not in committed and (
+                project.engine.transactional_ddl or project.engine.compares_schema))
+            if undone and tuple(sorted(live)) == tuple(sorted(part.from_revs)) and \
+                    project.engine.schema_differs(project, part.backup.path) is None:
+                said.append(f"Database {name}: "
+                            + ("its transaction was rolled back" if part.held or
+                               project.engine.transactional_ddl else "nothing of the run "
+                               "remains")
+                            + f"; it is at {_revs(live)} as before (checked).")
+                continue
+            unexpected = set(live) - set(failed.reachable) - set(part.from_revs)
+            if unexpected:
+                trouble = True
+                said.append(f"Database {name}: it is now at {_revs(live)}, which this run "
+                            "could not have left it at: something else changed it, so its "
+                            f"backup {part.backup.id} was NOT restored over those changes "
+                            f"(the backup is at {part.backup.path}).")
+                continue
+            lost = _discarded_writes(project, FailedRun(
+                **{**failed.__dict__, "marks": part.marks}))
+            backups.restore_backup_file(project, part.backup)
+            live = live_revisions(project, allow_missing=True)
+            problem = _differs_from_start(project, FailedRun(
+                **{**failed.__dict__, "from_revs": part.from_revs, "backup": part.backup}),
+                live)
+            if problem is not None:
+                raise DashboardError(f"after the restore {problem}")
+        except Exception as exc:
+            trouble = True
+            detail = exc.message if isinstance(exc, DashboardError) else \
+                project.scrub(f"{type(exc).__name__}: {exc}")
+            live = live_revisions(project, allow_missing=True)
+            said.append(f"Database {name}: restoring its backup {part.backup.id} ALSO "
+                        f"failed: {_sentence(detail)} It is at {_revs(live)} and may be "
+                        f"half-migrated; the backup file is at {part.backup.path}.")
+            continue
+        restored = True
+        text = (f"Database {name}: restored from its backup {part.backup.id}; it is at "
+                f"{_revs(live)} as before (checked).")
+        if lost:
+            discarded_all += [{**d, "table": f"{d['table']} ({name})"} for d in lost]
+            text += " The restore discarded writes other sessions made during the run (" + \
+                ", ".join(f"{d['rows']} row{'s' if d['rows'] != 1 else ''} written to "
+                          f"{d['table']}" for d in lost) + ")."
+        elif lost is None:
+            unknown_discards = True
+            text += (" Whether other sessions wrote to it during the run cannot be told: "
+                     "any such writes were discarded with it.")
+        said.append(text)
+    primary = parts[0].project
+    live = live_revisions(primary, allow_missing=True)
+    if trouble:
+        message = (f"{_sentence(failed.failure)} Not every database could be put back as "
+                   f"it was: {' '.join(said)}")
+        status, event = runs.FAILED, audit.ActionFailed
+    else:
+        message = (f"{_sentence(failed.failure)} Each of the {len(parts)} databases is as "
+                   f"it was before: {' '.join(said)}")
+        status = runs.CANCELLED if failed.cancelled else runs.RESTORED
+        event = audit.ActionCancelled if failed.cancelled else (
+            audit.ActionRestored if restored else audit.ActionRolledBack)
+    audit.record_event(target, event(
+        user=failed.user, action=failed.action, destination=failed.destination,
+        from_revs=failed.from_revs, to_revs=live, backup_id=parts[0].backup.id,
+        run_id=failed.run_id, duration=time.time() - failed.started, error=message,
+        databases=tuple(p.project.masked_url for p in parts)))
+    runs.update_run(inst, failed.run_id, status=status, error=message,
+                    finished_at=time.time(), to_revs=live,
+                    discarded_writes=None if trouble or unknown_discards and not discarded_all
+                    else discarded_all)
+    return status
+
+
+def _committed_identities(report: supervision.WorkerReport) -> set[str]:
+    """The databases (engine identities) something was committed to during the run."""
+    found = set()
+    if -1 in report.committed_databases:  # to some connection we cannot place: all
+        return {d.identity for d in report.databases or ()} | {"*"}
+    for index in report.committed_databases:
+        if report.databases and 0 <= index < len(report.databases):
+            try:
+                found.add(report.databases[index].identity)
+            except Exception:
+                continue
+    return found
 
 
 def _differs_from_start(project: Project, failed: FailedRun,
@@ -155,10 +287,10 @@ def _discarded_writes(project: Project, failed: FailedRun) -> list | None:
         return None
 
 
-def _final(target: Target, failed: FailedRun, status: str, message: str,
-           live: tuple[str, ...], *, discarded, event) -> str:
+def _final(target: Target, failed: FailedRun, named: tuple[str, ...], status: str,
+           message: str, live: tuple[str, ...], *, discarded, event) -> str:
     inst = target.instance_dir
-    audit.record_event(target, event(
+    audit.record_event(target, event(databases=named,
         user=failed.user, action=failed.action, destination=failed.destination,
         from_revs=failed.from_revs, to_revs=live,
         backup_id=failed.backup.id if failed.backup else None, run_id=failed.run_id,
@@ -222,6 +354,12 @@ def _settle_dead_run(target: Target, project: Project, run: runs.RunRecord) -> N
         message = (f"{prefix} Its worker went on and finished the action by itself: the "
                    f"database is at {_revs(live)}.")
         _dead_final(target, run, runs.SUCCEEDED, message, live, error=False)
+        return
+    if len(run.backups) > 1:
+        # Several databases: what one of them holds says nothing of the others. Each is
+        # checked, and restored from its own backup unless provably as before.
+        guard.start_recovery(target, run, f"{prefix} The first database was left at "
+                                          f"{_revs(live)}.")
         return
     undone_by_database = project.engine.holds_off_writers or (
         project.engine.transactional_ddl and not report.committed)

@@ -76,6 +76,9 @@ class RunRecord:
     # Writes other sessions made during the run that its restore threw away:
     # [{"table", "rows"}]; [] when none; None when unknown or no restore happened.
     discarded_writes: list | None = None
+    # Each database's own backup, [{"database": masked URL, "backup_id"}], for a run of
+    # an env.py that migrates several databases; [] for one database (see backup_id).
+    backups: tuple[dict, ...] = ()
     steps: tuple[RunStep, ...] = ()
     logs: tuple[RunLog, ...] = field(default=(), repr=False)
 
@@ -113,6 +116,7 @@ class RunRecord:
             "created_at": self.created_at, "started_at": self.started_at,
             "finished_at": self.finished_at, "backup_seconds": self.backup_seconds,
             "destination": self.target, "discarded_writes": self.discarded_writes,
+            "backups": [dict(b) for b in self.backups],
             "logs": [{"ts": log.ts, "level": log.level, "message": log.message}
                      for log in self.logs[-200:]],
         }
@@ -136,6 +140,8 @@ def update_run(instance_dir: str, run_id: str, **values) -> None:
     for key in ("from_revs", "to_revs"):
         if key in values:
             values[key] = store.dumps(values[key])
+    if "backups" in values:
+        values["backups"] = store.dumps(values["backups"])
     if "discarded_writes" in values:
         values["discarded_writes"] = (None if values["discarded_writes"] is None
                                       else store.dumps(values["discarded_writes"]))
@@ -192,6 +198,7 @@ def _record(row, steps=(), logs=()) -> RunRecord:
         finished_at=row["finished_at"], backup_seconds=row["backup_seconds"],
         discarded_writes=(None if row.get("discarded_writes") is None
                           else store.loads(row["discarded_writes"])),
+        backups=tuple(store.loads(row.get("backups"))),
         steps=tuple(RunStep(s["idx"], s["revision"], s["direction"], s["status"],
                             s["started_at"], s["finished_at"]) for s in steps),
         logs=tuple(RunLog(entry["ts"], entry["level"], entry["message"]) for entry in logs),
@@ -225,9 +232,11 @@ def unfinished_runs(instance_dir: str) -> list[RunRecord]:
 
 
 def pinned_backups(instance_dir: str) -> set[str]:
-    """Backups an unfinished run needs: its pre-run backup, or the one it restores."""
+    """Backups an unfinished run needs: its pre-run backup (one per database), or the
+    one it restores."""
     return {bid for run in unfinished_runs(instance_dir)
-            for bid in (run.backup_id, run.restore_backup_id) if bid}
+            for bid in (run.backup_id, run.restore_backup_id,
+                        *(b.get("backup_id") for b in run.backups)) if bid}
 
 
 def worker_pid(instance_dir: str, run_id: str) -> int | None:

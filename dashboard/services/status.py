@@ -79,11 +79,14 @@ class MigrationStatus:
     table_count: int = 0
     creatable: bool = False  # a SQLite file that does not exist yet: an upgrade creates it
     env_py: EnvPyDatabases | None = None  # which databases env.py says it migrates
+    # Every database a run locks, backs up and restores as one (masked), when env.py
+    # names several itself (the multidb template); empty otherwise.
+    guarded: tuple[str, ...] = ()
 
     @property
     def env_py_elsewhere(self) -> list:
         """Databases env.py migrates that are not this one: a run would be refused."""
-        if self.env_py is None:
+        if self.env_py is None or self.guarded:
             return []
         return [d for d in self.env_py.databases if d.identity != self.database.identity]
 
@@ -99,7 +102,8 @@ class MigrationStatus:
             "creatable": self.creatable,
             "env_py": None if self.env_py is None else {
                 **self.env_py.as_json(), "elsewhere": [d.masked_url for d in
-                                                       self.env_py_elsewhere]},
+                                                       self.env_py_elsewhere],
+                "guarded": list(self.guarded)},
         }
 
 

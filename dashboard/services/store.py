@@ -77,6 +77,8 @@ runs = Table(
     Column("finished_at", Float),
     Column("backup_seconds", Float),
     Column("discarded_writes", Text),  # JSON list, or NULL when unknown
+    # A run over several databases: [{"database": masked URL, "backup_id"}], one each.
+    Column("backups", Text),
 )
 
 run_steps = Table(

@@ -48,6 +48,8 @@ class WorkerReport:
     heads: tuple[str, ...] | None = None
     error: str | None = None
     committed: bool = False  # something was committed before the end
+    # Which of ``databases`` (their index) had something committed before the end.
+    committed_databases: set[int] = field(default_factory=set)
     rolled_back: bool = False  # the worker rolled its one held transaction back
     sessions: list[str] = field(default_factory=list)
     touched: set[str] = field(default_factory=set)
@@ -100,7 +102,7 @@ class Worker:
             worker_command(self.project, *args), env=env,
             cwd=os.path.dirname(self.project.ini_path), stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=self._stderr, text=True,
-            pass_fds=(lock.fd,) if lock.fd >= 0 else (),
+            pass_fds=lock.fds,
         )
         runs.update_run(target.instance_dir, run_id, pid=self.proc.pid)
 
@@ -229,6 +231,10 @@ def record_event(inst: str, run_id: str, project, event: dict, report: WorkerRep
     elif kind == "committed":
         if report.heads is None and "step_started" in report.events:
             report.committed = True
+            if isinstance(event.get("database"), int):
+                report.committed_databases.add(event["database"])
+            else:  # a connection to no database env.py named: assume any
+                report.committed_databases.add(-1)
     elif kind == "rolled_back":
         report.rolled_back = True
     elif kind == "session":
@@ -245,13 +251,17 @@ def record_event(inst: str, run_id: str, project, event: dict, report: WorkerRep
                                                           report.error))
 
 
-def wrong_databases(project, databases: list[EnvDatabase] | None) -> str | None:
+def wrong_databases(project, databases: list[EnvDatabase] | None,
+                    guarded: tuple = ()) -> str | None:
     """Why a run must be refused because env.py would migrate a database other than
     the one the guard locked and backs up (named masked); None when every database
-    env.py names is that one."""
+    env.py names is that one. With ``guarded`` (several databases, each locked and
+    backed up as one run), env.py must migrate exactly those."""
     if not databases:
         return ("env.py opened no database when asked which one it migrates, so "
                 "nothing was run.")
+    if len(guarded) > 1:
+        return _not_the_guarded_set(databases, guarded)
     locked = project.engine.identity(project.database_url)
     others = [d for d in databases if d.identity != locked]
     if not others:
@@ -260,12 +270,31 @@ def wrong_databases(project, databases: list[EnvDatabase] | None) -> str | None:
         named = ", ".join(dict.fromkeys(d.masked_url for d in databases))
         return (f"env.py migrates {len(databases)} databases ({named}), but the dashboard "
                 f"locks and backs up one, {project.masked_url}: the run was refused before "
-                "any step, and nothing was run. Runs of an env.py that migrates several "
-                "databases are not supported yet.")
+                "any step, and nothing was run. Unset DASHBOARD_DATABASE_URL (or the "
+                "target's url) to let env.py name its databases: each is then locked and "
+                "backed up, and restored on a failure, as one run.")
     return (f"env.py migrates {others[0].masked_url}, but the dashboard locked "
             f"{project.masked_url}, the database it backs up for this run: the run was "
             "refused before any step, and nothing was run. Point DASHBOARD_DATABASE_URL "
             "at the database env.py migrates, or unset it to let env.py name the database.")
+
+
+def _not_the_guarded_set(databases: list[EnvDatabase], guarded: tuple) -> str | None:
+    locked = {d.engine.identity(d.database_url): d.masked_url for d in guarded}
+    opened = {d.identity: d.masked_url for d in databases}
+    if set(opened) == set(locked):
+        return None
+    extra = [url for identity, url in opened.items() if identity not in locked]
+    gone = [url for identity, url in locked.items() if identity not in opened]
+    said = []
+    if extra:
+        said.append(f"env.py now migrates {', '.join(extra)}, which the dashboard did not "
+                    "lock or back up")
+    if gone:
+        said.append(f"env.py no longer migrates {', '.join(gone)}")
+    return (f"The dashboard locked and backs up {', '.join(locked.values())}, but "
+            + " and ".join(said) + ": the run was refused before any step, and nothing "
+            "was run.")
 
 
 def replay_events(inst: str, run_id: str, project) -> WorkerReport:
