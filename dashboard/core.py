@@ -14,6 +14,7 @@ import copy
 import logging
 import os
 import subprocess
+import threading
 import time
 from dataclasses import replace
 
@@ -49,6 +50,8 @@ class Target:
         self._sql_cache: dict = {}
         self._pinned: Project | None = None
         self._env_py_cache: dict = {}
+        self._asking: set = set()  # questions to env.py being asked in the background
+        self._asking_lock = threading.Lock()
 
     @property
     def backup_dir(self) -> str:
@@ -103,10 +106,14 @@ class Target:
                    "DASHBOARD_DATABASE_URL, or let env.py (or the ini's sqlalchemy.url) "
                    "name the database.")
 
-    def env_py_databases(self, project: Project) -> alembic_process.EnvPyDatabases:
+    def env_py_databases(self, project: Project, wait: bool = True
+                         ) -> alembic_process.EnvPyDatabases | None:
         """Which databases env.py migrates, asked in a subprocess: cached until env.py,
         the ini or the environment handed to the project changes (an answer that is a
-        failure, such as a server that is down, for a few seconds only)."""
+        failure, such as a server that is down, for a few seconds only).
+
+        ``wait=False``: the cached answer, else None, the question being asked in the
+        background meanwhile (for pages that only show it: a run asks again anyway)."""
         key = (project.ini_path, _mtime(project.ini_path),
                _mtime(os.path.join(project.script_location, "env.py")), project.python,
                tuple(sorted(alembic_process.worker_environment(project).items())))
@@ -114,11 +121,26 @@ class Target:
         if cached is not None and (cached[1].databases or
                                    time.monotonic() - cached[0] < FAILED_PROBE_SECONDS):
             return cached[1]
-        asked = alembic_process.env_py_databases(project, self.timeout)
-        if len(self._env_py_cache) > 16:
-            self._env_py_cache.clear()
-        self._env_py_cache[key] = (time.monotonic(), asked)
-        return asked
+        if not wait:
+            with self._asking_lock:
+                if key in self._asking:
+                    return None
+                self._asking.add(key)
+            threading.Thread(target=self._ask_env_py, args=(key, project), daemon=True,
+                             name=f"ask-env-py-{self.name}").start()
+            return None
+        return self._ask_env_py(key, project)
+
+    def _ask_env_py(self, key, project: Project) -> alembic_process.EnvPyDatabases:
+        try:
+            asked = alembic_process.env_py_databases(project, self.timeout)
+            if len(self._env_py_cache) > 16:
+                self._env_py_cache.clear()
+            self._env_py_cache[key] = (time.monotonic(), asked)
+            return asked
+        finally:
+            with self._asking_lock:
+                self._asking.discard(key)
 
     def guarded_databases(self, project: Project) -> tuple[Project, ...]:
         """Every database a run must lock, back up and restore as one: ``project``'s
@@ -140,14 +162,17 @@ class Target:
 
     def read_state(self, ask_env_py: bool = False):
         """The project, its parsed history and the database's status, read now; with
-        ``ask_env_py``, also which databases env.py migrates (the overview shows it)."""
+        ``ask_env_py``, also which databases env.py migrates (the overview shows it;
+        None while it is first asked, when the database was given to the dashboard)."""
         from dashboard.services.status import migration_status
 
         project = self.project()
         history = self.history(project)
         status = migration_status(project, history)
         if ask_env_py:
-            status.env_py = self.env_py_databases(project)
+            # Given the database, the answer is only shown (a run asks env.py again before
+            # its backup): the page does not wait for it the first time.
+            status.env_py = self.env_py_databases(project, wait=not project.hands_url)
             databases = self.guarded_databases(project)
             if len(databases) > 1:
                 status.guarded = tuple(d.masked_url for d in databases)

@@ -29,6 +29,20 @@ GADGETS = "bbb000000002"
 PASSWORD = "s3cret-Pw"  # PostgreSQL here trusts local logins: any password is accepted
 
 
+def status_json(client, timeout: float = 30.0) -> dict:
+    """/api/status once env.py has been asked which databases it migrates: given the
+    database, the first request after a start does not wait for that answer."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        body = client.get("/api/status").get_json()
+        if body.get("env_py") is not None or "state" not in body or \
+                time.monotonic() > deadline:
+            return body
+        time.sleep(0.1)
+
+
 def alembic_init(root: Path, template: str = "generic") -> Path:
     """A project made by the real ``alembic init -t TEMPLATE``; its alembic.ini."""
     root.mkdir(parents=True, exist_ok=True)
@@ -177,7 +191,7 @@ def test_without_a_dashboard_url_the_database_is_the_one_env_py_names(
     monkeypatch.setenv("DATABASE_URL", f"sqlite:///{b}")
     client = client_for(reads_database_url, None, tmp_path / "inst")
 
-    status = client.get("/api/status").get_json()
+    status = status_json(client)
     assert status["database"]["url"] == f"sqlite:///{b}"
     assert status["state"] == "uninitialized", status
     assert status["env_py"]["databases"] == [
@@ -198,7 +212,7 @@ def test_asking_env_py_never_creates_a_missing_sqlite_file(reads_database_url, t
     monkeypatch.setenv("DATABASE_URL", f"sqlite:///{missing}")
     client = client_for(reads_database_url, None, tmp_path / "inst")
 
-    status = client.get("/api/status").get_json()
+    status = status_json(client)
     assert status["database"]["url"] == f"sqlite:///{missing}"
     assert status["creatable"] is True, status
     assert client.get("/").status_code == 200
@@ -208,7 +222,7 @@ def test_asking_env_py_never_creates_a_missing_sqlite_file(reads_database_url, t
     run = run_to_end(client, "upgrade", "heads")  # the run creates it
     assert run["status"] == "succeeded", run
     assert tables(f"sqlite:///{missing}") == {"widgets", "alembic_version"}
-    status = client.get("/api/status").get_json()
+    status = status_json(client)
     assert status["state"] == "up_to_date" and status["env_py"]["elsewhere"] == [], status
 
 
@@ -220,7 +234,7 @@ def test_a_dashboard_url_other_than_env_py_s_is_shown_before_any_run(
     monkeypatch.setenv("DATABASE_URL", f"sqlite:///{b}")
     client = client_for(reads_database_url, f"sqlite:///{a}", tmp_path / "inst")
 
-    status = client.get("/api/status").get_json()
+    status = status_json(client)
     assert status["database"]["url"] == f"sqlite:///{a}"
     assert status["env_py"]["elsewhere"] == [f"sqlite:///{b}"]
     page = client.get("/").get_data(as_text=True)
@@ -251,7 +265,7 @@ def lifecycle(client, url: str, extra_tables: frozenset[str] = frozenset(),
     """What a user does with a project: status, SQL, upgrade, a failing upgrade put
     back, downgrade; each checked in the database itself. The history: ``first``
     creates ``table``, then GADGETS fails half-way."""
-    status = client.get("/api/status").get_json()
+    status = status_json(client)
     assert status["heads"] == [GADGETS], status
     assert status["state"] in ("uninitialized", "unreachable", "pending"), status
     assert status["current"] == [], status
@@ -262,7 +276,7 @@ def lifecycle(client, url: str, extra_tables: frozenset[str] = frozenset(),
     run = run_to_end(client, "upgrade", first)
     assert run["status"] == "succeeded", run
     assert tables(url) == {table, "alembic_version"} | extra_tables
-    assert client.get("/api/status").get_json()["current"] == [first]
+    assert status_json(client)["current"] == [first]
 
     run = run_to_end(client, "upgrade", "heads")
     assert run["status"] == "restored", run
@@ -270,12 +284,12 @@ def lifecycle(client, url: str, extra_tables: frozenset[str] = frozenset(),
     assert "this revision fails on purpose" in run["error"]
     assert f"{GADGETS}_gadgets.py, line 13)" in run["error"], run["error"]  # the user's line
     assert tables(url) == {table, "alembic_version"} | extra_tables
-    assert client.get("/api/status").get_json()["current"] == [first]
+    assert status_json(client)["current"] == [first]
 
     run = run_to_end(client, "downgrade", "base")
     assert run["status"] == "succeeded", run
     assert tables(url) == {"alembic_version"} | extra_tables
-    assert client.get("/api/status").get_json()["current"] == []
+    assert status_json(client)["current"] == []
 
 
 def two_revisions(ini: Path) -> None:
@@ -293,7 +307,7 @@ def test_an_async_project_on_aiosqlite_works_unmodified(tmp_path):
     set_ini_url(ini, f"sqlite+aiosqlite:///{db}")
     two_revisions(ini)
     client = client_for(ini, None, tmp_path / "inst")
-    assert client.get("/api/status").get_json()["database"]["url"] == \
+    assert status_json(client)["database"]["url"] == \
         f"sqlite+aiosqlite:///{db}"
     assert not db.exists()
     sqlite_notes(db)
@@ -307,7 +321,7 @@ def test_an_async_project_on_asyncpg_works_unmodified(tmp_path, postgres):
         url = postgres.url(name).replace("+psycopg", "+asyncpg")
         set_ini_url(ini, url)
         client = client_for(ini, None, tmp_path / "inst")
-        status = client.get("/api/status").get_json()
+        status = status_json(client)
         assert status["state"] == "uninitialized", status  # read through a sync driver
         assert status["database"]["url"] == url
         lifecycle(client, postgres.url(name))
@@ -361,7 +375,7 @@ def test_a_flask_migrate_project_works_with_no_edit_on_sqlite(tmp_path, monkeypa
     monkeypatch.setenv("APP_DATABASE_URL", f"sqlite:///{db}")
     client = client_for(ini, None, tmp_path / "inst", DASHBOARD_FLASK_APP="app:create_app")
 
-    status = client.get("/api/status").get_json()
+    status = status_json(client)
     assert status["database"]["url"] == f"sqlite:///{db}", status
     assert status["env_py"]["databases"][0]["url"] == f"sqlite:///{db}"
     assert not db.exists()
@@ -378,7 +392,7 @@ def test_a_flask_migrate_project_works_with_no_edit_on_postgres(tmp_path, monkey
         ini, first = flask_db_project(tmp_path / "project", url)
         monkeypatch.setenv("APP_DATABASE_URL", url)
         client = client_for(ini, None, tmp_path / "inst", DASHBOARD_FLASK_APP="app:create_app")
-        status = client.get("/api/status").get_json()
+        status = status_json(client)
         assert status["database"]["url"] == \
             f"postgresql+psycopg://postgres:***@127.0.0.1:5432/{name}", status
         lifecycle(client, postgres.url(name), first=first, table="widget")
@@ -445,7 +459,7 @@ def test_multidb_a_run_guards_both_databases_as_one_run(tmp_path):
     ini = multidb_project(tmp_path / "project", one, two)
     client = client_for(ini, None, tmp_path / "inst")
 
-    status = client.get("/api/status").get_json()
+    status = status_json(client)
     assert [d["url"] for d in status["env_py"]["databases"]] == [f"sqlite:///{one}",
                                                                  f"sqlite:///{two}"]
     assert status["env_py"]["guarded"] == [f"sqlite:///{one}", f"sqlite:///{two}"]
@@ -697,8 +711,8 @@ def test_the_overview_says_why_env_py_could_not_be_asked(reads_database_url, tmp
     sqlite_notes(a)
     client = client_for(reads_database_url, f"sqlite:///{a}", tmp_path / "inst")
 
+    status = status_json(client)  # once asked (in the background: the URL was given)
     page = client.get("/")
-    status = client.get("/api/status").get_json()
 
     assert page.status_code == 200
     text = page.get_data(as_text=True)

@@ -452,10 +452,7 @@ def _execute_action(target: Target, prepared: Prepared) -> None:
         runs.update_run(inst, run_id, status=runs.SUCCEEDED, finished_at=time.time(),
                         to_revs=outcome.heads)
         return
-    failure = f"Step {outcome.failed_step} failed: {outcome.error}" if outcome.failed_step \
-        else f"env.py failed before the first step: {outcome.error}"
-    if outcome.cancelled:
-        failure = f"The run was cancelled: {outcome.error}."
+    failure = _failure_of(outcome)
     if plan.creates_file:
         _undo_creation(target, prepared, started, failure)
         return
@@ -556,12 +553,18 @@ def _execute_several(target: Target, prepared: Prepared) -> None:
         runs.update_run(inst, run_id, status=runs.SUCCEEDED, finished_at=time.time(),
                         to_revs=outcome.heads)
         return
-    failure = f"Step {outcome.failed_step} failed: {outcome.error}" if outcome.failed_step \
-        else f"env.py failed before the first step: {outcome.error}"
-    if outcome.cancelled:
-        failure = f"The run was cancelled: {outcome.error}."
+    failure = _failure_of(outcome)
     recovery.recover_several(target, _failed_run(prepared, started, failure, parts[0].backup,
                                                  outcome), parts, worker.report)
+
+
+def _failure_of(outcome: supervision.WorkerOutcome) -> str:
+    """What went wrong, as the run's error begins: the step, env.py, or a cancel."""
+    if outcome.cancelled:
+        return f"The run was cancelled: {outcome.error}."
+    if outcome.failed_step:
+        return f"Step {outcome.failed_step} failed: {outcome.error}"
+    return f"env.py failed before the first step: {outcome.error}"
 
 
 def _failed_run(prepared: Prepared, started: float, failure: str, backup,
