@@ -218,6 +218,52 @@ def test_rows_written_during_a_run_that_is_restored_are_reported_as_discarded(
     assert said, "the run page does not say that writes to users were discarded"
 
 
+def test_a_row_committed_while_the_restore_waits_to_swap_is_reported_as_discarded(
+        mariadb, database, sample_ini, tmp_path):
+    """The window CI once hit by chance: an application transaction that commits after
+    the guard counted other sessions' writes but before the restore's swap. The swap
+    waits for that transaction, so the row lands in the live table and is moved aside
+    with it: lost, and it must be counted."""
+    url = mariadb.url(database)
+    migrate(sample_ini, url, CHATS)
+    _add_slow_failure(sample_ini, 1.0)
+    client = _client(sample_ini, url, tmp_path / "inst")
+    engine = mariadb.admin_engine(database)
+    try:
+        with engine.connect() as app:
+            started = _start(client, "upgrade", SLOW_FAILURE)
+            run = _wait(client, started["url"], 0)
+            deadline = time.monotonic() + 60
+            while run["status"] in ("queued", "backing_up") and time.monotonic() < deadline:
+                time.sleep(0.05)
+                run = client.get(started["url"]).get_json()
+            assert run["status"] == "running", run
+            app.execute(text("BEGIN"))
+            app.execute(text("INSERT INTO users (email, display_name, password_hash, "
+                             "is_active, created_at) VALUES ('late@example.com', 'Late', "
+                             "'x', 1, NOW())"))
+            # Commit only once the restore's RENAME waits for this transaction.
+            waiting = []
+            while not waiting and time.monotonic() < deadline:
+                waiting = mariadb.scalars(
+                    "SELECT id FROM information_schema.processlist WHERE info LIKE "
+                    "'RENAME TABLE%' AND state LIKE '%metadata lock%'")
+                time.sleep(0.05)
+            assert waiting, "the restore never waited for the open transaction"
+            app.execute(text("COMMIT"))
+        run = _finished(client, started["url"])
+    finally:
+        engine.dispose()
+    assert run["status"] == "restored", run
+    kept = mariadb.scalars("SELECT COUNT(*) FROM users WHERE email = 'late@example.com'",
+                           database=database)[0]
+    assert kept == 0, "the scenario: the late row was moved aside with the live table"
+    reported = {entry["table"]: entry["rows"] for entry in run["discarded_writes"] or []}
+    assert reported.get("users", 0) >= 1, (
+        f"the restore discarded the row committed while it waited, and the run reports "
+        f"{run['discarded_writes']}")
+
+
 def test_a_restored_run_nobody_wrote_during_reports_no_discarded_writes(
         mariadb, database, sample_ini, tmp_path):
     url = mariadb.url(database)

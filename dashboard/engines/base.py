@@ -58,6 +58,16 @@ class DatabaseUnreachable(Exception):
 
 
 @dataclass(frozen=True)
+class CountedAtSwap:
+    """Other sessions' writes a restore discarded, counted by the engine from the
+    tables it replaced, at the moment it replaced them (``writes`` None: unknown).
+
+    A count taken before the restore misses a row committed between the count and
+    the swap; an engine that can read the replaced tables counts them instead."""
+    writes: list[dict] | None
+
+
+@dataclass(frozen=True)
 class FileCheck:
     ok: bool
     detail: str  # what was checked, or what is wrong
@@ -150,7 +160,11 @@ class DatabaseEngine:
     def check_live(self, project: Project) -> FileCheck:
         raise self.unsupported()
 
-    def restore(self, project: Project, backup_path: str) -> None:
+    def restore(self, project: Project, backup_path: str, marks: dict | None = None,
+                touched: frozenset[str] = frozenset()) -> CountedAtSwap | None:
+        """Put the backup's content in place of the database's. Given the run's write
+        ``marks``, an engine that can count what the swap discarded (see
+        ``discarded_writes``) returns that count; None when it did not count."""
         raise self.unsupported()
 
     def worker_args(self, project: Project) -> list[str]:

@@ -17,7 +17,7 @@ from sqlalchemy import bindparam, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from dashboard.engines import servers
-from dashboard.engines.base import NOT_RUN, FileCheck
+from dashboard.engines.base import NOT_RUN, CountedAtSwap, FileCheck
 from dashboard.engines.servers import ServerAddress, ServerEngine
 from dashboard.errors import BackupError
 
@@ -120,7 +120,8 @@ class MariaDbEngine(ServerEngine):
         return FileCheck(True, "dump complete; loaded into a scratch database (dropped since)",
                          revisions)
 
-    def restore(self, project: Project, backup_path: str) -> None:
+    def restore(self, project: Project, backup_path: str, marks: dict | None = None,
+                touched: frozenset[str] = frozenset()) -> CountedAtSwap | None:
         """Load the dump into a scratch schema, then swap its tables in at once.
 
         The live database is not touched until one atomic ``RENAME TABLE`` moves
@@ -131,6 +132,10 @@ class MariaDbEngine(ServerEngine):
         backup's definitions. Every wait for another session's lock is bounded
         by ``project.lock_timeout``: if the swap cannot have its locks in time,
         nothing has changed.
+
+        Given ``marks``, the writes the swap discarded are counted in the tables it
+        moved aside, before they are dropped: a row committed while the swap
+        waited for its locks is among them.
         """
         address = self.address(project)
         servers.find_tool(self.client_tools, "mysql")
@@ -153,6 +158,13 @@ class MariaDbEngine(ServerEngine):
                         f"{servers.driver_message(exc, address)}. {UNCHANGED}") from exc
             with servers.connect(address, after=UNCHANGED) as conn:
                 _swap_in(conn, address, scratch, aside, backup, wait)
+            if marks is None:
+                return None
+            try:
+                return CountedAtSwap(self._discarded_in(address, aside, marks, touched, wait))
+            except BackupError as exc:  # the restore itself is done
+                log.warning("the writes the restore discarded cannot be read: %s", exc.message)
+                return CountedAtSwap(None)
 
     def _load(self, address: ServerAddress, database: str, path: str, what: str,
               after: str, lock_wait: int, unlogged: bool = False) -> None:
@@ -211,13 +223,19 @@ class MariaDbEngine(ServerEngine):
 
     def discarded_writes(self, project: Project, marks: dict | None,
                          touched: set[str]) -> list[dict] | None:
+        return self._discarded_in(self.address(project), None, marks, touched,
+                                  lock_wait_seconds(project))
+
+    def _discarded_in(self, address: ServerAddress, schema: str | None, marks: dict | None,
+                      touched: set[str] | frozenset[str], wait: int) -> list[dict] | None:
+        """Rows others wrote since ``marks`` in the tables of ``schema`` (the live one
+        when None; after a swap, the schema its tables were moved aside to)."""
         if not marks:
             return None
-        address = self.address(project)
         found = []
-        with servers.connect(address, after="") as conn:
+        with servers.connect(address, schema, after="") as conn:
             try:
-                _sql(conn, f"SET SESSION lock_wait_timeout = {lock_wait_seconds(project)}")
+                _sql(conn, f"SET SESSION lock_wait_timeout = {wait}")
                 for name, updated in _base_tables(conn):
                     if name in touched:
                         continue
@@ -227,7 +245,7 @@ class MariaDbEngine(ServerEngine):
                     if rows:
                         found.append({"table": name, "rows": rows})
             except SQLAlchemyError as exc:
-                log.warning("the writes a restore would discard cannot be read: %s",
+                log.warning("the writes a restore discards cannot be read: %s",
                             servers.driver_message(exc, address))
                 return None
         return found

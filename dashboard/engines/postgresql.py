@@ -257,7 +257,8 @@ class PostgresEngine(ServerEngine):
 
     # ------------------------------------------------------------ restores
 
-    def restore(self, project: Project, backup_path: str) -> None:
+    def restore(self, project: Project, backup_path: str, marks: dict | None = None,
+                touched: frozenset[str] = frozenset()) -> None:
         """The backup's content in place of the database's, owners and grants
         included, in one transaction; other sessions' locks are waited for at
         most ``project.lock_timeout`` seconds."""

@@ -240,7 +240,8 @@ class SqliteEngine(DatabaseEngine):
     def check_live(self, project: Project) -> FileCheck:
         return _check_file(_sqlite_path(project), project.version_table, immutable=False)
 
-    def restore(self, project: Project, backup_path: str) -> None:
+    def restore(self, project: Project, backup_path: str, marks: dict | None = None,
+                touched: frozenset[str] = frozenset()) -> None:
         live = _sqlite_path(project)
         if not os.path.isfile(live):
             raise BackupError(f"The database file does not exist: {live}. Nothing was restored.")

@@ -32,7 +32,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
 from dashboard.engines import DatabaseEngine, engine_for
-from dashboard.engines.base import NOT_RUN, describe_failure, remove_files
+from dashboard.engines.base import NOT_RUN, CountedAtSwap, describe_failure, remove_files
 from dashboard.errors import BackupError, BadRequest, Conflict, NotFound
 from dashboard.services import runs, store
 from dashboard.services.project import Project
@@ -329,10 +329,13 @@ def apply_retention(instance_dir: str, keep: int,
     return deleted
 
 
-def restore_backup_file(project: Project, record: BackupRecord) -> None:
+def restore_backup_file(project: Project, record: BackupRecord, marks: dict | None = None,
+                        touched: frozenset[str] = frozenset()) -> CountedAtSwap | None:
     """Write the backup's content into the live database in place, then check it.
 
-    The caller holds the lock and has taken a backup of the current state.
+    The caller holds the lock and has taken a backup of the current state. Given a
+    run's write ``marks``, what the engine counted of others' writes at the swap
+    (None if it did not count).
     """
     fmt = _engine_for_backup(project.database_url)
     if _engine_of_record(record) is not fmt:
@@ -349,7 +352,7 @@ def restore_backup_file(project: Project, record: BackupRecord) -> None:
             f"expected {record.sha256[:12]}). The database was not changed."
         )
     fmt.preflight(project)
-    fmt.restore(project, record.path)
+    counted = fmt.restore(project, record.path, marks, touched)
     check = fmt.check_live(project)
     if not check.ok:
         raise BackupError(f"After restoring backup {record.id} the database fails its "
@@ -359,6 +362,7 @@ def restore_backup_file(project: Project, record: BackupRecord) -> None:
             f"After restoring backup {record.id} the database is at {_revs(check.revisions)}, "
             f"not at {_revs(record.revisions)} as the backup says."
         )
+    return counted
 
 
 def iter_backup_file(record: BackupRecord, chunk: int = READ_CHUNK) -> Iterator[bytes]:

@@ -117,7 +117,8 @@ def recover(target: Target, failed: FailedRun, project: Project | None = None) -
     runs.update_run(inst, failed.run_id, status=runs.RESTORING, error=failed.failure)
     discarded = _discarded_writes(project, failed)
     try:
-        backups.restore_backup_file(project, failed.backup)
+        counted = backups.restore_backup_file(project, failed.backup, failed.marks,
+                                              frozenset(failed.touched))
     except Exception as exc:
         detail = exc.message if isinstance(exc, DashboardError) else str(exc)
         live = live_revisions(project, allow_missing=True)
@@ -127,6 +128,8 @@ def recover(target: Target, failed: FailedRun, project: Project | None = None) -
                    f"half-migrated; the verified backup is at {failed.backup.path}.")
         return _final(target, failed, named, runs.FAILED, message, live, discarded=None,
                       event=audit.ActionFailed)
+    if counted is not None:
+        discarded = counted.writes
     live = live_revisions(project, allow_missing=True)
     message = (f"{_sentence(failed.failure)} The database was restored from the pre-action backup "
                f"{failed.backup.id} (checked) and is at {_revs(live)} as before.")
@@ -204,7 +207,10 @@ def recover_several(target: Target, failed: FailedRun, parts: list[DatabasePart]
                 continue
             lost = _discarded_writes(project, FailedRun(
                 **{**failed.__dict__, "marks": part.marks}))
-            backups.restore_backup_file(project, part.backup)
+            counted = backups.restore_backup_file(project, part.backup, part.marks,
+                                                  frozenset(failed.touched))
+            if counted is not None:
+                lost = counted.writes
             live = live_revisions(project, allow_missing=True)
             problem = _differs_from_start(project, FailedRun(
                 **{**failed.__dict__, "from_revs": part.from_revs, "backup": part.backup}),
