@@ -468,6 +468,42 @@ def test_discarded_writes_counts_other_sessions_rows_in_tables_the_run_did_not_t
     assert {"table": "notes", "rows": 7} in found, found  # 7 in, 3 out: at least 7 rows
 
 
+def test_a_row_committed_while_the_restore_waits_for_its_locks_is_counted(
+        pg, database, project, tmp_path):
+    """The window between a count taken before the restore and the restore's own
+    locks: a transaction that commits there writes a row the restore discards."""
+    backup = _dump(project, tmp_path)
+    marks = ENGINE.write_marks(project)
+    url = pg.url(database)
+    late = Blocker(url, "INSERT INTO notes (body) VALUES ('late')")  # not committed yet
+    outcome = {}
+
+    def restore():
+        try:
+            outcome["counted"] = ENGINE.restore(project, backup, marks, frozenset({"users"}))
+        except Exception as exc:  # reported below
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=restore)
+    try:
+        worker.start()
+        deadline = time.monotonic() + 30
+        while not pg.scalars(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = :d "
+                "AND wait_event_type = 'Lock'", d=database)[0]:
+            assert time.monotonic() < deadline, "the restore never waited for the writer"
+            time.sleep(0.05)
+        late.connection.commit()
+    finally:
+        late.release()
+        worker.join(60)
+    assert "error" not in outcome, outcome
+    assert pg.scalars("SELECT count(*) FROM notes WHERE body = 'late'",
+                      database=database) == [0], "the scenario: the restore discarded the row"
+    counted = outcome["counted"]
+    assert counted is not None and counted.writes == [{"table": "notes", "rows": 1}], counted
+
+
 def test_deleted_and_updated_rows_are_counted(pg, database, project):
     marks = ENGINE.write_marks(project)
     _write(pg.url(database), "DELETE FROM notes WHERE id > 15", "UPDATE users SET name = 'x'",

@@ -388,6 +388,63 @@ def test_an_env_py_committing_per_revision_is_restored_from_the_backup(
     assert snapshot(url) == before
 
 
+def test_writes_an_application_commits_during_a_restored_run_are_all_reported(
+        pg, database, sample_ini, tmp_path):
+    """An application keeps inserting into users (a table the run does not touch)
+    through the whole run, its failure and the restore: every row the restore
+    discarded is in the run's ``discarded_writes``."""
+    import threading
+
+    url = pg.url(database)
+    load_sample(sample_ini, url)
+    (sample_ini.parent / "alembic" / "env.py").write_text(OWN_ENGINE_ENV)
+    _add_change_then_failure(sample_ini, "import time\ntime.sleep(1.5)\n" + COMMITTED_CHANGE)
+    client = _client(sample_ini, url, tmp_path / "inst")
+    stop, committed, errors = threading.Event(), [], []
+
+    def write():
+        engine = create_engine(url, poolclass=NullPool)
+        try:
+            with engine.connect() as conn:
+                conn.execute(text("SET lock_timeout = '1s'"))
+                conn.commit()
+                while not stop.is_set():
+                    n = len(committed) + len(errors)
+                    try:
+                        conn.execute(text(
+                            "INSERT INTO users (email, display_name, password_hash, "
+                            "is_active, created_at) VALUES (:e, 'W', 'x', true, now())"),
+                            {"e": f"writer-{n}@example.com"})
+                        conn.commit()
+                        committed.append(n)
+                    except Exception as exc:  # the restore replaced the table
+                        conn.rollback()
+                        errors.append(str(exc)[:120])
+                    time.sleep(0.02)
+        finally:
+            engine.dispose()
+
+    started = _started(client.post("/api/runs", json={"action": "upgrade",
+                                                      "target": "heads"}))
+    writer = threading.Thread(target=write)
+    run = client.get(started["url"]).get_json()
+    while run["status"] in ("queued", "backing_up"):
+        time.sleep(0.05)
+        run = client.get(started["url"]).get_json()
+    writer.start()
+    try:
+        run = _wait(client, started["url"])
+    finally:
+        stop.set()
+        writer.join(30)
+    kept = _scalars(url, "SELECT count(*) FROM users WHERE email LIKE 'writer-%'")[0]
+    lost = len(committed) - kept
+    assert lost >= 1, (len(committed), kept, errors[:3])
+    _assert_restored_from_backup(run)
+    reported = {entry["table"]: entry["rows"] for entry in run["discarded_writes"] or []}
+    assert reported.get("users", 0) >= lost, (reported, f"{lost} rows were lost")
+
+
 # ---------------------------------------------------------------- 3. cancelling
 
 

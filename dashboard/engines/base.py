@@ -85,6 +85,9 @@ class DatabaseEngine:
     transactional_ddl = False
     # Whether other sessions' writes can be held off for a whole run.
     holds_off_writers = False
+    # Whether ``restore`` counts, at the moment it replaces the tables, the writes it
+    # discards (then no count is taken before it).
+    counts_writes_at_restore = False
     # Whether ``schema_differs`` tells every schema change: what a run left outside a
     # transaction (DDL that commits by itself) is then seen without a restore.
     compares_schema = False

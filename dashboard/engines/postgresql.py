@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import re
@@ -18,7 +19,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from dashboard.engines import servers
-from dashboard.engines.base import NOT_RUN, FileCheck
+from dashboard.engines.base import NOT_RUN, CountedAtSwap, FileCheck
 from dashboard.engines.servers import ServerAddress, ServerEngine, Tool, sql_literal
 from dashboard.errors import BackupError
 
@@ -258,21 +259,32 @@ class PostgresEngine(ServerEngine):
     # ------------------------------------------------------------ restores
 
     def restore(self, project: Project, backup_path: str, marks: dict | None = None,
-                touched: frozenset[str] = frozenset()) -> None:
+                touched: frozenset[str] = frozenset()) -> CountedAtSwap | None:
         """The backup's content in place of the database's, owners and grants
         included, in one transaction; other sessions' locks are waited for at
-        most ``project.lock_timeout`` seconds."""
+        most ``project.lock_timeout`` seconds.
+
+        Given ``marks``, the restore's transaction first locks every table it will
+        discard and counts, under that lock, what other sessions wrote to it since
+        the marks: a row committed while the restore waited is counted too."""
         address = self.address(project)
         pg_restore = servers.find_tool(("pg_restore",), "postgresql")
         psql = servers.find_tool(("psql",), "postgresql")
         entries = _pg_toc(pg_restore, backup_path)  # unreadable: refuse before anything
         self._check_owners(address, entries)
-        clear = POSTGRES_CLEAR_SQL.replace("@LOCK_TIMEOUT@",
-                                           _lock_timeout_literal(project.lock_timeout))
+        tables = self._tables_of(address, project.version_table) \
+            if _usable(marks, self.name) else None
+        timeout = _lock_timeout_literal(project.lock_timeout)
+        clear = POSTGRES_CLEAR_SQL.replace("@LOCK_TIMEOUT@", timeout)
+        counting = tables is not None
+        if counting:
+            clear = (f"SET lock_timeout = {timeout};\n"
+                     + _count_writes_sql(marks["snapshot"], _untouched(tables, touched),
+                                         lock=True) + ";\n" + clear)
         with servers.postgres_environment(address) as env:
             env["PGDATABASE"] = address.database
             try:
-                servers.run_piped(
+                said = servers.run_piped(
                     [pg_restore.path, "--clean", "--if-exists", "--file=-", backup_path],
                     [psql.path, "--no-psqlrc", "--quiet", "--no-password",
                      "--set=ON_ERROR_STOP=1", "--single-transaction", "--file=-"],
@@ -285,6 +297,20 @@ class PostgresEngine(ServerEngine):
                     raise self._lock_timeout_error(address, project.lock_timeout,
                                                    exc) from exc
                 raise
+        if marks is None:
+            return None
+        if not counting:
+            return CountedAtSwap(None)
+        return CountedAtSwap(_tally(marks["rows"], _counts_said(said.splitlines()), touched))
+
+    def _tables_of(self, address: ServerAddress, version_table: str) -> dict[str, str] | None:
+        """The tables a restore will discard (see ``_user_tables``); None if unreadable."""
+        try:
+            with servers.connect(address, after=NOT_CHANGED) as conn:
+                return _user_tables(conn, version_table)
+        except (BackupError, SQLAlchemyError) as exc:
+            log.warning("the tables of %s cannot be read: %s", address.describe(), exc)
+            return None
 
     def _check_owners(self, address: ServerAddress, entries: list[str]) -> None:
         """Refuse, before anything is dropped, a restore whose objects could not be
@@ -458,48 +484,26 @@ class PostgresEngine(ServerEngine):
         marks less the old rows still there. One pass per table, in the server, in
         one snapshot. Frozen by a VACUUM FREEZE since the marks, an updated row
         would read as old; its table still shows any deleted rows."""
-        if not isinstance(marks, dict) or marks.get("engine") != self.name \
-                or not isinstance(marks.get("rows"), dict) or "snapshot" not in marks:
+        if not _usable(marks, self.name):
             return None
         address = self.address(project)
-        found = []
         try:
             with servers.connect(address, after="") as conn:
                 conn = conn.execution_options(isolation_level="REPEATABLE READ")
+                said: list[str] = []
+                conn.connection.dbapi_connection.add_notice_handler(
+                    lambda notice: said.append(notice.message_primary or ""))
                 with conn.begin():
                     conn.execute(text("SET TRANSACTION READ ONLY"))
-                    params = {"snap": marks["snapshot"]}
-                    # age() counts back from one point for the whole transaction: the
-                    # marks' oldest running transaction is this many ago.
-                    params["mark_xmin"], params["mark_age"] = conn.execute(text(
-                        "SELECT txid_snapshot_xmin(CAST(:snap AS txid_snapshot)), "
-                        "age(CAST((txid_snapshot_xmin(CAST(:snap AS txid_snapshot)) "
-                        "% 4294967296)::text AS xid))"), params).one()
                     tables = _user_tables(conn, project.version_table)
                     if tables is None:
                         return None
-                    for name in sorted(set(tables) | set(marks["rows"])):
-                        qualified = name if "." in name else f"public.{name}"
-                        if name in touched or qualified in touched:
-                            continue
-                        before = int(marks["rows"].get(name, 0))
-                        if name not in tables:  # dropped since
-                            rows = before
-                        else:
-                            now, new = conn.execute(text(
-                                f"SELECT count(*), count(*) FILTER (WHERE age(xmin) <= "
-                                ":mark_age AND NOT txid_visible_in_snapshot(:mark_xmin + "
-                                "(:mark_age - age(xmin)), CAST(:snap AS txid_snapshot))) "
-                                f"FROM {tables[name]}"), params).one()
-                            old_left = now - new
-                            # Rows replaced or deleted, and any the marks did not count.
-                            rows = max(new, before - old_left) + max(0, old_left - before)
-                        if rows:
-                            found.append({"table": name, "rows": rows})
+                    conn.execute(text(_count_writes_sql(marks["snapshot"], _untouched(
+                        tables, touched), lock=False).replace(":", r"\:")))
         except (BackupError, SQLAlchemyError) as exc:
             log.warning("discarded writes of %s unknown: %s", address.describe(), exc)
             return None
-        return found
+        return _tally(marks["rows"], _counts_said(said), touched)
 
     # ------------------------------------------------------------ scratch
 
@@ -647,3 +651,95 @@ def _pg_archive_revisions(pg_restore: Tool, path: str, version_table: str) -> tu
             elif copying:
                 revisions.append(line.split("\t", 1)[0])
     return tuple(sorted(revisions))
+
+
+# ---------------------------------------------------------------- other sessions' writes
+
+WRITES_SAID = "dashboard-written-since-marks:"
+
+
+def _usable(marks, engine_name: str) -> bool:
+    return isinstance(marks, dict) and marks.get("engine") == engine_name \
+        and isinstance(marks.get("rows"), dict) and "snapshot" in marks
+
+
+def _untouched(tables: dict[str, str], touched) -> dict[str, str]:
+    return {name: quoted for name, quoted in tables.items()
+            if name not in touched and (name if "." in name else f"public.{name}")
+            not in touched}
+
+
+def _count_writes_sql(snapshot: str, tables: dict[str, str], lock: bool) -> str:
+    """A DO block that counts, per table, its rows and those written by transactions
+    the marks' ``snapshot`` did not see, and says them in one WARNING (JSON after
+    ``WRITES_SAID``). With ``lock``, each table is locked ACCESS EXCLUSIVE before it is
+    counted (inside a restore's transaction: nothing more can be written to it
+    before the restore replaces it). One place for the rule, used by the count
+    before a restore and by the restore itself."""
+    given = json.dumps(tables)
+    take_lock = ("EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', t.value);"
+                 if lock else "")
+    return f"""DO $dashboard_writes$
+DECLARE
+    snap txid_snapshot := CAST({sql_literal(snapshot)} AS txid_snapshot);
+    mark_xmin bigint;
+    mark_age integer;
+    t record;
+    now_rows bigint;
+    new_rows bigint;
+    found jsonb := '{{}}';
+BEGIN
+    -- age() counts back from one point for the whole transaction: the marks'
+    -- oldest running transaction is this many ago.
+    mark_xmin := txid_snapshot_xmin(snap);
+    mark_age := age(CAST((mark_xmin % 4294967296)::text AS xid));
+    FOR t IN SELECT key, value FROM json_each_text({sql_literal(given)}) LOOP
+        BEGIN  -- a table dropped since it was listed is left out (counted as dropped)
+            {take_lock}
+            EXECUTE format('SELECT count(*), count(*) FILTER (WHERE age(xmin) <= $1 AND '
+                           'NOT txid_visible_in_snapshot($2 + ($1 - age(xmin)), $3)) '
+                           'FROM %s', t.value)
+                INTO now_rows, new_rows USING mark_age, mark_xmin, snap;
+            found := found || jsonb_build_object(t.key, jsonb_build_array(now_rows, new_rows));
+        EXCEPTION WHEN undefined_table THEN
+            NULL;
+        END;
+    END LOOP;
+    RAISE WARNING '%', {sql_literal(WRITES_SAID)} || found::text;
+END
+$dashboard_writes$"""
+
+
+def _counts_said(lines: list[str]) -> dict[str, list[int]] | None:
+    """The counts a ``_count_writes_sql`` block said, from its messages."""
+    for line in lines:
+        at = line.find(WRITES_SAID)
+        if at >= 0:
+            try:
+                return json.loads(line[at + len(WRITES_SAID):])
+            except ValueError:
+                return None
+    return None
+
+
+def _tally(marked: dict, counts: dict[str, list[int]] | None, touched) -> list[dict] | None:
+    """[{"table", "rows"}] others wrote since the marks (``marked``: rows per table
+    then), from the ``counts`` of the tables there now; None when they were not said."""
+    if counts is None:
+        return None
+    found = []
+    for name in sorted(set(counts) | set(marked)):
+        qualified = name if "." in name else f"public.{name}"
+        if name in touched or qualified in touched:
+            continue
+        before = int(marked.get(name, 0))
+        if name not in counts:  # dropped since
+            rows = before
+        else:
+            now, new = counts[name]
+            old_left = now - new
+            # Rows replaced or deleted, and any the marks did not count.
+            rows = max(new, before - old_left) + max(0, old_left - before)
+        if rows:
+            found.append({"table": name, "rows": rows})
+    return found

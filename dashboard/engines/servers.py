@@ -318,10 +318,14 @@ def run_tool(argv: list[str], env: dict[str, str] | None, *, what: str,
             raise tool_failure(what, argv[0], done.returncode, _tail(stderr), address, after)
 
 
+SAID_BYTES = 8 * 1024 * 1024
+
+
 def run_piped(producer: list[str], consumer: list[str], env: dict[str, str], *,
               prelude: bytes, what: str, address: ServerAddress, after: str,
-              amend_head: Callable[[bytes], bytes] | None = None) -> None:
-    """``producer | consumer``, with ``prelude`` sent to the consumer first.
+              amend_head: Callable[[bytes], bytes] | None = None) -> str:
+    """``producer | consumer``, with ``prelude`` sent to the consumer first; what the
+    consumer said on stderr (its first ``SAID_BYTES``), once both succeeded.
 
     The bytes go through this process, so the consumer never sees the end of
     its input unless the producer succeeded: when the producer fails, the
@@ -346,6 +350,8 @@ def run_piped(producer: list[str], consumer: list[str], env: dict[str, str], *,
         if sink_code != 0 or pump.error:
             detail = _tail(consumer_err) or str(pump.error or "")
             raise tool_failure(what, consumer[0], sink_code, detail, address, after)
+        consumer_err.seek(0)
+        return consumer_err.read(SAID_BYTES).decode("utf-8", "replace")
 
 
 def _start(argv: list[str], env, what: str, after: str,
@@ -550,6 +556,7 @@ class ServerEngine(DatabaseEngine, abc.ABC):
     default_port = 0  # the port a URL without one reaches
     scratch_name_limit = 64
     holds_off_writers = False
+    counts_writes_at_restore = True
 
     def identity(self, url: str) -> str:
         """Engine, host, port and database, spelled one way: ``localhost``,

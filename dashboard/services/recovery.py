@@ -115,7 +115,8 @@ def recover(target: Target, failed: FailedRun, project: Project | None = None) -
         return _final(target, failed, named, runs.FAILED, message, live, discarded=None,
                       event=audit.ActionFailed)
     runs.update_run(inst, failed.run_id, status=runs.RESTORING, error=failed.failure)
-    discarded = _discarded_writes(project, failed)
+    discarded = None if project.engine.counts_writes_at_restore else \
+        _discarded_writes(project, failed)
     try:
         counted = backups.restore_backup_file(project, failed.backup, failed.marks,
                                               frozenset(failed.touched))
@@ -205,8 +206,9 @@ def recover_several(target: Target, failed: FailedRun, parts: list[DatabasePart]
                             f"backup {part.backup.id} was NOT restored over those changes "
                             f"(the backup is at {part.backup.path}).")
                 continue
-            lost = _discarded_writes(project, FailedRun(
-                **{**failed.__dict__, "marks": part.marks}))
+            lost = None if project.engine.counts_writes_at_restore else \
+                _discarded_writes(project, FailedRun(**{**failed.__dict__,
+                                                        "marks": part.marks}))
             counted = backups.restore_backup_file(project, part.backup, part.marks,
                                                   frozenset(failed.touched))
             if counted is not None:
