@@ -330,9 +330,9 @@ def test_ctrl_c_cancels_the_run_and_the_database_is_put_back(cli_env, sample_ini
     try:
         deadline = time.monotonic() + 60
         for line in proc.stdout:
-            if "Running database migrations" in line or time.monotonic() > deadline:
+            if "taken and verified" in line or time.monotonic() > deadline:
                 break
-        time.sleep(2.5)  # the backup is taken and the step is sleeping
+        time.sleep(1.5)  # the backup is taken: the worker starts the step, which sleeps
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
     finally:

@@ -203,7 +203,9 @@ def spell(db_path: Path, how: str, tmp_path: Path) -> str:
 @pytest.mark.parametrize("how", ["symlink", "dotdot"])
 def test_two_dashboards_on_one_sqlite_file_spelled_differently_run_one_at_a_time(
         app_config, at_head, sample_ini, tmp_path, how):
-    write_revision(sample_ini, STEP_ONE, UNIFIED_REASONING, sleep=3)
+    # Long enough that the second dashboard's request (its first read of the
+    # project, on a busy machine) lands while the step still runs.
+    write_revision(sample_ini, STEP_ONE, UNIFIED_REASONING, sleep=8)
     first = create_app(app_config).test_client()
     other_url = spell(at_head, how, tmp_path)
     other_config = dict(app_config, DASHBOARD_INSTANCE_DIR=str(tmp_path / "other-instance"),
