@@ -220,3 +220,47 @@ def snapshot(url: str) -> dict:
 def _normal_check(sql: str) -> str:
     # PostgreSQL re-deparses a restored CHECK with its casts spelled differently.
     return " ".join(re.sub(r"::[a-z ]+(\[\])?|[()]", "", sql).split())
+
+
+class PostgresRoles:
+    """Roles with unique names on a PostgreSQL server, dropped (with what they own)
+    by ``drop_all``: give tests the ``roles`` fixture of ``postgres_roles``."""
+
+    def __init__(self, server: Server):
+        self.server = server
+        self.prefix = f"md_r{secrets.token_hex(3)}"
+        self.names: list[str] = []
+
+    def create(self, suffix: str, options: str = "LOGIN", password: str | None = None,
+               createdb: bool = False) -> str:
+        name = f"{self.prefix}_{suffix}"
+        if createdb:
+            options += " CREATEDB"
+        if password is not None:
+            options += " PASSWORD '{}'".format(password.replace("'", "''"))
+        self.server.execute(f"CREATE ROLE {name} {options}")
+        self.names.append(name)
+        return name
+
+    def drop_all(self) -> None:
+        admin = self.server.admin_user
+        failures = []
+        for name in reversed(self.names):
+            try:
+                self.server.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    f"WHERE usename = '{name}'",
+                    f"REASSIGN OWNED BY {name} TO {admin}", f"DROP OWNED BY {name}",
+                    f"DROP ROLE IF EXISTS {name}")
+            except Exception as exc:  # try the others, then say which was left
+                failures.append(f"{name}: {exc}")
+        assert not failures, f"roles left behind: {failures}"
+
+
+@contextmanager
+def postgres_roles(server: Server) -> Iterator[PostgresRoles]:
+    made = PostgresRoles(server)
+    try:
+        yield made
+    finally:
+        made.drop_all()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import secrets
 import threading
 import time
 from collections.abc import Iterator
@@ -28,7 +27,7 @@ from dashboard.engines import postgresql as pg_engine
 from dashboard.errors import BackupError
 from dashboard.services.backups import restore_backup_file, take_backup
 from dashboard.services.locking import LockHolder
-from tests.servers import SERVERS, Server, require, scratch_database
+from tests.servers import SERVERS, PostgresRoles, Server, postgres_roles, require, scratch_database
 from tests.sqlite_helpers import project_for
 
 ENGINE = ENGINES["postgresql"]
@@ -54,36 +53,10 @@ def pg() -> Server:
     return require(SERVERS["postgresql"])
 
 
-class Roles:
-    """Roles with unique names, dropped (with what they own) when the test ends."""
-
-    def __init__(self, server: Server):
-        self.server = server
-        self.prefix = f"md_e{secrets.token_hex(3)}"
-        self.names: list[str] = []
-
-    def create(self, suffix: str, options: str = "LOGIN") -> str:
-        name = f"{self.prefix}_{suffix}"
-        self.server.execute(f"CREATE ROLE {name} {options}")
-        self.names.append(name)
-        return name
-
-    def drop_all(self) -> None:
-        admin = self.server.admin_user
-        for name in reversed(self.names):
-            self.server.execute(
-                f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{name}'",
-                f"REASSIGN OWNED BY {name} TO {admin}", f"DROP OWNED BY {name}",
-                f"DROP ROLE IF EXISTS {name}")
-
-
 @pytest.fixture
-def roles(pg) -> Iterator[Roles]:
-    made = Roles(pg)
-    try:
+def roles(pg) -> Iterator[PostgresRoles]:
+    with postgres_roles(pg) as made:
         yield made
-    finally:
-        made.drop_all()
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ from __future__ import annotations
 import html
 import json
 import re
-import secrets
 import textwrap
 import time
 from collections.abc import Iterator
@@ -26,44 +25,21 @@ from sqlalchemy.pool import NullPool
 
 from tests.conftest import CHATS, UNIFIED_REASONING, copy_sample_project, migrate
 from tests.conftest import client_for as _client
-from tests.servers import SERVERS, Server, load_sample, require, scratch_database, snapshot
+from tests.servers import (
+    SERVERS,
+    PostgresRoles,
+    Server,
+    load_sample,
+    postgres_roles,
+    require,
+    scratch_database,
+    snapshot,
+)
 
 FINAL = ("succeeded", "failed", "restored", "cancelled")
 
 
 # ---------------------------------------------------------------- fixtures and helpers
-
-
-class Roles:
-    """Login roles with unique names; dropped when the test ends (after its database)."""
-
-    def __init__(self, server: Server):
-        self.server = server
-        self.prefix = f"md_g{secrets.token_hex(3)}"
-        self.names: list[str] = []
-
-    def create(self, suffix: str, password: str | None = None, createdb: bool = False) -> str:
-        name = f"{self.prefix}_{suffix}"
-        options = "LOGIN" + (" CREATEDB" if createdb else "")
-        if password is not None:
-            options += " PASSWORD '{}'".format(password.replace("'", "''"))
-        self.server.execute(f"CREATE ROLE {name} {options}")
-        self.names.append(name)
-        return name
-
-    def drop_all(self) -> None:
-        admin = self.server.admin_user
-        failures = []
-        for name in reversed(self.names):
-            try:
-                self.server.execute(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                    f"WHERE usename = '{name}'",
-                    f"REASSIGN OWNED BY {name} TO {admin}", f"DROP OWNED BY {name}",
-                    f"DROP ROLE IF EXISTS {name}")
-            except Exception as exc:  # try the others, then say which was left
-                failures.append(f"{name}: {exc}")
-        assert not failures, f"roles left behind: {failures}"
 
 
 @pytest.fixture
@@ -72,12 +48,9 @@ def pg() -> Server:
 
 
 @pytest.fixture
-def roles(pg) -> Iterator[Roles]:
-    made = Roles(pg)
-    try:
+def roles(pg) -> Iterator[PostgresRoles]:
+    with postgres_roles(pg) as made:
         yield made
-    finally:
-        made.drop_all()
 
 
 @pytest.fixture
@@ -222,7 +195,7 @@ def _reader_sees_users(pg: Server, database: str, reader: str) -> list[int]:
     return sorted(_scalars(pg.url(database, user=reader), "SELECT id FROM users"))
 
 
-def _owned_sample(pg: Server, database: str, ini: Path, roles: Roles) -> tuple[str, str]:
+def _owned_sample(pg: Server, database: str, ini: Path, roles: PostgresRoles) -> tuple[str, str]:
     """The sample at its heads, migrated by (and so owned by) its own role, with a
     second role allowed to read the users table. The dashboard is the superuser."""
     owner, reader = roles.create("owner"), roles.create("reader")
