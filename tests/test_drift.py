@@ -155,7 +155,10 @@ def test_an_unreachable_server_is_unavailable_and_its_password_never_shown(sampl
     body = response.get_json()
     assert body["state"] == "unavailable", body
     assert "cannot be read" in body["reason"], body
-    assert "Sup3r-s3cret" not in response.get_data(as_text=True)
+    page = client.get("/?drift=now").get_data(as_text=True)
+    assert "Cannot compare" in page
+    for text in (response.get_data(as_text=True), page):
+        assert "Sup3r-s3cret" not in text
 
 
 def test_an_env_py_that_writes_is_refused_by_the_read_only_session(sample_ini, tmp_path):
@@ -183,7 +186,48 @@ def test_an_env_py_that_writes_is_refused_by_the_read_only_session(sample_ini, t
         assert snapshot(url) == before
 
 
-# ---------------------------------------------------------------- targets
+# ---------------------------------------------------------------- the overview's panel
+
+
+def test_the_overview_fetches_the_panel_and_shows_a_recent_answer_at_once(
+        sample_ini, db_path, db_url, tmp_path):
+    migrate(sample_ini, db_url, "heads")
+    client = client_for(sample_ini, db_url, tmp_path / "instance")
+
+    first = client.get("/").get_data(as_text=True)
+    assert 'hx-get="/drift"' in first and 'hx-trigger="load"' in first
+    assert 'href="/?drift=now"' in first  # without JavaScript
+    assert 'data-state="in_sync"' not in first
+
+    fragment = client.get("/drift")
+    assert fragment.status_code == 200
+    html = fragment.get_data(as_text=True)
+    assert html.lstrip().startswith('<section class="card drift" id="drift"')
+    assert 'data-state="in_sync"' in html and "The database matches the models" in html
+
+    again = client.get("/").get_data(as_text=True)
+    assert 'data-state="in_sync"' in again and 'hx-trigger="load"' not in again
+
+    # A model file changed: the answer no longer holds, the page asks again.
+    models = sample_ini.parent / "app_models" / "models.py"
+    stat = models.stat()
+    os.utime(models, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    assert 'hx-trigger="load"' in client.get("/").get_data(as_text=True)
+
+    # The way without JavaScript: compared while the page is made.
+    _execute(db_url, "ALTER TABLE users ADD COLUMN nickname VARCHAR(40)")
+    page = client.get("/?drift=now").get_data(as_text=True)
+    assert 'data-state="drift"' in page
+    assert "Column users.nickname (VARCHAR(40)) is in the database but not in the models" \
+        in page
+
+
+@pytest.mark.parametrize("url", ["/?drift=later", "/drift?fresh=yes"])
+def test_bad_panel_arguments_are_a_400(sample_ini, db_url, tmp_path, url):
+    migrate(sample_ini, db_url, "heads")
+    response = client_for(sample_ini, db_url, tmp_path / "instance").get(url)
+    assert response.status_code == 400
+    assert "must be" in response.get_data(as_text=True)
 
 
 def test_each_named_target_has_its_own_drift(sample_ini, tmp_path):
@@ -203,6 +247,8 @@ def test_each_named_target_has_its_own_drift(sample_ini, tmp_path):
     assert client.get("/api/targets/dev/drift").get_json()["state"] == "drift"
     assert client.get("/api/drift").get_json()["state"] == "drift"  # the default: dev
     assert client.get("/api/targets/nope/drift").status_code == 404
+    page = client.get("/targets/staging/").get_data(as_text=True)  # its answer, kept
+    assert 'data-state="in_sync"' in page and 'hx-get="/targets/staging/drift?fresh=1"' in page
 
 
 # ---------------------------------------------------------------- real projects
