@@ -114,6 +114,57 @@ def test_a_column_added_by_hand_is_drift_naming_table_and_column(sample_ini, dat
                                       "database but not in the models."), difference
 
 
+def test_changed_columns_and_comments_are_said_with_both_sides(sample_ini, tmp_path):
+    """Types, nullability and comments as autogenerate compares them by default, server
+    defaults where env.py asks for them (``compare_server_default=True``)."""
+    server = require(SERVERS["postgresql"])
+    env_py = sample_ini.parent / "alembic" / "env.py"
+    env_py.write_text(env_py.read_text().replace(
+        "        target_metadata=target_metadata,\n        render_as_batch=connection",
+        "        target_metadata=target_metadata,\n        compare_server_default=True,\n"
+        "        render_as_batch=connection", 1))
+    with scratch_database(server, "md_drift") as name:
+        url = server.url(name)
+        migrate(sample_ini, url, "heads")
+        server.execute("ALTER TABLE users ALTER COLUMN display_name TYPE VARCHAR(200)",
+                       "ALTER TABLE users ALTER COLUMN password_hash DROP NOT NULL",
+                       "ALTER TABLE users ALTER COLUMN is_active SET DEFAULT false",
+                       "COMMENT ON COLUMN users.email IS 'the login'",
+                       "COMMENT ON TABLE users IS 'people'",
+                       database=name)
+
+        body = drift_of(client_for(sample_ini, url, tmp_path / "instance"))
+
+    said = {(d["kind"], d["column"]): d["sentence"] for d in body["differences"]}
+    assert said == {
+        ("modify_type", "display_name"): "Column users.display_name is VARCHAR(200) in the "
+                                         "database, VARCHAR(100) in the models.",
+        ("modify_nullable", "password_hash"): "Column users.password_hash is nullable in the "
+                                              "database, NOT NULL in the models.",
+        ("modify_default", "is_active"): "Column users.is_active has server default false in "
+                                         "the database, server default true in the models.",
+        ("modify_comment", "email"): "Column users.email has comment “the login” in the "
+                                     "database, no comment in the models.",
+        ("remove_table_comment", None): "Table users has a comment in the database, none in "
+                                        "the models.",
+    }, body
+
+
+def test_an_env_py_that_hangs_is_unavailable_after_the_timeout(sample_ini, db_url, tmp_path):
+    migrate(sample_ini, db_url, "heads")
+    env_py = sample_ini.parent / "alembic" / "env.py"
+    env_py.write_text(env_py.read_text().replace(
+        "def run_migrations_online() -> None:\n",
+        "def run_migrations_online() -> None:\n    import time\n    time.sleep(60)\n", 1))
+    client = client_for(sample_ini, db_url, tmp_path / "instance",
+                        DASHBOARD_SUBPROCESS_TIMEOUT=3)
+
+    body = drift_of(client)
+
+    assert body["state"] == "unavailable", body
+    assert "did not answer within 3 s" in body["reason"], body
+
+
 def test_env_pys_own_include_object_is_honoured(sample_ini, db_url, tmp_path):
     """A table env.py's ``include_object`` leaves out is no drift, as for autogenerate."""
     migrate(sample_ini, db_url, "heads")

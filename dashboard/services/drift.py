@@ -177,19 +177,24 @@ def difference(project: Project, data: dict) -> Difference:
         sentence = f"{subject} is in {has} but not in {lacks}."
     elif action == "modify":
         old, new = data.get("database_side"), data.get("model_side")
+        verb = "has"
         if what == "nullable":
-            old, new = _nullable(old), _nullable(new)
+            old, new, verb = _nullable(old), _nullable(new), "is"
         elif what == "default":
-            old, new = old or "no default", new or "no default"
-            what = "server default"
+            old, new = _default(old), _default(new)
         elif what == "comment":
-            old, new = _quoted(old), _quoted(new)
+            old, new = _comment(old), _comment(new)
+        else:
+            verb = "is"
         detail = f"{old} in the database, {new} in the models"
-        sentence = f"Column {where}.{column}: its {what} is {detail}."
-    elif kind in ("add_table_comment", "remove_table_comment"):
-        old, new = _quoted(data.get("database_side")), _quoted(data.get("model_side"))
+        sentence = f"Column {where}.{column} {verb} {detail}."
+    elif kind == "add_table_comment":
+        old, new = _comment(data.get("database_side")), _comment(data.get("model_side"))
         detail = f"{old} in the database, {new} in the models"
-        sentence = f"Table {where}: its comment is {detail}."
+        sentence = f"Table {where} has {detail}."
+    elif kind == "remove_table_comment":  # Alembic's diff does not carry the comment
+        detail = "a comment in the database, none in the models"
+        sentence = f"Table {where} has {detail}."
     else:  # a kind of a plugin's comparator
         detail = str(data.get("detail") or "")
         sentence = f"{kind}: {detail}" if detail else kind
@@ -202,5 +207,9 @@ def _nullable(value) -> str:
     return "nullable" if value else "NOT NULL"
 
 
-def _quoted(value) -> str:
-    return f"“{value}”" if value else "no comment"
+def _default(value) -> str:
+    return f"server default {value}" if value else "no server default"
+
+
+def _comment(value) -> str:
+    return f"comment “{value}”" if value else "no comment"
