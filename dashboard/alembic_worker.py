@@ -530,7 +530,7 @@ def drift(ini: str, url: str) -> None:
             return
         try:
             current = sorted(migration.get_current_heads())
-            differences = [_difference(d, migration.dialect)
+            differences = [_said(d, migration.dialect)
                            for d in _flat(compare_metadata(migration, metadata))]
         except Exception as exc:
             emit("drift", **found, state="unavailable",
@@ -565,6 +565,15 @@ def _flat(diffs) -> list:
     return flat
 
 
+def _said(diff: tuple, dialect) -> dict:
+    """One difference as plain data; one this module cannot take apart, as Alembic
+    prints it, rather than no answer at all."""
+    try:
+        return _difference(diff, dialect)
+    except Exception:
+        return {"kind": str(diff[0]), "detail": repr(diff[1:])}
+
+
 def _difference(diff: tuple, dialect) -> dict:
     """One of Alembic's diff tuples as plain data: what kind, which table, column or
     named object, and the two sides in SQL as the database's dialect spells them."""
@@ -593,10 +602,11 @@ def _difference(diff: tuple, dialect) -> dict:
                    constraint=type(constraint).__name__,
                    columns=[c.name for c in getattr(constraint, "columns", ())])
         if kind.endswith("_fk"):
-            elements = list(constraint.elements)
-            out.update(columns=[e.parent.name for e in elements],
-                       referred_table=elements[0].column.table.name if elements else None,
-                       referred_columns=[e.column.name for e in elements])
+            # By name: a reflected key's referred table may not be in its MetaData.
+            targets = [e.target_fullname.rsplit(".", 1) for e in constraint.elements]
+            out.update(columns=[e.parent.name for e in constraint.elements],
+                       referred_table=targets[0][0] if targets else None,
+                       referred_columns=[t[-1] for t in targets])
     elif kind in ("modify_type", "modify_nullable", "modify_default", "modify_comment"):
         out.update(schema=diff[1], table=diff[2], column=diff[3],
                    database_side=_side(kind, diff[5], dialect),

@@ -114,7 +114,7 @@ def test_a_column_added_by_hand_is_drift_naming_table_and_column(sample_ini, dat
                                       "database but not in the models."), difference
 
 
-def test_changed_columns_and_comments_are_said_with_both_sides(sample_ini, tmp_path):
+def test_changed_columns_comments_and_keys_are_said_with_both_sides(sample_ini, tmp_path):
     """Types, nullability and comments as autogenerate compares them by default, server
     defaults where env.py asks for them (``compare_server_default=True``)."""
     server = require(SERVERS["postgresql"])
@@ -131,6 +131,8 @@ def test_changed_columns_and_comments_are_said_with_both_sides(sample_ini, tmp_p
                        "ALTER TABLE users ALTER COLUMN is_active SET DEFAULT false",
                        "COMMENT ON COLUMN users.email IS 'the login'",
                        "COMMENT ON TABLE users IS 'people'",
+                       "ALTER TABLE user_settings DROP CONSTRAINT "
+                       "fk_user_settings_user_id_users",
                        database=name)
 
         body = drift_of(client_for(sample_ini, url, tmp_path / "instance"))
@@ -147,6 +149,9 @@ def test_changed_columns_and_comments_are_said_with_both_sides(sample_ini, tmp_p
                                      "database, no comment in the models.",
         ("remove_table_comment", None): "Table users has a comment in the database, none in "
                                         "the models.",
+        ("add_fk", None): "Foreign key fk_user_settings_user_id_users on user_settings "
+                          "(user_id) references users (id) is in the models but not in the "
+                          "database.",
     }, body
 
 
