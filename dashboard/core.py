@@ -204,11 +204,14 @@ class Target:
                 return report
         if wanted == "cached":
             return None
-        taken = time.monotonic()
+        taken, started = time.monotonic(), time.time_ns()
         report = drift.check_drift(project, status, self.timeout)
+        files = tuple((f, _mtime(f)) for f in report.files)
         if len(self._drift_cache) > 16:
             self._drift_cache.clear()
-        self._drift_cache[key] = (taken, tuple((f, _mtime(f)) for f in report.files), report)
+        # A file changed while it was being read: this answer may be of the old one.
+        if all(mtime < started for _, mtime in files):
+            self._drift_cache[key] = (taken, files, report)
         return report
 
     def revision_detail(self, revision_id: str, sql: str = "now"):
