@@ -12,6 +12,8 @@ Modes (each after an optional ``--toml PYPROJECT``):
   sql --ini INI --revision R [--revision R2 ...] [--direction up|down]
                                     the SQL of each revision's upgrade and downgrade (offline)
   databases --ini INI                which databases env.py migrates (online, no step run)
+  drift --ini INI                    each database against env.py's target_metadata, as
+                                    autogenerate compares them (online, nothing written)
   run --ini INI --action upgrade|downgrade|stamp --target T
                                     run an action, reporting each step
 
@@ -415,10 +417,11 @@ def _wrapped_configure(on_configure, on_run):
 
 
 @contextlib.contextmanager
-def _sqlite_read_only(held_path: str | None = None):
+def _sqlite_read_only(held_path: str | None = None, stand_ins: dict | None = None):
     """While env.py is only asked which database it migrates: a SQLite file opens
     read-only, and one that does not exist is not created (an empty in-memory
-    database stands in for it). The held file still goes to the held connection."""
+    database stands in for it, and goes into ``stand_ins``, by id, with the missing
+    file's path). The held file still goes to the held connection."""
     import sqlite3
     from pathlib import Path
 
@@ -432,7 +435,10 @@ def _sqlite_read_only(held_path: str | None = None):
         kwargs.pop("uri", None)
         path = os.path.abspath(name)
         if not os.path.exists(path):
-            return previous(":memory:", *args, **kwargs)
+            stand_in = previous(":memory:", *args, **kwargs)
+            if stand_ins is not None:
+                stand_ins[id(stand_in)] = (stand_in, path)
+            return stand_in
         return previous(Path(path).as_uri() + "?mode=ro", *args, uri=True, **kwargs)
 
     sqlite3.connect = sqlite3.dbapi2.connect = connect
@@ -446,8 +452,6 @@ def _probe_databases(config, script, held_path: str | None = None) -> list[dict]
     """Run env.py online, as ``alembic upgrade`` would, but with every
     ``run_migrations`` a no-op: each database a ``configure`` call names, in order.
     Nothing is created or changed."""
-    from alembic.runtime.environment import EnvironmentContext
-
     found: list[dict] = []
 
     def seen(url, kw):
@@ -456,8 +460,7 @@ def _probe_databases(config, script, held_path: str | None = None) -> list[dict]
 
     with _wrapped_configure(seen, lambda _context, _run: None), \
             _sqlite_read_only(held_path), _env_py_step("asked which database it migrates"):
-        with EnvironmentContext(config, script, fn=lambda _rev, _context: [], as_sql=False,
-                                starting_rev=None, destination_rev="heads"):
+        with _online_without_steps(config, script):
             script.run_env()
     return found
 
@@ -480,6 +483,221 @@ def probe(ini: str, url: str) -> None:
     config = _config(ini, url)
     script = ScriptDirectory.from_config(config)
     emit_private("databases", databases=_probe_databases(config, script), cwd=os.getcwd())
+
+
+def drift(ini: str, url: str) -> None:
+    """Compare each database env.py opens with its ``target_metadata``, as
+    ``alembic check`` (autogenerate) compares them, and report the differences.
+
+    env.py runs online as ``alembic check`` runs it, its ``context.configure``
+    options (``include_object``, ``include_name``, ``compare_type``,
+    ``compare_server_default``, ``include_schemas``) kept: in place of its
+    migrations, Alembic's ``compare_metadata`` reads each database. Nothing is
+    written: server sessions are read-only, a SQLite file is opened read-only and
+    a missing one is not created, and no migration (nor version table) runs."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.script import ScriptDirectory
+
+    config = _config(ini, url)
+    script = ScriptDirectory.from_config(config)
+    _read_only_sessions()
+    configured: list[dict] = []
+    stand_ins: dict = {}
+    reported = 0
+
+    def seen(database_url, kw):
+        configured.append(_described(database_url, kw) if database_url else
+                          {"masked_url": "", "dialect": "unknown"})
+
+    def compare(context, _run_migrations):
+        nonlocal reported
+        reported += 1
+        database = configured[-1] if configured else {"masked_url": "", "dialect": "unknown"}
+        migration = context.get_context()
+        found = {"database": database["masked_url"], "dialect": database["dialect"]}
+        metadata = migration.opts.get("target_metadata")
+        raw = getattr(getattr(migration.bind, "connection", None), "dbapi_connection", None)
+        if id(raw) in stand_ins and stand_ins[id(raw)][0] is raw:
+            emit("drift", **found, state="unavailable",
+                 reason=f"The SQLite database file {stand_ins[id(raw)][1]} does not exist "
+                        "(it was not created).")
+            return
+        if metadata is None:
+            emit("drift", **found, state="unavailable",
+                 reason="env.py gives no target_metadata to context.configure, so there "
+                        "are no models to compare the database with (autogenerate cannot "
+                        "run either).")
+            return
+        try:
+            current = sorted(migration.get_current_heads())
+            differences = [_said(d, migration.dialect)
+                           for d in _flat(compare_metadata(migration, metadata))]
+        except Exception as exc:
+            emit("drift", **found, state="unavailable",
+                 reason=f"Alembic could not compare it: {type(exc).__name__}: {exc}{_where(exc)}")
+            return
+        emit("drift", **found, state="drift" if differences else "in_sync",
+             differences=differences, current=current)
+
+    with _wrapped_configure(seen, compare), _sqlite_read_only(stand_ins=stand_ins), \
+            _env_py_step("asked to compare the database with the models"):
+        with _online_without_steps(config, script):
+            script.run_env()
+    if not reported:
+        raise EnvPyFailed("env.py never called context.run_migrations() online: "
+                          "there is nothing to compare.")
+    emit("files", files=_project_files(script.env_py_location))
+
+
+def _online_without_steps(config, script):
+    """env.py's context as ``alembic upgrade heads`` makes it, with no step to run."""
+    from alembic.runtime.environment import EnvironmentContext
+
+    return EnvironmentContext(config, script, fn=lambda _rev, _context: [], as_sql=False,
+                              starting_rev=None, destination_rev="heads")
+
+
+def _flat(diffs) -> list:
+    """Alembic's diffs: a column's changes come as a list of tuples of their own."""
+    flat = []
+    for diff in diffs:
+        flat.extend(diff if isinstance(diff, list) else [diff])
+    return flat
+
+
+def _said(diff: tuple, dialect) -> dict:
+    """One difference as plain data; one this module cannot take apart, as Alembic
+    prints it, rather than no answer at all."""
+    try:
+        return _difference(diff, dialect)
+    except Exception:
+        return {"kind": str(diff[0]), "detail": repr(diff[1:])}
+
+
+def _difference(diff: tuple, dialect) -> dict:
+    """One of Alembic's diff tuples as plain data: what kind, which table, column or
+    named object, and the two sides in SQL as the database's dialect spells them."""
+    kind = diff[0]
+    out: dict = {"kind": kind}
+    if kind in ("add_table", "remove_table"):
+        table = diff[1]
+        out.update(schema=table.schema, table=table.name,
+                   columns=[c.name for c in table.columns])
+    elif kind in ("add_column", "remove_column"):
+        column = diff[3]
+        out.update(schema=diff[1], table=diff[2], column=column.name,
+                   type=_sql(column.type, dialect), nullable=column.nullable)
+    elif kind in ("add_index", "remove_index"):
+        index = diff[1]
+        out.update(schema=index.table.schema if index.table is not None else None,
+                   table=index.table.name if index.table is not None else None,
+                   name=_name(index.name), unique=bool(index.unique),
+                   columns=[_sql(e, dialect) if not hasattr(e, "name") else e.name
+                            for e in index.expressions])
+    elif kind in ("add_constraint", "remove_constraint", "add_fk", "remove_fk"):
+        constraint = diff[1]
+        table = getattr(constraint, "table", None)
+        out.update(schema=getattr(table, "schema", None), table=getattr(table, "name", None),
+                   name=_name(constraint.name),
+                   constraint=type(constraint).__name__,
+                   columns=[c.name for c in getattr(constraint, "columns", ())])
+        if kind.endswith("_fk"):
+            # By name: a reflected key's referred table may not be in its MetaData.
+            targets = [e.target_fullname.rsplit(".", 1) for e in constraint.elements]
+            out.update(columns=[e.parent.name for e in constraint.elements],
+                       referred_table=targets[0][0] if targets else None,
+                       referred_columns=[t[-1] for t in targets])
+    elif kind in ("modify_type", "modify_nullable", "modify_default", "modify_comment"):
+        out.update(schema=diff[1], table=diff[2], column=diff[3],
+                   database_side=_side(kind, diff[5], dialect),
+                   model_side=_side(kind, diff[6], dialect))
+        existing = diff[4] or {}
+        if existing.get("existing_type") is not None:
+            out["type"] = _sql(existing["existing_type"], dialect)
+    elif kind in ("add_table_comment", "remove_table_comment"):
+        table = diff[1]
+        out.update(schema=table.schema, table=table.name, model_side=table.comment,
+                   database_side=diff[2] if len(diff) > 2 else None)
+    else:  # a comparator of a plugin: said as Alembic says it
+        out["detail"] = repr(diff[1:])
+    return out
+
+
+def _side(kind: str, value, dialect):
+    if kind == "modify_nullable":
+        return bool(value)
+    if kind == "modify_type":
+        return _sql(value, dialect)
+    if kind == "modify_default":
+        if value is None or value is False:
+            return None
+        return _sql(getattr(value, "arg", value), dialect)
+    return value
+
+
+def _name(name) -> str | None:
+    return None if name is None or type(name).__name__ == "_NoneName" else str(name)
+
+
+def _sql(thing, dialect) -> str:
+    """A type, default or expression as the database's dialect writes it in DDL."""
+    if isinstance(thing, str):
+        return thing
+    text = getattr(thing, "text", None)
+    if isinstance(text, str):
+        return text
+    from sqlalchemy.types import TypeEngine
+
+    try:
+        if isinstance(thing, TypeEngine):
+            return str(thing.compile(dialect=dialect))
+        if hasattr(thing, "compile"):
+            return str(thing.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
+    except Exception:
+        pass
+    return repr(thing)
+
+
+def _read_only_sessions() -> None:
+    """Every server session env.py opens starts read-only, by the SQL the dashboard's
+    engines name for each dialect (``DASHBOARD_READ_ONLY_SQL``, a JSON object), so
+    that nothing run while comparing can write."""
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    try:
+        statements = json.loads(os.environ.get("DASHBOARD_READ_ONLY_SQL") or "{}")
+    except ValueError:
+        statements = {}
+
+    @event.listens_for(Engine, "do_connect")
+    def _connect(dialect, _record, cargs, cparams):
+        statement = statements.get(dialect.name)
+        if not statement:
+            return None
+        connection = dialect.connect(*cargs, **cparams)
+        cursor = connection.cursor()
+        cursor.execute(statement)
+        cursor.close()
+        connection.commit()  # a SET inside a transaction rolled back would not last
+        return connection
+
+
+def _project_files(env_py: str) -> list[str]:
+    """The project's own source files this process imported (its models, its app) and
+    env.py: what the dashboard watches to know when an answer is out of date."""
+    outside = _outside_paths()
+    here = os.path.realpath(__file__)
+    files = {os.path.realpath(env_py)}
+    for module in list(sys.modules.values()):
+        name = getattr(module, "__file__", None)
+        if not name:
+            continue
+        path = os.path.realpath(name)
+        if path != here and os.path.isfile(path) and \
+                not any(path.startswith(p + os.sep) for p in outside):
+            files.add(path)
+    return sorted(files)
 
 
 def run_action(ini: str, url: str, action: str, target: str, purge: bool = False,
@@ -773,14 +991,18 @@ class _ConnectionProxy:
         pass
 
 
+def _outside_paths() -> set[str]:
+    """Where Python and its installed packages live: not the project's own code."""
+    import sysconfig
+
+    paths = sysconfig.get_paths()
+    return {os.path.realpath(paths[k]) for k in ("stdlib", "purelib", "platlib") if paths.get(k)}
+
+
 def _where(exc: BaseException) -> str:
     """Where in the project's own code (env.py, a revision, the app) the error was
     raised: the deepest frame outside Python, its packages and this worker."""
-    import sysconfig
-
-    outside = {os.path.realpath(p) for p in (sysconfig.get_paths()["stdlib"],
-                                             sysconfig.get_paths()["purelib"],
-                                             sysconfig.get_paths()["platlib"]) if p}
+    outside = _outside_paths()
     here = os.path.realpath(__file__)
     found = None
     seen = set()
@@ -815,6 +1037,8 @@ def main(argv: list[str] | None = None) -> int:
     p_sql.add_argument("--direction", choices=("up", "down"), action="append")
     p_databases = sub.add_parser("databases")
     p_databases.add_argument("--ini", required=True)
+    p_drift = sub.add_parser("drift")
+    p_drift.add_argument("--ini", required=True)
     p_run = sub.add_parser("run")
     p_run.add_argument("--ini", required=True)
     p_run.add_argument("--action", choices=("upgrade", "downgrade", "stamp"), required=True)
@@ -831,6 +1055,8 @@ def main(argv: list[str] | None = None) -> int:
             read_headers(args.ini, args.paths)
         elif args.mode == "databases":
             probe(args.ini, url)
+        elif args.mode == "drift":
+            drift(args.ini, url)
         elif args.mode == "sql":
             offline_sql(args.ini, url, args.revision, tuple(args.direction or ("up", "down")))
         else:

@@ -28,6 +28,10 @@ log = logging.getLogger(__name__)
 
 SQL_CACHE_ENTRIES = 4096  # offline SQL of one revision in one direction each
 FAILED_PROBE_SECONDS = 5.0  # how long "env.py could not be asked" is believed
+# How long a drift answer is shown without comparing again, while the version table
+# and the project's files stay as they were (a change made by hand to the schema is
+# seen after this, or at once with "Check again").
+DRIFT_SECONDS = 300.0
 
 
 class Target:
@@ -50,6 +54,7 @@ class Target:
         self._sql_cache: dict = {}
         self._pinned: Project | None = None
         self._env_py_cache: dict = {}
+        self._drift_cache: dict = {}
         self._asking: set = set()  # questions to env.py being asked in the background
         self._asking_lock = threading.Lock()
 
@@ -177,6 +182,37 @@ class Target:
             if len(databases) > 1:
                 status.guarded = tuple(d.masked_url for d in databases)
         return project, history, status
+
+    def drift(self, project: Project, status, wanted: str = "now"):
+        """The database against the project's models (services/drift.py): compared in
+        a subprocess (``wanted="fresh"``), or the last answer while the version table,
+        env.py, the ini and every project file the check read are as they were and it
+        is recent ("now" compares only without such an answer; "cached" returns None
+        then)."""
+        from dashboard.services import drift
+
+        key = (project.ini_path, _mtime(project.ini_path), project.toml_path,
+               _mtime(project.toml_path or ""), project.python, project.database_url,
+               str(status.state), tuple(status.current),
+               tuple(sorted(alembic_process.worker_environment(project).items())))
+        cached = self._drift_cache.get(key)
+        if wanted != "fresh" and cached is not None:
+            taken, files, report = cached
+            lasts = DRIFT_SECONDS if report.files else FAILED_PROBE_SECONDS
+            if time.monotonic() - taken < lasts and \
+                    all(_mtime(path) == mtime for path, mtime in files):
+                return report
+        if wanted == "cached":
+            return None
+        taken, started = time.monotonic(), time.time_ns()
+        report = drift.check_drift(project, status, self.timeout)
+        files = tuple((f, _mtime(f)) for f in report.files)
+        if len(self._drift_cache) > 16:
+            self._drift_cache.clear()
+        # A file changed while it was being read: this answer may be of the old one.
+        if all(mtime < started for _, mtime in files):
+            self._drift_cache[key] = (taken, files, report)
+        return report
 
     def revision_detail(self, revision_id: str, sql: str = "now"):
         """One revision's page data, as the pages and API show it, with its offline

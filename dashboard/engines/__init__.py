@@ -27,6 +27,13 @@ def backend_name(url: str) -> str:
         return "unknown"
 
 
+def read_only_session_sql() -> dict[str, str]:
+    """Each dialect's SQL that makes a session read-only (for an env.py that opens
+    databases of several engines), keyed by SQLAlchemy's dialect name."""
+    return {name: sql for name, engine in ENGINES.items()
+            if (sql := engine.read_only_session_sql())}
+
+
 def engine_for(url: str) -> DatabaseEngine:
     """The engine of the database a URL names; a generic one that backs nothing up
     for dialects the dashboard does not know."""
@@ -39,4 +46,4 @@ def engine_for(url: str) -> DatabaseEngine:
 
 
 __all__ = ["DatabaseEngine", "DatabaseUnreachable", "FileCheck", "engine_for", "backend_name",
-           "sync_url"]
+           "read_only_session_sql", "sync_url"]

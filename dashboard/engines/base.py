@@ -204,6 +204,12 @@ class DatabaseEngine:
         """SQL that names a connection's server session (the worker reports it)."""
         return None
 
+    def read_only_session_sql(self) -> str | None:
+        """SQL that makes a new server session refuse every write, for the worker's
+        sessions that only read (the drift check); None where the engine has none
+        (SQLite: the worker opens the file read-only)."""
+        return None
+
     def end_sessions(self, project: Project, session_ids: list[str]) -> list[str]:
         """Stop what these server sessions run, then end them (a cancelled run's worker
         may be gone while its session still runs a statement and holds locks).

@@ -255,6 +255,9 @@ class MariaDbEngine(ServerEngine):
     def session_id_sql(self) -> str:
         return "SELECT CONNECTION_ID()"
 
+    def read_only_session_sql(self) -> str:
+        return "SET SESSION TRANSACTION READ ONLY"
+
     def end_sessions(self, project: Project, session_ids: list[str]) -> list[str]:
         """KILL QUERY, then (once the statement stopped, or after a few seconds) KILL
         CONNECTION, which rolls its transaction back and frees its locks.

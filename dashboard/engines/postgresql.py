@@ -418,6 +418,9 @@ class PostgresEngine(ServerEngine):
     def session_id_sql(self) -> str:
         return "SELECT pg_backend_pid()"
 
+    def read_only_session_sql(self) -> str:
+        return "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY"
+
     def end_sessions(self, project: Project, session_ids: list[str],
                      grace: float = END_GRACE_SECONDS) -> list[str]:
         """Cancel what these sessions of this database run; terminate those that are

@@ -14,6 +14,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from dashboard.engines import read_only_session_sql
 from dashboard.redact import mask_url
 from dashboard.services.project import Project
 from dashboard.services.revisions import RevisionHeader, UnreadableFile
@@ -48,6 +49,7 @@ def worker_environment(project: Project) -> dict[str, str]:
     env["PYTHONUNBUFFERED"] = "1"
     env["DASHBOARD_VERSION_TABLE"] = project.version_table
     env["DASHBOARD_SECRET_FORMS"] = json.dumps(sorted(project.secret_forms()))
+    env["DASHBOARD_READ_ONLY_SQL"] = json.dumps(read_only_session_sql())
     if project.flask_app:
         env[FLASK_APP_ENV] = project.flask_app
     else:

@@ -41,6 +41,14 @@ def status():
     return jsonify(inspection.status_json(history, state))
 
 
+@bp.get("/drift")
+def drift():
+    """The database against the project's models, compared now."""
+    dashboard = current_dashboard()
+    project, _, state = dashboard.read_state()
+    return jsonify(dashboard.drift(project, state, "fresh").as_json())
+
+
 @bp.get("/sql/pending")
 def pending_sql():
     name, script = inspection.pending_sql_script(current_dashboard())

@@ -17,17 +17,36 @@ init_target_urls(bp)
 def overview():
     if registry().multiple and not g.get("target_name"):
         return render_template("targets.html", targets=inspection.target_summaries(registry()))
+    wanted = request.args.get("drift", "cached")
+    if wanted not in ("cached", "now"):
+        raise BadRequest("'drift' must be 'now' or 'cached'.")
     dashboard = current_dashboard()
     project, history, status = dashboard.read_state(ask_env_py=True)
     recent = runs.list_runs(dashboard.instance_dir, limit=1)
+    # The comparison runs env.py in a subprocess: unless asked for (the way without
+    # JavaScript), the page shows the last answer, or fetches one in a fragment.
+    drift = dashboard.drift(project, status, "fresh" if wanted == "now" else "cached")
     return render_template(
-        "overview.html", project=project, history=history, status=status,
+        "overview.html", project=project, history=history, status=status, drift=drift,
         summaries=inspection.revision_summaries(history, status),
         run=recent[0] if recent else None,
         lock_holder=guard.lock_holder(dashboard.pinned(project)),
         messages=inspection.revision_messages(history),
         files=inspection.revision_files(project, history),
     )
+
+
+@bp.get("/drift")
+def drift_panel():
+    """The overview's drift panel, compared now unless a recent answer holds
+    (``?fresh=1``: compared now in any case)."""
+    fresh = request.args.get("fresh", "")
+    if fresh not in ("", "0", "1"):
+        raise BadRequest("'fresh' must be 1 or 0.")
+    dashboard = current_dashboard()
+    project, _, status = dashboard.read_state()
+    drift = dashboard.drift(project, status, "fresh" if fresh == "1" else "now")
+    return render_template("_drift.html", drift=drift)
 
 
 @bp.get("/sql/pending")
