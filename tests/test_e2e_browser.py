@@ -26,6 +26,11 @@ elif not CHROMIUM.exists():
 else:
     MISSING = None
 
+if sync_playwright is not None:
+    # Fragments (a revision's SQL, a preview's drops) run env.py in a subprocess:
+    # seconds on a busy machine, more than the 5 s an expectation waits by default.
+    expect.set_options(timeout=30_000)
+
 if MISSING and os.environ.get("CI") != "true":
     pytest.skip(f"browser tests need a browser: {MISSING}", allow_module_level=True)
 
