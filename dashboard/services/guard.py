@@ -24,7 +24,7 @@ from alembic.util import to_tuple
 from dashboard.engines import DatabaseUnreachable
 from dashboard.engines.base import remove_files
 from dashboard.errors import BadRequest, Conflict, DashboardError, NotFound
-from dashboard.services import audit, backups, locking, recovery, runs, supervision
+from dashboard.services import audit, backups, locking, recovery, runs, schema, supervision
 from dashboard.services.planning import ACTIONS, ActionPlan, plan_action
 from dashboard.services.recovery import FailedRun, live_revisions, lock_file, lock_key
 from dashboard.services.revisions import History
@@ -143,8 +143,9 @@ def start_recovery(target: Target, run: runs.RunRecord, why: str) -> None:
         pass  # someone runs on this database now; the next look settles it
 
 
-def backup_now(target: Target, user: str) -> backups.BackupRecord:
-    """A manual backup, under the lock so it never races a migration."""
+def backup_now(target: Target, user: str, why: str = "manual backup") -> backups.BackupRecord:
+    """A backup taken now (``why``: a manual one, or a rehearsal's), under the lock so it
+    never races a migration."""
     target.check_writable()
     lock = acquire_lock(target, locking.LockHolder(os.getpid(), "backup", "-", user, time.time()))
     started = time.time()
@@ -153,7 +154,7 @@ def backup_now(target: Target, user: str) -> backups.BackupRecord:
         try:
             current = live_revisions(project)
             record = backups.take_backup(project, target.instance_dir, target.backup_dir,
-                                         "manual backup", expected_revisions=current)
+                                         why, expected_revisions=current)
         except DashboardError as exc:
             audit.record_event(target, audit.BackupFailed(
                 user=user, error=exc.message, duration=time.time() - started))
@@ -362,7 +363,13 @@ def _reachable(history: History, plan: ActionPlan) -> frozenset[str]:
 
 
 def execute(target: Target, prepared: Prepared) -> None:
-    """Carry out a prepared run to its final status; the lock is released at the end."""
+    """Carry out a prepared run to its final status; the lock is released at the end.
+
+    An action or a restore keeps the schema as it was before and after it (one
+    inspector pass each, under the lock), for the run page's diff."""
+    changes = prepared.verb in ("action", "restore")
+    if changes:
+        _keep_schema(target, prepared, "before")
     try:
         if prepared.verb == "action" and len(prepared.databases) > 1:
             _execute_several(target, prepared)
@@ -378,9 +385,29 @@ def execute(target: Target, prepared: Prepared) -> None:
                         error=target.project().scrub(
                             f"The run stopped unexpectedly: {type(exc).__name__}: {exc}"))
     finally:
+        if changes:
+            _keep_schema(target, prepared, "after")
         prepared.lock.release()
         # The worker's own record matters only to a run nobody saw end.
         remove_files(supervision.events_path(target.instance_dir, prepared.run_id))
+
+
+def _keep_schema(target: Target, prepared: Prepared, when: str) -> None:
+    """The run's database's schema now (``when`` "before" or "after"), stored with the
+    run; one that cannot be read is noted, and never fails the run."""
+    try:
+        database = prepared.databases[0] if prepared.databases else target.project()
+        taken = schema.snapshot(database)
+        values: dict = {f"schema_{when}": taken.tables}
+        if taken.reason:
+            values["schema_note"] = f"The schema {when} the run: {taken.reason}"
+        if when == "after":  # the note ("" for none) says the diff is final
+            earlier = runs.get_run(target.instance_dir, prepared.run_id)
+            values["schema_note"] = " ".join(filter(None, (
+                earlier.schema_note if earlier else None, values.get("schema_note")))) or ""
+        runs.update_run(target.instance_dir, prepared.run_id, **values)
+    except Exception:
+        pass  # the store itself failing is said by the run's own updates
 
 
 def _execute_action(target: Target, prepared: Prepared) -> None:
