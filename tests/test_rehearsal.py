@@ -8,6 +8,8 @@ worker, the project's env.py and every file are real.
 from __future__ import annotations
 
 import hashlib
+import io
+import json
 import os
 import textwrap
 import time
@@ -217,3 +219,49 @@ def test_the_overview_form_starts_a_rehearsal_and_its_page_follows_it(
     body = wait_for_rehearsal(client, f"/api/rehearsals/{rehearsal_id}")
     assert body["status"] == "passed" and body["roundtrip"] is False
     assert sha256(db_path) == before
+
+
+# ---------------------------------------------------------------- the command line
+
+
+@pytest.fixture
+def run_cli(sample_ini, db_url, instance_dir):
+    """migrate_db.py's main() in this process: its exit code, stdout and stderr."""
+    import migrate_db
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DASHBOARD_")}
+    env.update(DASHBOARD_ALEMBIC_INI=str(sample_ini), DASHBOARD_DATABASE_URL=db_url,
+               DASHBOARD_INSTANCE_DIR=str(instance_dir), DASHBOARD_SEED_SAMPLE="false")
+
+    def run(*args: str):
+        out, err = io.StringIO(), io.StringIO()
+        try:
+            code = migrate_db.main(list(args), environ=env, out=out, err=err)
+        except SystemExit as exc:  # argparse's usage errors
+            code = exc.code
+        return code, out.getvalue(), err.getvalue()
+    return run
+
+
+def test_migrate_db_rehearse_exit_codes(run_cli, sample_ini, db_url, db_path):
+    migrate(sample_ini, db_url, USERS)
+    before = sha256(db_path)
+    code, out, err = run_cli("--rehearse", "--roundtrip")
+    assert code == 0, err
+    assert "upgrade again: up" in out and "Rehearsal passed" in out
+    assert sha256(db_path) == before
+    add_revision(sample_ini, BAD_DOWN, UNIFIED_REASONING, "pass",
+                 'raise RuntimeError("this downgrade fails on purpose")')
+    code, out, _ = run_cli("--rehearse", "--roundtrip", "--json")
+    assert code == 1
+    body = json.loads(out)
+    assert body["status"] == "failed" and body["failed_step"] == BAD_DOWN
+    assert run_cli("--rehearse")[0] == 0  # up alone passes
+    assert sha256(db_path) == before
+    assert run_cli("--roundtrip")[0] == 2  # only with --rehearse
+
+
+def test_migrate_db_rehearse_with_nothing_pending_exits_0(run_cli, sample_ini, db_url):
+    migrate(sample_ini, db_url, "heads")
+    code, out, _ = run_cli("--rehearse")
+    assert code == 0 and "Nothing to rehearse" in out

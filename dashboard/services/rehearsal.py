@@ -29,8 +29,9 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import insert, select, update
 
-from dashboard.errors import BadRequest, Conflict, DashboardError, NotFound
+from dashboard.errors import BadRequest, DashboardError, NotFound
 from dashboard.services import audit, guard, schema, store, supervision
+from dashboard.services.locking import LockHeld
 from dashboard.services.planning import ActionPlan, plan_action
 from dashboard.services.recovery import live_revisions
 from dashboard.services.runs import RunLog, add_log
@@ -154,7 +155,7 @@ def start_rehearsal(target: Target, history: History, destination: str, roundtri
     target.check_writable()  # it takes a backup
     project = target.project()
     if guard.lock_holder(target):
-        raise Conflict("A run holds this database's lock now: a rehearsal takes a fresh "
+        raise LockHeld("A run holds this database's lock now: a rehearsal takes a fresh "
                        "backup of the database first, so it waits for the run to end. "
                        "Rehearse again once it has finished.")
     if missing_sqlite_file(project):
