@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import os
+import signal
 import textwrap
 import time
 from pathlib import Path
@@ -265,3 +266,34 @@ def test_migrate_db_rehearse_with_nothing_pending_exits_0(run_cli, sample_ini, d
     migrate(sample_ini, db_url, "heads")
     code, out, _ = run_cli("--rehearse")
     assert code == 0 and "Nothing to rehearse" in out
+
+
+def test_a_rehearsal_whose_process_is_told_to_stop_still_removes_its_copy(
+        client, sample_ini, db_url, db_path, instance_dir):
+    from sqlalchemy import select
+
+    from dashboard.services import store
+
+    add_revision(sample_ini, LEAKY_DOWN, UNIFIED_REASONING,
+                 'op.create_table("slow", sa.Column("id", sa.Integer, primary_key=True)); '
+                 '__import__("time").sleep(60)', "pass")
+    migrate(sample_ini, db_url, UNIFIED_REASONING)
+    before = sha256(db_path)
+    response = client.post("/api/rehearsals", json={"target": "heads"})
+    assert response.status_code == 202
+    url = response.get_json()["url"]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        body = client.get(url).get_json()
+        if body["steps"] and body["steps"][0]["status"] == "running":
+            break
+        time.sleep(0.1)
+    assert copies_left(instance_dir) != []  # the copy exists while it runs
+    table = store.rehearsals
+    with store.store_engine(str(instance_dir)).connect() as conn:
+        runner = conn.execute(select(table.c.runner_pid)).scalar_one()
+    os.kill(runner, signal.SIGTERM)
+    body = wait_for_rehearsal(client, url, timeout=30)
+    assert body["status"] == "failed" and "stopped" in body["error"]
+    assert body["copy_removed"] is True and copies_left(instance_dir) == []
+    assert sha256(db_path) == before

@@ -203,12 +203,7 @@ def cancellable_run(target: Target, run_id: str) -> tuple[runs.RunRecord, int]:
     if run.status != runs.RUNNING or not pid:
         raise Conflict(f"Run {run_id} is {run.status.replace('_', ' ')}: only a running "
                        "migration can be cancelled.")
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as handle:
-            cmdline = handle.read()
-    except OSError:
-        cmdline = b""
-    if b"alembic_worker.py" not in cmdline:  # the worker is gone; its pid may be reused
+    if not supervision.process_is(pid, b"alembic_worker.py"):  # gone; its pid may be reused
         raise Conflict(f"Run {run_id} has no worker left to stop.")
     return run, pid
 

@@ -375,7 +375,8 @@ def get_rehearsal(instance_dir: str, rehearsal_id: str) -> RehearsalRecord | Non
         logs = conn.execute(select(store.run_logs).where(
             store.run_logs.c.run_id == rehearsal_id).order_by(store.run_logs.c.id)
         ).mappings().all()
-    if row["status"] == RUNNING and not _runner_alive(row["runner_pid"]):
+    if row["status"] == RUNNING and not supervision.process_is(
+            row["runner_pid"], b"dashboard.runner"):
         _update(instance_dir, rehearsal_id, status=FAILED, finished_at=time.time(),
                 error="The rehearsal's process ended before it finished. " + (
                     f"Its copy {row['copy']} may be left behind: remove it by hand."
@@ -406,13 +407,3 @@ def find_rehearsal(instance_dir: str, rehearsal_id: str) -> RehearsalRecord:
 
 def _json(value: str | None):
     return None if value is None else store.loads(value)
-
-
-def _runner_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as handle:
-            return b"dashboard.runner" in handle.read()
-    except OSError:
-        return False

@@ -336,6 +336,18 @@ def replay_events(inst: str, run_id: str, project) -> WorkerReport:
     return report
 
 
+def process_is(pid: int | None, marker: bytes) -> bool:
+    """Whether process ``pid`` runs still and is the one its command line's ``marker``
+    names (a worker, a runner), not another that was given its number since."""
+    if not pid:
+        return False
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return marker in handle.read()
+    except OSError:
+        return False
+
+
 def cancel_requested(inst: str, run_id: str) -> bool:
     run = runs.get_run(inst, run_id)
     return bool(run and any(log.message.startswith(CANCEL_MARK) for log in run.logs))
