@@ -78,3 +78,13 @@ def test_a_stamp_changes_no_schema_and_says_so(app, sample_ini, db_url):
     assert body["schema_diff"] == []
     page = client.get(f"/runs/{body['id']}").get_data(as_text=True)
     assert "No change to the schema." in page
+
+
+def test_an_upgrade_that_creates_the_database_lists_every_table_it_added(app, db_path):
+    assert not db_path.exists()
+    client = app.test_client()
+    response = client.post("/api/runs", json={"action": "upgrade", "target": "heads"})
+    assert response.status_code == 202, response.get_json()
+    body = wait_for_diff(client, response.get_json()["id"])
+    assert body["status"] == "succeeded"
+    assert any(line.startswith("added table users (") for line in body["schema_diff"])

@@ -392,7 +392,9 @@ def _keep_schema(target: Target, prepared: Prepared, when: str) -> None:
     run; one that cannot be read is noted, and never fails the run."""
     try:
         database = prepared.databases[0] if prepared.databases else target.project()
-        taken = schema.snapshot(database)
+        # A database the upgrade creates had no schema at all before it.
+        taken = schema.SchemaSnapshot({}) if when == "before" and \
+            missing_sqlite_file(database) else schema.snapshot(database)
         values: dict = {f"schema_{when}": taken.tables}
         if taken.reason:
             values["schema_note"] = f"The schema {when} the run: {taken.reason}"
