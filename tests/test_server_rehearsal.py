@@ -81,3 +81,21 @@ def test_a_failing_downgrade_fails_naming_its_step_and_drops_the_copy(
         ("upgrade", "succeeded"), ("downgrade", "failed")]
     assert snapshot(url) == before
     assert server.databases_like(f"{name}_") == []
+
+
+def test_an_env_py_that_names_the_real_database_is_refused_before_any_step(
+        server_db, sample_ini, tmp_path):
+    server, name = server_db
+    url = server.url(name)
+    env_py = sample_ini.parent / "alembic" / "env.py"
+    env_py.write_text(env_py.read_text().replace(
+        'config.get_section(config.config_ini_section, {})', f'{{"sqlalchemy.url": {url!r}}}'))
+    migrate(sample_ini, url, CHATS)
+    _with_rows(url)
+    before = snapshot(url)
+    client = _client(sample_ini, url, tmp_path / "inst")
+    body = rehearse(client, roundtrip=True)
+    assert body["status"] == "failed"
+    assert "not the copy" in body["error"] and body["steps"] == []
+    assert snapshot(url) == before
+    assert server.databases_like(f"{name}_") == []
