@@ -297,3 +297,16 @@ def test_a_rehearsal_whose_process_is_told_to_stop_still_removes_its_copy(
     assert body["status"] == "failed" and "stopped" in body["error"]
     assert body["copy_removed"] is True and copies_left(instance_dir) == []
     assert sha256(db_path) == before
+
+
+def test_two_rehearsals_at_once_each_get_their_own_copy(
+        client, sample_ini, db_url, db_path, instance_dir):
+    migrate(sample_ini, db_url, USERS)
+    before = sha256(db_path)
+    started = [client.post("/api/rehearsals", json={"roundtrip": True}) for _ in range(2)]
+    assert [r.status_code for r in started] == [202, 202]
+    bodies = [wait_for_rehearsal(client, r.get_json()["url"]) for r in started]
+    assert [b["status"] for b in bodies] == ["passed", "passed"], [b["error"] for b in bodies]
+    assert bodies[0]["copy"] != bodies[1]["copy"]
+    assert bodies[0]["backup_id"] != bodies[1]["backup_id"]
+    assert sha256(db_path) == before and copies_left(instance_dir) == []

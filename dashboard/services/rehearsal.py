@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 RUNNING, PASSED, FAILED = "running", "passed", "failed"
 COPIES_FOLDER = "rehearsals"  # in the instance folder: SQLite copies
 UPGRADE, DOWNGRADE, UPGRADE_AGAIN = "upgrade", "downgrade", "upgrade again"
+BACKUP_WAIT_SECONDS = 60.0  # for another rehearsal's (or a manual) backup to end
 
 
 @dataclass(frozen=True)
@@ -220,7 +221,7 @@ def execute(target: Target, prepared: Prepared) -> None:
     previous = signal.signal(signal.SIGTERM, stop)
     error = None
     try:
-        backup = guard.backup_now(target, user, why=f"rehearsal {prepared.destination}")
+        backup = _fresh_backup(target, prepared)
         _update(inst, rid, backup_id=backup.id, from_revs=store.dumps(backup.revisions))
         folder = os.path.join(inst, COPIES_FOLDER)
         try:
@@ -251,6 +252,21 @@ def execute(target: Target, prepared: Prepared) -> None:
         from_revs=record.from_revs if record else (), to_revs=record.to_revs if record else (),
         backup_id=record.backup_id if record else None, run_id=rid,
         duration=time.time() - started, error=error))
+
+
+def _fresh_backup(target: Target, prepared: Prepared):
+    """The backup the copy is made from. Another rehearsal's backup (a moment) is
+    waited for; a run that took the lock since the rehearsal was asked for is not."""
+    deadline = time.monotonic() + BACKUP_WAIT_SECONDS
+    while True:
+        try:
+            return guard.backup_now(target, prepared.user,
+                                    why=f"rehearsal {prepared.destination}")
+        except LockHeld:
+            if time.monotonic() > deadline or "backup" not in (guard.lock_holder(target) or
+                                                               "backup"):
+                raise
+            time.sleep(0.2)
 
 
 def _rehearse(target: Target, prepared: Prepared, copy: Project,
