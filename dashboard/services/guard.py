@@ -69,14 +69,15 @@ def acquire_locks(target: Target, holder: locking.LockHolder,
     return locking.LockGroup(taken)
 
 
-def lock_holder(target: Target) -> str | None:
-    """Who runs an action on this database now, for the pages; None when nobody.
+def lock_holder(target: Target, but_backups: bool = False) -> str | None:
+    """Who runs an action on this database now, for the pages; None when nobody (with
+    ``but_backups``, also when it is a backup being taken, which holds it a moment).
 
     Reads only: the file lock is probed, the database lock looked up."""
     project = target.project()
     holder = locking.read_holder(target.locks_dir, lock_key(project), lock_file(project))
     if holder is not None:
-        return holder.describe()
+        return None if but_backups and holder.action == "backup" else holder.describe()
     return project.engine.lock_holder(project)
 
 

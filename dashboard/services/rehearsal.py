@@ -155,7 +155,7 @@ def start_rehearsal(target: Target, history: History, destination: str, roundtri
 
     target.check_writable()  # it takes a backup
     project = target.project()
-    if guard.lock_holder(target):
+    if guard.lock_holder(target, but_backups=True):
         raise LockHeld("A run holds this database's lock now: a rehearsal takes a fresh "
                        "backup of the database first, so it waits for the run to end. "
                        "Rehearse again once it has finished.")
@@ -263,8 +263,7 @@ def _fresh_backup(target: Target, prepared: Prepared):
             return guard.backup_now(target, prepared.user,
                                     why=f"rehearsal {prepared.destination}")
         except LockHeld:
-            if time.monotonic() > deadline or "backup" not in (guard.lock_holder(target) or
-                                                               "backup"):
+            if time.monotonic() > deadline or guard.lock_holder(target, but_backups=True):
                 raise
             time.sleep(0.2)
 
