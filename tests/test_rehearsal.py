@@ -310,3 +310,33 @@ def test_two_rehearsals_at_once_each_get_their_own_copy(
     assert bodies[0]["copy"] != bodies[1]["copy"]
     assert bodies[0]["backup_id"] != bodies[1]["backup_id"]
     assert sha256(db_path) == before and copies_left(instance_dir) == []
+
+
+def test_a_copy_left_by_a_killed_rehearsal_is_named_then_removed_by_the_next(
+        client, sample_ini, db_url, db_path, instance_dir):
+    from sqlalchemy import select
+
+    from dashboard.services import store
+
+    add_revision(sample_ini, LEAKY_DOWN, UNIFIED_REASONING,
+                 '__import__("time").sleep(60)', "pass")
+    migrate(sample_ini, db_url, UNIFIED_REASONING)
+    url = client.post("/api/rehearsals", json={"target": "heads"}).get_json()["url"]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not client.get(url).get_json()["steps"]:
+        time.sleep(0.1)
+    with store.store_engine(str(instance_dir)).connect() as conn:
+        runner, worker = conn.execute(select(store.rehearsals.c.runner_pid,
+                                             store.rehearsals.c.pid)).one()
+    os.kill(runner, signal.SIGKILL)
+    os.kill(worker, signal.SIGKILL)
+    time.sleep(0.5)
+    body = wait_for_rehearsal(client, url, timeout=30)
+    left = copies_left(instance_dir)
+    assert body["status"] == "failed" and len(left) == 1 and left[0] in body["error"]
+    old = time.time() - 3600
+    os.utime(instance_dir / "rehearsals" / left[0], (old, old))
+    (sample_ini.parent / "alembic" / "versions" / f"{LEAKY_DOWN}_rehearsal_test.py").unlink()
+    migrate(sample_ini, db_url, USERS, "downgrade")
+    assert rehearse(client)["status"] == "passed"
+    assert copies_left(instance_dir) == []

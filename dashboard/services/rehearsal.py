@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import insert, select, update
 
+from dashboard.engines.base import remove_files
 from dashboard.errors import BadRequest, DashboardError, NotFound
 from dashboard.services import audit, guard, schema, store, supervision
 from dashboard.services.locking import LockHeld
@@ -46,6 +47,7 @@ RUNNING, PASSED, FAILED = "running", "passed", "failed"
 COPIES_FOLDER = "rehearsals"  # in the instance folder: SQLite copies
 UPGRADE, DOWNGRADE, UPGRADE_AGAIN = "upgrade", "downgrade", "upgrade again"
 BACKUP_WAIT_SECONDS = 60.0  # for another rehearsal's (or a manual) backup to end
+LEFT_COPY_SECONDS = 600.0  # a copy file older than this, named by no running rehearsal, is left
 
 
 @dataclass(frozen=True)
@@ -224,6 +226,7 @@ def execute(target: Target, prepared: Prepared) -> None:
         backup = _fresh_backup(target, prepared)
         _update(inst, rid, backup_id=backup.id, from_revs=store.dumps(backup.revisions))
         folder = os.path.join(inst, COPIES_FOLDER)
+        _sweep_copies(inst, folder)
         try:
             with project.engine.scratch_copy(project, backup.path, folder) as url:
                 copy = replace(project, database_url=url, hands_url=True)
@@ -240,8 +243,6 @@ def execute(target: Target, prepared: Prepared) -> None:
                               f"{exc}")
     finally:
         signal.signal(signal.SIGTERM, previous)
-        from dashboard.engines.base import remove_files
-
         remove_files(supervision.events_path(inst, rid))
     _update(inst, rid, status=PASSED if error is None else FAILED, error=error,
             finished_at=time.time())
@@ -252,6 +253,27 @@ def execute(target: Target, prepared: Prepared) -> None:
         from_revs=record.from_revs if record else (), to_revs=record.to_revs if record else (),
         backup_id=record.backup_id if record else None, run_id=rid,
         duration=time.time() - started, error=error))
+
+
+def _sweep_copies(inst: str, folder: str) -> None:
+    """Files a rehearsal killed outright (``kill -9``) left in the copies folder: removed,
+    unless a running rehearsal names it or it is too new to be named yet."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    table = store.rehearsals
+    with store.store_engine(inst).connect() as conn:
+        in_use = [copy for copy in conn.execute(select(table.c.copy).where(
+            table.c.status == RUNNING)).scalars() if copy]
+    for name in names:
+        path = os.path.join(folder, name)
+        try:
+            fresh = time.time() - os.path.getmtime(path) < LEFT_COPY_SECONDS
+        except OSError:
+            continue
+        if not fresh and not any(path in copy for copy in in_use):
+            remove_files(path)
 
 
 def _fresh_backup(target: Target, prepared: Prepared):
@@ -394,7 +416,8 @@ def get_rehearsal(instance_dir: str, rehearsal_id: str) -> RehearsalRecord | Non
             row["runner_pid"], b"dashboard.runner"):
         _update(instance_dir, rehearsal_id, status=FAILED, finished_at=time.time(),
                 error="The rehearsal's process ended before it finished. " + (
-                    f"Its copy {row['copy']} may be left behind: remove it by hand."
+                    f"Its copy {row['copy']} may be left behind (a file is removed by the "
+                    "next rehearsal; drop a scratch database by hand)."
                     if row["copy"] and not row["copy_removed"] else ""))
         return get_rehearsal(instance_dir, rehearsal_id)
     return RehearsalRecord(
