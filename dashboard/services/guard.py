@@ -381,7 +381,7 @@ def execute(target: Target, prepared: Prepared) -> None:
                         error=target.project().scrub(
                             f"The run stopped unexpectedly: {type(exc).__name__}: {exc}"))
     finally:
-        if changes:
+        if changes and _schema_after_unread(target, prepared):  # a run that did not succeed
             _keep_schema(target, prepared, "after")
         prepared.lock.release()
         # The worker's own record matters only to a run nobody saw end.
@@ -406,6 +406,19 @@ def _keep_schema(target: Target, prepared: Prepared, when: str) -> None:
         runs.update_run(target.instance_dir, prepared.run_id, **values)
     except Exception:
         pass  # the store itself failing is said by the run's own updates
+
+
+def _schema_after_unread(target: Target, prepared: Prepared) -> bool:
+    run = runs.get_run(target.instance_dir, prepared.run_id)
+    return run is not None and run.schema_note is None
+
+
+def _succeeded(target: Target, prepared: Prepared, **values) -> None:
+    """The run's final word when it went through: the schema after it is read first, so
+    whoever sees it finished sees what it changed too."""
+    _keep_schema(target, prepared, "after")
+    runs.update_run(target.instance_dir, prepared.run_id, status=runs.SUCCEEDED,
+                    finished_at=time.time(), **values)
 
 
 def _execute_action(target: Target, prepared: Prepared) -> None:
@@ -474,8 +487,7 @@ def _execute_action(target: Target, prepared: Prepared) -> None:
             from_revs=plan.from_revs, to_revs=outcome.heads,
             backup_id=backup.id if backup else None, run_id=run_id,
             duration=time.time() - started))
-        runs.update_run(inst, run_id, status=runs.SUCCEEDED, finished_at=time.time(),
-                        to_revs=outcome.heads)
+        _succeeded(target, prepared, to_revs=outcome.heads)
         return
     failure = _failure_of(outcome)
     if plan.creates_file:
@@ -575,8 +587,7 @@ def _execute_several(target: Target, prepared: Prepared) -> None:
             user=user, action=plan.action, destination=plan.destination,
             from_revs=plan.from_revs, to_revs=outcome.heads, backup_id=parts[0].backup.id,
             run_id=run_id, duration=time.time() - started, databases=named))
-        runs.update_run(inst, run_id, status=runs.SUCCEEDED, finished_at=time.time(),
-                        to_revs=outcome.heads)
+        _succeeded(target, prepared, to_revs=outcome.heads)
         return
     failure = _failure_of(outcome)
     recovery.recover_several(target, _failed_run(prepared, started, failure, parts[0].backup,
@@ -686,8 +697,7 @@ def _execute_restore(target: Target, prepared: Prepared) -> None:
         user=user, action="restore", destination=record.id, from_revs=prepared.current,
         to_revs=live, backup_id=safety.id, run_id=run_id, duration=time.time() - started,
         databases=named))
-    runs.update_run(inst, run_id, status=runs.SUCCEEDED, finished_at=time.time(),
-                    to_revs=live)
+    _succeeded(target, prepared, to_revs=live)
 
 
 def _execute_recovery(target: Target, prepared: Prepared) -> None:

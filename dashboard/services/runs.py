@@ -115,8 +115,8 @@ class RunRecord:
 
     @property
     def schema_pending(self) -> bool:
-        """The run has ended and its schema after is being read (a moment): the page
-        keeps polling for the diff."""
+        """The run has ended and its schema after is being read (a moment, after a run
+        that did not succeed)."""
         return (self.finished and self.schema_note is None
                 and time.time() - (self.finished_at or 0) < 30)
 
