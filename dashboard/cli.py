@@ -30,7 +30,7 @@ from dashboard import create_app
 from dashboard.automigrate import dashboard_for, settings_for
 from dashboard.core import Target
 from dashboard.errors import DashboardError
-from dashboard.services import backups, guard, inspection, planning, runs
+from dashboard.services import backups, guard, inspection, planning, rehearsal, runs
 from dashboard.services.audit import current_user
 from dashboard.services.locking import LockHeld
 from dashboard.services.status import (
@@ -54,7 +54,7 @@ exit codes:
   {EXIT_OK}  success; the database is up to date ({{check}}: the state could be read)
   {EXIT_FAILED}  the migration failed (the output says how the database was put back,
      or what state it is in); {{pending}}: revisions are pending or the database
-     is uninitialized
+     is uninitialized; {{rehearse}}: the rehearsal on a copy failed
   {EXIT_ERROR}  usage or configuration error: alembic.ini missing, database unreachable,
      database at a revision no script defines
   {EXIT_LOCKED}  another migration is already running on this database
@@ -72,9 +72,9 @@ A password in --url is visible to every user of this machine in the process
 list (ps) and may land in your shell history: prefer DASHBOARD_DATABASE_URL.
 """
 
-EPILOG = (EXIT_CODES.format(check="--check", pending="--check-pending")
+EPILOG = (EXIT_CODES.format(check="--check", pending="--check-pending", rehearse="--rehearse")
           + CONFIGURATION.format(ini="--ini"))
-COMMAND_EXIT_CODES = EXIT_CODES.format(check="status", pending="pending")
+COMMAND_EXIT_CODES = EXIT_CODES.format(check="status", pending="pending", rehearse="rehearse")
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5000
@@ -95,7 +95,12 @@ VERBS = (
     Verb("pending", "check_pending",
          "list pending revisions in apply order; exit 1 if any (for CI)"),
     Verb("history", "history", "show the revision history, newest first, current marked"),
+    Verb("rehearse", "rehearse",
+         "run the pending upgrade on a scratch copy of the database made from a fresh "
+         "backup, never on the database; exit 1 if it fails (for CI)"),
 )
+ROUNDTRIP_HELP = "with rehearse: also downgrade the same steps and upgrade again, and " \
+                 "fail if the schema then differs"
 
 
 class MessageWriter:
@@ -153,7 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
         if verb.flag:
             mode.add_argument(f"--{verb.flag.replace('_', '-')}", action="store_true",
                               help=verb.help)
-    add_json_option(parser, what="with --check, --check-pending or --history: ")
+    add_json_option(parser, what="with --check, --check-pending, --history or --rehearse: ")
+    parser.add_argument("--roundtrip", action="store_true", help=ROUNDTRIP_HELP)
     add_target_options(parser, project_argument=False)
     return parser
 
@@ -298,6 +304,43 @@ def upgrade_database(dashboard: Target, writer: MessageWriter) -> int:
     return EXIT_FAILED
 
 
+def rehearse_database(dashboard: Target, writer: MessageWriter, roundtrip: bool,
+                      as_json: bool) -> int:
+    """Rehearse the pending upgrade on a copy, printing each step as it finishes."""
+    project, history, _ = dashboard.read_state()
+    try:
+        started = rehearsal.start_rehearsal(dashboard.pinned(project), history, "heads",
+                                            roundtrip, current_user())
+    except planning.NothingToDo as exc:
+        writer.say(json.dumps({"status": "nothing_pending", "message": exc.message}, indent=2)
+                   if as_json else f"Nothing to rehearse: {exc.message}")
+        return EXIT_OK
+    say = (lambda _text: None) if as_json else writer.say
+    say(f"Rehearsing the upgrade{' and its round trip' if roundtrip else ''} on a copy of "
+        f"{project.masked_url} (rehearsal {started.id})...")
+    reported: set[int] = set()
+    while True:
+        record = rehearsal.find_rehearsal(dashboard.instance_dir, started.id)
+        for step in record.steps:
+            if step.index in reported or step.status not in ("succeeded", "failed"):
+                continue
+            reported.add(step.index)
+            took = f" ({step.duration_s:.3f}s)" if step.duration_s is not None else ""
+            say(f"  [{step.index}] {step.phase}: {step.direction} {step.revision}: "
+                f"{step.status}{took}")
+        if record.finished:
+            break
+        time.sleep(POLL_SECONDS)
+    if as_json:
+        writer.say(json.dumps(record.as_json(), indent=2))
+    if record.status == rehearsal.PASSED:
+        say("Rehearsal passed; the copy was removed and the database was not touched.")
+        return EXIT_OK
+    if not as_json:
+        writer.warn(f"Rehearsal FAILED (rehearsal {record.id}): {record.error}")
+    return EXIT_FAILED
+
+
 def follow_run(instance_dir: str, run_id: str, writer: MessageWriter) -> runs.RunRecord:
     """Poll the run record until it finishes, printing the backup and each finished step."""
     reported: set[int] = set()
@@ -420,6 +463,8 @@ def run_verb(args: argparse.Namespace, environ: Mapping[str, str] | None,
             writer.warn("Created the sample database with demo rows (DASHBOARD_SEED_SAMPLE).")
         if args.check or args.check_pending or args.history:
             return report(args, dashboard, writer)
+        if args.rehearse:
+            return rehearse_database(dashboard, writer, args.roundtrip, args.json)
         return upgrade_database(dashboard, writer)
     except DashboardError as exc:
         if args.json:
@@ -445,8 +490,10 @@ def migrate_db_main(argv: list[str] | None = None, environ: Mapping[str, str] | 
     """``python migrate_db.py [--check | --check-pending | --history] [--json] ...``"""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.json and not (args.check or args.check_pending or args.history):
-        parser.error("--json goes with --check, --check-pending or --history")
+    if args.json and not (args.check or args.check_pending or args.history or args.rehearse):
+        parser.error("--json goes with --check, --check-pending, --history or --rehearse")
+    if args.roundtrip and not args.rehearse:
+        parser.error("--roundtrip goes with --rehearse")
     return run_verb(args, environ, MessageWriter(out or sys.stdout, err or sys.stderr))
 
 
@@ -488,7 +535,10 @@ def build_command_parser() -> argparse.ArgumentParser:
         add_target_options(sub, project_argument=True)
         if verb.flag:
             add_json_option(sub, what="")
-        sub.set_defaults(json=False, **{v.flag: v is verb for v in VERBS if v.flag})
+        if verb.name == "rehearse":
+            sub.add_argument("--roundtrip", action="store_true", help=ROUNDTRIP_HELP)
+        sub.set_defaults(json=False, roundtrip=False,
+                         **{v.flag: v is verb for v in VERBS if v.flag})
     return parser
 
 

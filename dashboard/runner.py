@@ -32,11 +32,16 @@ HANDSHAKE_SECONDS = 300.0
 POLL_SECONDS = 0.1
 
 
-def launch(target, request: dict, wait: bool):
+def launch(target, request: dict, wait: bool, get=None):
     """Start a runner for ``request`` on ``target``; return its run once it has
     started (or, with ``wait``, once it has finished). Raises what the runner
-    refused with: a held lock, a bad destination, a read-only instance folder."""
+    refused with: a held lock, a bad destination, a read-only instance folder.
+
+    ``get(instance_dir, id)`` reads what the runner records (a run, unless told:
+    a rehearsal)."""
     from dashboard.services import runs
+
+    get = get or runs.get_run
 
     payload = {"target": {"settings": _json_safe(target.settings), "name": target.name,
                           "read_only": target.read_only, "backup_dir": target.backup_folder,
@@ -62,14 +67,14 @@ def launch(target, request: dict, wait: bool):
                           error.get("detail"))
     run_id = answer["run_id"]
     if not wait:
-        return runs.get_run(target.instance_dir, run_id)
+        return get(target.instance_dir, run_id)
     while True:
-        run = runs.get_run(target.instance_dir, run_id)
+        run = get(target.instance_dir, run_id)
         if run is None or run.finished:
             return run
         if proc.poll() is not None:  # it died without its final word
             target.reap_interrupted_runs()
-            run = runs.get_run(target.instance_dir, run_id)
+            run = get(target.instance_dir, run_id)
             if run is None or run.finished:
                 return run
         time.sleep(POLL_SECONDS)
@@ -121,7 +126,7 @@ def _json_safe(settings: dict) -> dict:
 
 def main() -> int:
     from dashboard.core import Target
-    from dashboard.services import guard, store
+    from dashboard.services import guard, rehearsal, store
 
     raw = os.environ.pop(REQUEST_ENV, "")
     handshake = os.fdopen(os.dup(1), "w", encoding="utf-8")
@@ -148,7 +153,8 @@ def main() -> int:
                         backup_dir=spec["backup_dir"], lock_dir=spec["lock_dir"],
                         env=spec.get("env"))
         target = target.pinned(target.project())
-        prepared = guard.prepare(target, request)
+        verbs = rehearsal if request.get("verb") == "rehearse" else guard
+        prepared = verbs.prepare(target, request)
     except DashboardError as exc:
         answer({"ok": False, "error": {"kind": type(exc).__name__, "message": exc.message,
                                        "detail": exc.detail}})
@@ -163,7 +169,7 @@ def main() -> int:
             f"The run could not start: {type(exc).__name__}: {exc}", secrets)}})
         return 1
     answer({"ok": True, "run_id": prepared.run_id})
-    guard.execute(target, prepared)
+    verbs.execute(target, prepared)
     store.close_all()  # the run is settled: nothing of the instance folder stays open
     return 0
 

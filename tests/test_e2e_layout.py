@@ -47,6 +47,11 @@ def walked(tmp_path_factory):
         page = browser.new_page(viewport=SCREENS["desktop"])
         page.set_default_timeout(15_000)
         page.goto(server.url + "/")
+        page.click("#rehearse-button")
+        page.wait_for_url("**/rehearsals/*")
+        page.locator('#rehearsal-panel[data-status="passed"]').wait_for(timeout=120_000)
+        rehearsal_url = page.url
+        page.goto(server.url + "/")
         page.click("#upgrade-button")
         page.wait_for_url("**/runs/*")
         wait_for_run(page)
@@ -56,7 +61,8 @@ def walked(tmp_path_factory):
         page.close()
         pages = {"overview": "/", "history": "/history", "revision": revision_url,
                  "runs": "/runs", "run": run_url, "backups": "/backups", "audit": "/audit",
-                 "preview": "/actions/preview?action=downgrade&target=base"}
+                 "preview": "/actions/preview?action=downgrade&target=base",
+                 "rehearsal": rehearsal_url}
         for screen, viewport in SCREENS.items():
             page = browser.new_page(viewport=viewport, color_scheme="dark" if "dark" in screen
                                     else "light")
@@ -90,7 +96,7 @@ def walked(tmp_path_factory):
 
 @pytest.mark.parametrize("screen", SCREENS)
 @pytest.mark.parametrize("name", ["overview", "history", "revision", "runs", "run",
-                                  "backups", "audit", "preview"])
+                                  "backups", "audit", "preview", "rehearsal"])
 def test_no_page_is_wider_than_the_screen(walked, screen, name):
     seen = walked[screen, name]
     assert seen["width"] <= SCREENS[screen]["width"], (
@@ -104,7 +110,7 @@ def test_no_page_is_wider_than_the_screen(walked, screen, name):
 
 @pytest.mark.parametrize("screen", SCREENS)
 @pytest.mark.parametrize("name", ["overview", "history", "revision", "runs", "run",
-                                  "backups", "audit", "preview"])
+                                  "backups", "audit", "preview", "rehearsal"])
 def test_no_serious_accessibility_violations(walked, screen, name):
     """axe-core (the engine of Lighthouse's and Deque's checks) finds nothing
     serious or critical on any page, and headings are in order."""

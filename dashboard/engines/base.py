@@ -12,6 +12,8 @@ import errno
 import logging
 import os
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -169,6 +171,14 @@ class DatabaseEngine:
         ``marks``, an engine that can count what the swap discarded (see
         ``discarded_writes``) returns that count; None when it did not count."""
         raise self.unsupported()
+
+    @contextmanager
+    def scratch_copy(self, project: Project, backup_path: str, folder: str) -> Iterator[str]:
+        """A throwaway database made from a backup file, beside the real one (a file in
+        ``folder``, or a scratch database on the same server), whose URL is yielded;
+        removed afterwards whatever happens. A rehearsal runs its migrations on it."""
+        raise self.unsupported()
+        yield ""  # a generator, for contextmanager
 
     def worker_args(self, project: Project) -> list[str]:
         """Extra arguments for the worker that runs an action on this database."""

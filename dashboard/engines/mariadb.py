@@ -111,14 +111,17 @@ class MariaDbEngine(ServerEngine):
         address = self.address(project)
         try:
             with self.scratch_database(address) as scratch:
-                self._load(address, scratch, path, "Loading the copy into a scratch database",
-                           after="", lock_wait=lock_wait_seconds(project),
-                           unlogged=_may_skip_binlog(address))
+                self.load_scratch(project, address, scratch, path)
                 revisions = self.scratch_revisions(address, scratch, version_table)
         except BackupError as exc:
             return FileCheck(False, exc.message.rstrip(". "), ())
         return FileCheck(True, "dump complete; loaded into a scratch database (dropped since)",
                          revisions)
+
+    def load_scratch(self, project, address: ServerAddress, scratch: str, path: str) -> None:
+        self._load(address, scratch, path, "Loading the copy into a scratch database",
+                   after="", lock_wait=lock_wait_seconds(project),
+                   unlogged=_may_skip_binlog(address))
 
     def restore(self, project: Project, backup_path: str, marks: dict | None = None,
                 touched: frozenset[str] = frozenset()) -> CountedAtSwap | None:

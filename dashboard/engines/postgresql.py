@@ -232,18 +232,22 @@ class PostgresEngine(ServerEngine):
                                  _pg_archive_revisions(pg_restore, path, version_table))
             address = self.address(project)
             with self.scratch_database(address) as scratch:
-                with servers.postgres_environment(address) as env:
-                    env["PGOPTIONS"] = f"{env.get('PGOPTIONS', '')} {SCRATCH_OPTIONS}".strip()
-                    servers.run_tool(
-                        [pg_restore.path, *SCRATCH_RESTORE, f"--jobs={_jobs()}",
-                         f"--dbname={_conninfo(scratch)}", path],
-                        env, what="Restoring the copy into a scratch database",
-                        address=address, after="")
+                self.load_scratch(project, address, scratch, path)
                 revisions = self.scratch_revisions(address, scratch, version_table)
         except BackupError as exc:
             return FileCheck(False, exc.message.rstrip(". "), ())
         return FileCheck(True, f"{listed}; restored into a scratch database (dropped since)",
                          revisions)
+
+    def load_scratch(self, project, address: ServerAddress, scratch: str, path: str) -> None:
+        pg_restore = servers.find_tool(("pg_restore",), "postgresql")
+        with servers.postgres_environment(address) as env:
+            env["PGOPTIONS"] = f"{env.get('PGOPTIONS', '')} {SCRATCH_OPTIONS}".strip()
+            servers.run_tool(
+                [pg_restore.path, *SCRATCH_RESTORE, f"--jobs={_jobs()}",
+                 f"--dbname={_conninfo(scratch)}", path],
+                env, what="Restoring the copy into a scratch database",
+                address=address, after="")
 
     def _remember(self, path: str, copied: _Copied) -> None:
         with self._copied_lock:

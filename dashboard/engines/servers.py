@@ -610,7 +610,8 @@ class ServerEngine(DatabaseEngine, abc.ABC):
         return stem.decode("utf-8", "ignore") + suffix
 
     @contextmanager
-    def scratch_database(self, address: ServerAddress) -> Iterator[str]:
+    def scratch_database(self, address: ServerAddress,
+                         why: str = "The backup cannot be verified") -> Iterator[str]:
         """A new, empty database beside the target, dropped afterwards whatever happens."""
         name = self.scratch_name(address.database)
         with connect(address) as conn:
@@ -619,7 +620,7 @@ class ServerEngine(DatabaseEngine, abc.ABC):
                 self.create_scratch(conn, name)
             except SQLAlchemyError as exc:
                 raise BackupError(
-                    f"The backup cannot be verified: a scratch database cannot be created "
+                    f"{why}: a scratch database cannot be created "
                     f"({driver_message(exc, address)}). Its user needs "
                     f"{self.scratch_privilege(name)}") from exc
         try:
@@ -632,6 +633,18 @@ class ServerEngine(DatabaseEngine, abc.ABC):
                 said = exc.message if isinstance(exc, BackupError) else \
                     driver_message(exc, address)
                 log.error("the scratch database %s could not be dropped: %s", name, said)
+
+    @abc.abstractmethod
+    def load_scratch(self, project, address: ServerAddress, scratch: str, path: str) -> None:
+        """Load the backup file ``path`` into the empty scratch database ``scratch``."""
+
+    @contextmanager
+    def scratch_copy(self, project, backup_path: str, folder: str) -> Iterator[str]:
+        address = self.address(project)
+        with self.scratch_database(address, "The copy cannot be made") as scratch:
+            self.load_scratch(project, address, scratch, backup_path)
+            yield make_url(project.database_url).set(database=scratch).render_as_string(
+                hide_password=False)
 
     # The database's own lock. A file lock serialises the processes of one
     # machine; two dashboards on two machines (or a dashboard and an

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
+import shutil
 import sqlite3
 import subprocess
 import time
-from contextlib import closing
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import create_engine
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.pool import NullPool
 
@@ -239,6 +242,22 @@ class SqliteEngine(DatabaseEngine):
 
     def check_live(self, project: Project) -> FileCheck:
         return _check_file(_sqlite_path(project), project.version_table, immutable=False)
+
+    @contextmanager
+    def scratch_copy(self, project: Project, backup_path: str, folder: str) -> Iterator[str]:
+        path = os.path.join(folder, f"{self.source_name(project)}-copy-"
+                                    f"{secrets.token_hex(4)}{self.extension}")
+        try:
+            try:
+                os.makedirs(folder, exist_ok=True)
+                shutil.copyfile(backup_path, path)
+                os.chmod(path, 0o600)
+            except OSError as exc:
+                raise describe_failure("the scratch copy cannot be written", exc,
+                                       folder) from exc
+            yield URL.create("sqlite", database=path).render_as_string()
+        finally:
+            remove_files(*(path + suffix for suffix in ("", "-journal", "-wal", "-shm")))
 
     def restore(self, project: Project, backup_path: str, marks: dict | None = None,
                 touched: frozenset[str] = frozenset()) -> None:

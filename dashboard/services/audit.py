@@ -257,6 +257,32 @@ class BackupExpired(AuditEvent):
     outcome: ClassVar[str] = "succeeded"
 
 
+@dataclass(frozen=True, kw_only=True)
+class RehearsalStarted(AuditEvent):
+    """A rehearsal began: the pending upgrade is to run on a copy, never on the database."""
+
+    name: ClassVar[str] = "rehearsal_started"
+    outcome: ClassVar[str] = "started"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RehearsalPassed(AuditEvent):
+    """A rehearsal ran every step on its copy (and the schema came back the same after
+    a round trip); the copy was removed."""
+
+    name: ClassVar[str] = "rehearsal_passed"
+    outcome: ClassVar[str] = "succeeded"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RehearsalFailed(AuditEvent):
+    """A rehearsal failed: a step on the copy, the copy itself, or a round trip whose
+    schema differs; the database itself was not touched."""
+
+    name: ClassVar[str] = "rehearsal_failed"
+    outcome: ClassVar[str] = "failed"
+
+
 def record_event(target: Target, event: AuditEvent) -> None:
     """Write one event for ``target``: its database masked, any error scrubbed."""
     project = target.project()

@@ -24,7 +24,7 @@ from alembic.util import to_tuple
 from dashboard.engines import DatabaseUnreachable
 from dashboard.engines.base import remove_files
 from dashboard.errors import BadRequest, Conflict, DashboardError, NotFound
-from dashboard.services import audit, backups, locking, recovery, runs, supervision
+from dashboard.services import audit, backups, locking, recovery, runs, schema, supervision
 from dashboard.services.planning import ACTIONS, ActionPlan, plan_action
 from dashboard.services.recovery import FailedRun, live_revisions, lock_file, lock_key
 from dashboard.services.revisions import History
@@ -69,14 +69,15 @@ def acquire_locks(target: Target, holder: locking.LockHolder,
     return locking.LockGroup(taken)
 
 
-def lock_holder(target: Target) -> str | None:
-    """Who runs an action on this database now, for the pages; None when nobody.
+def lock_holder(target: Target, but_backups: bool = False) -> str | None:
+    """Who runs an action on this database now, for the pages; None when nobody (with
+    ``but_backups``, also when it is a backup being taken, which holds it a moment).
 
     Reads only: the file lock is probed, the database lock looked up."""
     project = target.project()
     holder = locking.read_holder(target.locks_dir, lock_key(project), lock_file(project))
     if holder is not None:
-        return holder.describe()
+        return None if but_backups and holder.action == "backup" else holder.describe()
     return project.engine.lock_holder(project)
 
 
@@ -143,8 +144,9 @@ def start_recovery(target: Target, run: runs.RunRecord, why: str) -> None:
         pass  # someone runs on this database now; the next look settles it
 
 
-def backup_now(target: Target, user: str) -> backups.BackupRecord:
-    """A manual backup, under the lock so it never races a migration."""
+def backup_now(target: Target, user: str, why: str = "manual backup") -> backups.BackupRecord:
+    """A backup taken now (``why``: a manual one, or a rehearsal's), under the lock so it
+    never races a migration."""
     target.check_writable()
     lock = acquire_lock(target, locking.LockHolder(os.getpid(), "backup", "-", user, time.time()))
     started = time.time()
@@ -153,7 +155,7 @@ def backup_now(target: Target, user: str) -> backups.BackupRecord:
         try:
             current = live_revisions(project)
             record = backups.take_backup(project, target.instance_dir, target.backup_dir,
-                                         "manual backup", expected_revisions=current)
+                                         why, expected_revisions=current)
         except DashboardError as exc:
             audit.record_event(target, audit.BackupFailed(
                 user=user, error=exc.message, duration=time.time() - started))
@@ -202,12 +204,7 @@ def cancellable_run(target: Target, run_id: str) -> tuple[runs.RunRecord, int]:
     if run.status != runs.RUNNING or not pid:
         raise Conflict(f"Run {run_id} is {run.status.replace('_', ' ')}: only a running "
                        "migration can be cancelled.")
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as handle:
-            cmdline = handle.read()
-    except OSError:
-        cmdline = b""
-    if b"alembic_worker.py" not in cmdline:  # the worker is gone; its pid may be reused
+    if not supervision.process_is(pid, b"alembic_worker.py"):  # gone; its pid may be reused
         raise Conflict(f"Run {run_id} has no worker left to stop.")
     return run, pid
 
@@ -362,7 +359,13 @@ def _reachable(history: History, plan: ActionPlan) -> frozenset[str]:
 
 
 def execute(target: Target, prepared: Prepared) -> None:
-    """Carry out a prepared run to its final status; the lock is released at the end."""
+    """Carry out a prepared run to its final status; the lock is released at the end.
+
+    An action or a restore keeps the schema as it was before and after it (one
+    inspector pass each, under the lock), for the run page's diff."""
+    changes = prepared.verb in ("action", "restore")
+    if changes:
+        _keep_schema(target, prepared, "before")
     try:
         if prepared.verb == "action" and len(prepared.databases) > 1:
             _execute_several(target, prepared)
@@ -378,9 +381,44 @@ def execute(target: Target, prepared: Prepared) -> None:
                         error=target.project().scrub(
                             f"The run stopped unexpectedly: {type(exc).__name__}: {exc}"))
     finally:
+        if changes and _schema_after_unread(target, prepared):  # a run that did not succeed
+            _keep_schema(target, prepared, "after")
         prepared.lock.release()
         # The worker's own record matters only to a run nobody saw end.
         remove_files(supervision.events_path(target.instance_dir, prepared.run_id))
+
+
+def _keep_schema(target: Target, prepared: Prepared, when: str) -> None:
+    """The run's database's schema now (``when`` "before" or "after"), stored with the
+    run; one that cannot be read is noted, and never fails the run."""
+    try:
+        database = prepared.databases[0] if prepared.databases else target.project()
+        # A database the upgrade creates had no schema at all before it.
+        taken = schema.SchemaSnapshot({}) if when == "before" and \
+            missing_sqlite_file(database) else schema.snapshot(database)
+        values: dict = {f"schema_{when}": taken.tables}
+        if taken.reason:
+            values["schema_note"] = f"The schema {when} the run: {taken.reason}"
+        if when == "after":  # the note ("" for none) says the diff is final
+            earlier = runs.get_run(target.instance_dir, prepared.run_id)
+            values["schema_note"] = " ".join(filter(None, (
+                earlier.schema_note if earlier else None, values.get("schema_note")))) or ""
+        runs.update_run(target.instance_dir, prepared.run_id, **values)
+    except Exception:
+        pass  # the store itself failing is said by the run's own updates
+
+
+def _schema_after_unread(target: Target, prepared: Prepared) -> bool:
+    run = runs.get_run(target.instance_dir, prepared.run_id)
+    return run is not None and run.schema_note is None
+
+
+def _succeeded(target: Target, prepared: Prepared, **values) -> None:
+    """The run's final word when it went through: the schema after it is read first, so
+    whoever sees it finished sees what it changed too."""
+    _keep_schema(target, prepared, "after")
+    runs.update_run(target.instance_dir, prepared.run_id, status=runs.SUCCEEDED,
+                    finished_at=time.time(), **values)
 
 
 def _execute_action(target: Target, prepared: Prepared) -> None:
@@ -449,8 +487,7 @@ def _execute_action(target: Target, prepared: Prepared) -> None:
             from_revs=plan.from_revs, to_revs=outcome.heads,
             backup_id=backup.id if backup else None, run_id=run_id,
             duration=time.time() - started))
-        runs.update_run(inst, run_id, status=runs.SUCCEEDED, finished_at=time.time(),
-                        to_revs=outcome.heads)
+        _succeeded(target, prepared, to_revs=outcome.heads)
         return
     failure = _failure_of(outcome)
     if plan.creates_file:
@@ -550,8 +587,7 @@ def _execute_several(target: Target, prepared: Prepared) -> None:
             user=user, action=plan.action, destination=plan.destination,
             from_revs=plan.from_revs, to_revs=outcome.heads, backup_id=parts[0].backup.id,
             run_id=run_id, duration=time.time() - started, databases=named))
-        runs.update_run(inst, run_id, status=runs.SUCCEEDED, finished_at=time.time(),
-                        to_revs=outcome.heads)
+        _succeeded(target, prepared, to_revs=outcome.heads)
         return
     failure = _failure_of(outcome)
     recovery.recover_several(target, _failed_run(prepared, started, failure, parts[0].backup,
@@ -661,8 +697,7 @@ def _execute_restore(target: Target, prepared: Prepared) -> None:
         user=user, action="restore", destination=record.id, from_revs=prepared.current,
         to_revs=live, backup_id=safety.id, run_id=run_id, duration=time.time() - started,
         databases=named))
-    runs.update_run(inst, run_id, status=runs.SUCCEEDED, finished_at=time.time(),
-                    to_revs=live)
+    _succeeded(target, prepared, to_revs=live)
 
 
 def _execute_recovery(target: Target, prepared: Prepared) -> None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import insert, select, update
 
-from dashboard.services import store
+from dashboard.services import schema, store
 
 QUEUED = "queued"
 BACKING_UP = "backing_up"
@@ -79,6 +79,11 @@ class RunRecord:
     # Each database's own backup, [{"database": masked URL, "backup_id"}], for a run of
     # an env.py that migrates several databases; [] for one database (see backup_id).
     backups: tuple[dict, ...] = ()
+    # The schema before and after the run (services/schema.py), None where it could not
+    # be read; ``schema_note`` says why.
+    schema_before: dict | None = field(default=None, repr=False)
+    schema_after: dict | None = field(default=None, repr=False)
+    schema_note: str | None = None
     steps: tuple[RunStep, ...] = ()
     logs: tuple[RunLog, ...] = field(default=(), repr=False)
 
@@ -100,6 +105,21 @@ class RunRecord:
             return None
         return (self.finished_at or time.time()) - self.started_at
 
+    @property
+    def schema_diff(self) -> list[str] | None:
+        """What the run changed in the schema, one line each; None when a side of it
+        could not be read (or the run has not ended)."""
+        if self.schema_before is None or self.schema_after is None:
+            return None
+        return schema.differences(self.schema_before, self.schema_after)
+
+    @property
+    def schema_pending(self) -> bool:
+        """The run has ended and its schema after is being read (a moment, after a run
+        that did not succeed)."""
+        return (self.finished and self.schema_note is None
+                and time.time() - (self.finished_at or 0) < 30)
+
     def undid(self, step: RunStep) -> bool:
         """Whether a step that succeeded was undone since: the run ended with the
         database put back as it was before (restored or cancelled, checked)."""
@@ -117,6 +137,7 @@ class RunRecord:
             "finished_at": self.finished_at, "backup_seconds": self.backup_seconds,
             "destination": self.target, "discarded_writes": self.discarded_writes,
             "backups": [dict(b) for b in self.backups],
+            "schema_diff": self.schema_diff, "schema_note": self.schema_note or None,
             "logs": [{"ts": log.ts, "level": log.level, "message": log.message}
                      for log in self.logs[-200:]],
         }
@@ -142,6 +163,9 @@ def update_run(instance_dir: str, run_id: str, **values) -> None:
             values[key] = store.dumps(values[key])
     if "backups" in values:
         values["backups"] = store.dumps(values["backups"])
+    for key in ("schema_before", "schema_after"):
+        if key in values and values[key] is not None:
+            values[key] = store.dumps(values[key])
     if "discarded_writes" in values:
         values["discarded_writes"] = (None if values["discarded_writes"] is None
                                       else store.dumps(values["discarded_writes"]))
@@ -199,10 +223,17 @@ def _record(row, steps=(), logs=()) -> RunRecord:
         discarded_writes=(None if row.get("discarded_writes") is None
                           else store.loads(row["discarded_writes"])),
         backups=tuple(store.loads(row.get("backups"))),
+        schema_before=_json_or_none(row.get("schema_before")),
+        schema_after=_json_or_none(row.get("schema_after")),
+        schema_note=row.get("schema_note"),
         steps=tuple(RunStep(s["idx"], s["revision"], s["direction"], s["status"],
                             s["started_at"], s["finished_at"]) for s in steps),
         logs=tuple(RunLog(entry["ts"], entry["level"], entry["message"]) for entry in logs),
     )
+
+
+def _json_or_none(value: str | None):
+    return None if value is None else store.loads(value)
 
 
 def list_runs(instance_dir: str, limit: int = 50) -> list[RunRecord]:

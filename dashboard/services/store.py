@@ -79,6 +79,11 @@ runs = Table(
     Column("discarded_writes", Text),  # JSON list, or NULL when unknown
     # A run over several databases: [{"database": masked URL, "backup_id"}], one each.
     Column("backups", Text),
+    # The schema before and after the run (services/schema.py, JSON), or NULL with
+    # schema_note saying why it could not be read.
+    Column("schema_before", Text),
+    Column("schema_after", Text),
+    Column("schema_note", Text),
 )
 
 run_steps = Table(
@@ -92,6 +97,47 @@ run_steps = Table(
     Column("finished_at", Float),
 )
 
+# A rehearsal: the pending upgrade (and, for a round trip, down and up again) run on a
+# scratch copy made from a fresh backup; the real database is never touched.
+rehearsals = Table(
+    "rehearsals", metadata,
+    Column("id", String(64), primary_key=True),
+    Column("destination", Text, nullable=False),
+    Column("roundtrip", Boolean, nullable=False, default=False),
+    Column("status", String(32), nullable=False),  # running, passed, failed
+    Column("user", String(200), nullable=False, default=""),
+    Column("from_revs", Text, nullable=False, default="[]"),
+    Column("to_revs", Text, nullable=False, default="[]"),
+    Column("backup_id", String(64)),
+    Column("copy", Text),  # the scratch copy, masked (a file, or a scratch database)
+    Column("copy_removed", Boolean, nullable=False, default=False),
+    Column("error", Text),
+    Column("failed_step", String(200)),
+    Column("runner_pid", Integer),
+    Column("pid", Integer),  # the worker's, while a phase runs
+    Column("created_at", Float, nullable=False),
+    Column("finished_at", Float),
+    # The copy's schema (services/schema.py, JSON) before, after the upgrade, after the
+    # downgrade and after the upgrade again.
+    Column("schema_before", Text),
+    Column("schema_up", Text),
+    Column("schema_down", Text),
+    Column("schema_again", Text),
+)
+
+rehearsal_steps = Table(
+    "rehearsal_steps", metadata,
+    Column("rehearsal_id", String(64), primary_key=True),
+    Column("idx", Integer, primary_key=True),
+    Column("phase", String(32), nullable=False),  # upgrade, downgrade, upgrade again
+    Column("revision", String(200), nullable=False),
+    Column("direction", String(16), nullable=False),
+    Column("status", String(16), nullable=False),  # planned, running, succeeded, failed
+    Column("started_at", Float),
+    Column("finished_at", Float),
+)
+
+# The log lines of a run, or of a rehearsal (run_id is then the rehearsal's id).
 run_logs = Table(
     "run_logs", metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),

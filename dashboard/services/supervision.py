@@ -72,6 +72,29 @@ class WorkerOutcome:
     touched: frozenset[str] = frozenset()
 
 
+class RunJournal:
+    """Where a worker's reports go: a run's record in the store. A rehearsal has a
+    journal of its own with the same verbs (``services/rehearsal.py``)."""
+
+    def __init__(self, instance_dir: str, run_id: str):
+        self.instance_dir, self.run_id = instance_dir, run_id
+
+    def plan_steps(self, steps: list[dict]) -> None:
+        runs.plan_steps(self.instance_dir, self.run_id, steps)
+
+    def update_step(self, index: int, **values) -> None:
+        runs.update_step(self.instance_dir, self.run_id, index, **values)
+
+    def add_log(self, level: str, message: str, ts: float | None = None) -> None:
+        runs.add_log(self.instance_dir, self.run_id, level, message, ts)
+
+    def update_run(self, **values) -> None:
+        runs.update_run(self.instance_dir, self.run_id, **values)
+
+    def cancelled(self) -> bool:
+        return cancel_requested(self.instance_dir, self.run_id)
+
+
 def events_path(instance_dir: str, run_id: str) -> str:
     return os.path.join(instance_dir, EVENTS_FOLDER, f"{run_id}.jsonl")
 
@@ -80,9 +103,12 @@ class Worker:
     """One worker process running one action, and what it reported."""
 
     def __init__(self, target: Target, run_id: str, plan: ActionPlan,
-                 lock: locking.ActionLock):
+                 lock: locking.ActionLock | None, project=None, journal=None):
+        """``project`` (the target's, unless given: a rehearsal's copy) is the database
+        the worker is told to migrate; ``journal`` records what it reports (the run's)."""
         self.target = target
-        self.project = target.project()
+        self.project = project or target.project()
+        self.journal = journal or RunJournal(target.instance_dir, run_id)
         self.run_id = run_id
         self.plan = plan
         self.report = WorkerReport()
@@ -102,9 +128,9 @@ class Worker:
             worker_command(self.project, *args), env=env,
             cwd=os.path.dirname(self.project.ini_path), stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=self._stderr, text=True,
-            pass_fds=lock.fds,
+            pass_fds=lock.fds if lock is not None else (),
         )
-        runs.update_run(target.instance_dir, run_id, pid=self.proc.pid)
+        self.journal.update_run(pid=self.proc.pid)
 
     def _events_file(self) -> str:
         path = events_path(self.target.instance_dir, self.run_id)
@@ -167,11 +193,11 @@ class Worker:
         return returncode
 
     def _outcome(self, returncode: int) -> WorkerOutcome:
-        report, inst = self.report, self.target.instance_dir
+        report = self.report
         if report.heads is not None and returncode == 0 and report.error is None:
             return WorkerOutcome(True, report.heads, sessions=tuple(report.sessions),
                                  touched=frozenset(report.touched))
-        cancelled = cancel_requested(inst, self.run_id)
+        cancelled = self.journal.cancelled()
         error = report.error
         if cancelled:
             error = "the run was cancelled, and its worker stopped"
@@ -180,9 +206,9 @@ class Worker:
         failed = None
         if report.running_step is not None:
             failed = report.running_step["revision"]
-            runs.update_step(inst, self.run_id, report.running_step["index"], status="failed",
-                             finished_at=time.time())
-        runs.update_run(inst, self.run_id, failed_step=failed)
+            self.journal.update_step(report.running_step["index"], status="failed",
+                                     finished_at=time.time())
+        self.journal.update_run(failed_step=failed)
         engine = self.project.engine
         # Held writers: the worker's one transaction, rolled back by it or, if it died,
         # by SQLite from its journal. Transactional DDL: rolled back by the server,
@@ -195,15 +221,14 @@ class Worker:
 
     def _exit_description(self) -> str:
         returncode = self.proc.poll()
-        if returncode == -signal.SIGTERM and cancel_requested(self.target.instance_dir,
-                                                              self.run_id):
+        if returncode == -signal.SIGTERM and self.journal.cancelled():
             return "the run was cancelled, and its worker stopped"
         self._stderr.seek(0)
         tail = self.project.scrub(self._stderr.read()[-2000:]).strip()
         return f"the worker exited with status {returncode}" + (f": {tail}" if tail else "")
 
     def _record(self, event: dict) -> None:
-        record_event(self.target.instance_dir, self.run_id, self.project, event, self.report)
+        record_event(self.journal, self.project, event, self.report)
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -212,22 +237,21 @@ class Worker:
         self._stderr.close()
 
 
-def record_event(inst: str, run_id: str, project, event: dict, report: WorkerReport) -> None:
+def record_event(journal: RunJournal, project, event: dict, report: WorkerReport) -> None:
     """Store one line the worker reported, and remember what the guard needs."""
     kind = event.get("event")
     report.events.append(str(kind))
     if kind == "plan":
-        runs.plan_steps(inst, run_id, event["steps"])
+        journal.plan_steps(event["steps"])
     elif kind == "step_started":
         report.running_step = event
-        runs.update_step(inst, run_id, event["index"], status="running", started_at=event["ts"])
+        journal.update_step(event["index"], status="running", started_at=event["ts"])
     elif kind == "step_finished":
         report.running_step = None
-        runs.update_step(inst, run_id, event["index"], status="succeeded",
-                         finished_at=event["ts"])
+        journal.update_step(event["index"], status="succeeded", finished_at=event["ts"])
     elif kind == "log":
-        runs.add_log(inst, run_id, event.get("level", "INFO"),
-                     project.scrub(event.get("message", "")), event.get("ts"))
+        journal.add_log(event.get("level", "INFO"), project.scrub(event.get("message", "")),
+                        event.get("ts"))
     elif kind == "committed":
         if report.heads is None and "step_started" in report.events:
             report.committed = True
@@ -247,8 +271,7 @@ def record_event(inst: str, run_id: str, project, event: dict, report: WorkerRep
         report.heads = tuple(event.get("heads", ()))
     elif kind == "error":
         report.error = project.scrub(event.get("error", "unknown error"))
-        runs.add_log(inst, run_id, "ERROR", project.scrub(event.get("traceback") or
-                                                          report.error))
+        journal.add_log("ERROR", project.scrub(event.get("traceback") or report.error))
 
 
 def wrong_databases(project, databases: list[EnvDatabase] | None,
@@ -307,10 +330,22 @@ def replay_events(inst: str, run_id: str, project) -> WorkerReport:
         return report
     for event in parse_events(lines):
         try:
-            record_event(inst, run_id, project, event, report)
+            record_event(RunJournal(inst, run_id), project, event, report)
         except Exception:
             continue
     return report
+
+
+def process_is(pid: int | None, marker: bytes) -> bool:
+    """Whether process ``pid`` runs still and is the one its command line's ``marker``
+    names (a worker, a runner), not another that was given its number since."""
+    if not pid:
+        return False
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return marker in handle.read()
+    except OSError:
+        return False
 
 
 def cancel_requested(inst: str, run_id: str) -> bool:

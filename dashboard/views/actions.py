@@ -14,7 +14,7 @@ from flask import (
 )
 
 from dashboard.errors import BadRequest, DashboardError, NotFound
-from dashboard.services import audit, backups, guard, runs
+from dashboard.services import audit, backups, guard, rehearsal, runs
 from dashboard.services.audit import current_user
 from dashboard.services.impact import preview_action
 from dashboard.services.inspection import revision_files, revision_messages
@@ -66,6 +66,29 @@ def start():
     run = guard.start_action(dashboard.pinned(project), history, status.state,
                                   action, target, current_user())
     return redirect(url_for("actions.run_page", run_id=run.id), code=303)
+
+
+@bp.post("/rehearsals")
+def rehearse():
+    dashboard = current_dashboard()
+    destination = _form_value("target")
+    project, history, _ = dashboard.read_state()
+    record = rehearsal.start_rehearsal(dashboard.pinned(project), history, destination,
+                                       request.form.get("roundtrip") == "yes", current_user())
+    return redirect(url_for("actions.rehearsal_page", rehearsal_id=record.id), code=303)
+
+
+@bp.get("/rehearsals/<rehearsal_id>")
+def rehearsal_page(rehearsal_id: str):
+    dashboard = current_dashboard()
+    record = rehearsal.find_rehearsal(dashboard.instance_dir, rehearsal_id)
+    messages, _ = _messages(dashboard)
+    fragment = bool(request.headers.get("HX-Request"))
+    response = make_response(render_template(
+        "_rehearsal.html" if fragment else "rehearsal.html", rehearsal=record,
+        messages=messages, **({} if fragment else {"project": dashboard.project()})))
+    response.headers["Vary"] = "HX-Request"
+    return response
 
 
 @bp.get("/runs")

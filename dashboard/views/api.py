@@ -9,7 +9,7 @@ from werkzeug.exceptions import Forbidden, UnsupportedMediaType
 
 from dashboard import security
 from dashboard.errors import BadRequest, NotFound
-from dashboard.services import audit, backups, guard, inspection, runs
+from dashboard.services import audit, backups, guard, inspection, rehearsal, runs
 from dashboard.services.audit import current_user
 from dashboard.views import (
     TargetBlueprint,
@@ -148,6 +148,30 @@ def cancel_run(run_id: str):
     dashboard = current_dashboard()
     record = guard.cancel_run(dashboard, run_id, current_user())
     return jsonify(record.as_json()), 202
+
+
+@bp.post("/rehearsals")
+def create_rehearsal():
+    body = _json_body()
+    destination, roundtrip = body.get("target", "heads"), body.get("roundtrip", False)
+    if not isinstance(destination, str) or not isinstance(roundtrip, bool):
+        raise BadRequest('Send {"target": "heads" (or another revision), "roundtrip": '
+                         'true|false}.')
+    dashboard = current_dashboard()
+    project, history, _ = dashboard.read_state()
+    record = rehearsal.start_rehearsal(dashboard.pinned(project), history, destination,
+                                       roundtrip, current_user())
+    url = url_for("api.rehearsal_detail", rehearsal_id=record.id)
+    response = jsonify({**record.as_json(), "url": url})
+    response.status_code = 202
+    response.headers["Location"] = url
+    return response
+
+
+@bp.get("/rehearsals/<rehearsal_id>")
+def rehearsal_detail(rehearsal_id: str):
+    return jsonify(rehearsal.find_rehearsal(current_dashboard().instance_dir,
+                                            rehearsal_id).as_json())
 
 
 @bp.get("/backups")
