@@ -30,7 +30,7 @@ from dashboard import create_app
 from dashboard.automigrate import dashboard_for, settings_for
 from dashboard.core import Target
 from dashboard.errors import DashboardError
-from dashboard.services import backups, guard, inspection, planning, runs
+from dashboard.services import backups, findings, guard, inspection, planning, runs
 from dashboard.services.audit import current_user
 from dashboard.services.locking import LockHeld
 from dashboard.services.status import (
@@ -46,6 +46,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1  # a migration failed, or --check-pending found something to apply
 EXIT_ERROR = 2  # usage or configuration: missing ini, unreachable database...
 EXIT_LOCKED = 3  # another migration is running on this database
+EXIT_NO_SQL = 4  # --lint: a pending revision's SQL could not be generated
 
 POLL_SECONDS = 0.2
 
@@ -58,6 +59,8 @@ exit codes:
   {EXIT_ERROR}  usage or configuration error: alembic.ini missing, database unreachable,
      database at a revision no script defines
   {EXIT_LOCKED}  another migration is already running on this database
+  {EXIT_NO_SQL}  {{lint}}: a pending revision's SQL could not be generated, so it
+     could not be checked (1 still wins: an error finding in another revision)
 """
 
 CONFIGURATION = """
@@ -72,9 +75,9 @@ A password in --url is visible to every user of this machine in the process
 list (ps) and may land in your shell history: prefer DASHBOARD_DATABASE_URL.
 """
 
-EPILOG = (EXIT_CODES.format(check="--check", pending="--check-pending")
+EPILOG = (EXIT_CODES.format(check="--check", pending="--check-pending", lint="--lint")
           + CONFIGURATION.format(ini="--ini"))
-COMMAND_EXIT_CODES = EXIT_CODES.format(check="status", pending="pending")
+COMMAND_EXIT_CODES = EXIT_CODES.format(check="status", pending="pending", lint="lint")
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5000
@@ -95,6 +98,8 @@ VERBS = (
     Verb("pending", "check_pending",
          "list pending revisions in apply order; exit 1 if any (for CI)"),
     Verb("history", "history", "show the revision history, newest first, current marked"),
+    Verb("lint", "lint", "check the pending revisions' SQL for risks (locks, rewrites, data "
+                         "loss); exit 1 if one has an error finding (for CI)"),
 )
 
 
@@ -153,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
         if verb.flag:
             mode.add_argument(f"--{verb.flag.replace('_', '-')}", action="store_true",
                               help=verb.help)
-    add_json_option(parser, what="with --check, --check-pending or --history: ")
+    add_json_option(parser, what="with --check, --check-pending, --history or --lint: ")
     add_target_options(parser, project_argument=False)
     return parser
 
@@ -250,6 +255,43 @@ def report_history(history, status: MigrationStatus, writer: MessageWriter) -> i
         writer.say(f"{line}, {summary.message}")
     _warn_unreadable(history, writer)
     return EXIT_OK
+
+
+def report_lint(args: argparse.Namespace, dashboard: Target, writer: MessageWriter) -> int:
+    """The pending upgrade's risk findings (GET /api/lint's JSON with --json)."""
+    _, _, status, lint = findings.pending_findings(dashboard)
+    if status.state in (UNKNOWN_REVISION,) or (status.state == UNREACHABLE
+                                                and not status.pending):
+        writer.warn(status.explanation)
+        return EXIT_ERROR
+    code = (EXIT_FAILED if lint.errors else EXIT_NO_SQL if lint.sql_errors else EXIT_OK)
+    if args.json:
+        body = lint.as_json()
+        body.update(state=status.state, pending=[p.revision for p in status.pending],
+                    errors=len(lint.errors))
+        writer.say(json.dumps(body, indent=2))
+        return code
+    if not status.pending:
+        writer.say("No pending revisions: nothing to check.")
+        return EXIT_OK
+    if lint.note:
+        writer.warn(lint.note)
+    for pending in status.pending:
+        error = (lint.sql_errors or {}).get(pending.revision)
+        shown = [f for f in lint.of(pending.revision) if f.severity != "info"]
+        writer.say(f"{pending.revision}  {pending.message}")
+        if error:
+            writer.warn(f"  its SQL could not be generated, so it was not checked: {error}")
+        for found in shown:
+            writer.say(f"  {found.severity.upper()} {found.rule}: {found.message}")
+            if found.safer:
+                writer.say(f"    safer: {found.safer}")
+        if not shown and not error:
+            writer.say("  no findings above info")
+    writer.say(f"{len(lint.errors)} error(s), "
+               f"{sum(f.severity == 'warning' for f in lint.findings)} warning(s) in "
+               f"{len(status.pending)} pending revision(s).")
+    return code
 
 
 # ------------------------------------------------------------------ upgrading
@@ -418,6 +460,8 @@ def run_verb(args: argparse.Namespace, environ: Mapping[str, str] | None,
     try:
         if dashboard.ensure_sample_database():
             writer.warn("Created the sample database with demo rows (DASHBOARD_SEED_SAMPLE).")
+        if args.lint:
+            return report_lint(args, dashboard, writer)
         if args.check or args.check_pending or args.history:
             return report(args, dashboard, writer)
         return upgrade_database(dashboard, writer)
@@ -445,8 +489,8 @@ def migrate_db_main(argv: list[str] | None = None, environ: Mapping[str, str] | 
     """``python migrate_db.py [--check | --check-pending | --history] [--json] ...``"""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.json and not (args.check or args.check_pending or args.history):
-        parser.error("--json goes with --check, --check-pending or --history")
+    if args.json and not (args.check or args.check_pending or args.history or args.lint):
+        parser.error("--json goes with --check, --check-pending, --history or --lint")
     return run_verb(args, environ, MessageWriter(out or sys.stdout, err or sys.stderr))
 
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from flask import Response, g, render_template, request, url_for
+from flask import Response, g, make_response, render_template, request, url_for
 
 from dashboard.errors import BadRequest
-from dashboard.services import guard, inspection, runs
+from dashboard.services import findings, guard, inspection, runs
 from dashboard.views import TargetBlueprint, current_dashboard, init_target_urls, registry
 
 bp = TargetBlueprint("pages", __name__)
@@ -20,14 +20,28 @@ def overview():
     dashboard = current_dashboard()
     project, history, status = dashboard.read_state(ask_env_py=True)
     recent = runs.list_runs(dashboard.instance_dir, limit=1)
+    lint = findings.plan_findings(dashboard, project, history,
+                                  [p.revision for p in status.pending], sql="cached")
     return render_template(
-        "overview.html", project=project, history=history, status=status,
+        "overview.html", project=project, history=history, status=status, lint=lint,
         summaries=inspection.revision_summaries(history, status),
         run=recent[0] if recent else None,
         lock_holder=guard.lock_holder(dashboard.pinned(project)),
         messages=inspection.revision_messages(history),
         files=inspection.revision_files(project, history),
     )
+
+
+@bp.get("/lint")
+def lint_page():
+    """The pending upgrade's risk findings: a page, or (htmx) the overview's pending
+    list with its badges."""
+    project, history, status, lint = findings.pending_findings(current_dashboard())
+    fragment = bool(request.headers.get("HX-Request"))
+    response = make_response(render_template("_pending.html" if fragment else "lint.html",
+                                             project=project, status=status, lint=lint))
+    response.headers["Vary"] = "HX-Request"
+    return response
 
 
 @bp.get("/sql/pending")

@@ -1,0 +1,277 @@
+"""Risk findings of pending revisions, on real SQLite files and real PostgreSQL and
+MariaDB servers: revision files that do each risky operation are written into a
+scratch copy of the sample project on top of its head, with the sample's rows in
+the database; the findings are read as users get them (API, CLI, pages)."""
+
+from __future__ import annotations
+
+import io
+import textwrap
+
+import pytest
+
+from dashboard.cli import EXIT_FAILED, EXIT_NO_SQL, EXIT_OK, migrate_db_main
+from tests.conftest import UNIFIED_REASONING, client_for, copy_sample_project
+from tests.servers import SERVERS, load_sample, require, scratch_database
+
+REVISION = '''\
+"""{message}"""
+import sqlalchemy as sa
+from alembic import op
+
+revision = "{rev}"
+down_revision = "{down}"
+branch_labels = None
+depends_on = None
+
+
+def upgrade():
+{body}
+
+
+def downgrade():
+    pass
+'''
+
+
+def add_revision(ini, rev: str, body: str, down: str = UNIFIED_REASONING,
+                 message: str = "risky") -> str:
+    versions = ini.parent / "alembic" / "versions"
+    (versions / f"{rev}_{message.replace(' ', '_')}.py").write_text(REVISION.format(
+        message=message, rev=rev, down=down, body=textwrap.indent(textwrap.dedent(body), "    ")))
+    return rev
+
+
+def found(client, rev: str | None = None) -> set[tuple[str, str, str | None]]:
+    body = client.get("/api/lint").get_json()
+    assert "findings" in body, body
+    return {(f["rule"], f["severity"], f["table"]) for f in body["findings"]
+            if rev is None or f["revision"] == rev}
+
+
+def above_info(client, rev: str) -> list[dict]:
+    return [f for f in client.get("/api/lint").get_json()["findings"]
+            if f["revision"] == rev and f["severity"] != "info"]
+
+
+# ------------------------------------------------------------------ SQLite
+
+SQLITE_RISKY = """
+op.drop_table("user_login_sessions")
+op.add_column("users", sa.Column("age", sa.Integer(), nullable=False))
+links = sa.Table("chat_session_documents", sa.MetaData(),
+                 sa.Column("chat_session_id", sa.Integer(), primary_key=True),
+                 sa.Column("document_id", sa.Integer(), primary_key=True),
+                 sa.Column("attached_at", sa.DateTime()))
+with op.batch_alter_table("chat_session_documents", copy_from=links,
+                          recreate="always") as batch:
+    batch.drop_column("attached_at")
+"""
+
+SAFE = """
+op.create_table("tags", sa.Column("id", sa.Integer(), primary_key=True),
+                sa.Column("name", sa.String(50), nullable=False))
+op.create_index("ix_tags_name", "tags", ["name"])
+op.add_column("users", sa.Column("nickname", sa.String(50), nullable=True))
+"""
+
+
+@pytest.fixture
+def sqlite_sample(tmp_path):
+    ini = copy_sample_project(tmp_path / "project")
+    url = f"sqlite:///{tmp_path / 'target.db'}"
+    load_sample(ini, url)
+    return ini, url
+
+
+def test_sqlite_risky_revision_findings_with_rows(sqlite_sample, tmp_path):
+    ini, url = sqlite_sample
+    rev = add_revision(ini, "ee01risky", SQLITE_RISKY)
+    client = client_for(ini, url, tmp_path / "instance")
+    rules = found(client, rev)
+    assert ("drop_table", "error", "user_login_sessions") in rules
+    assert ("drop_column", "error", "chat_session_documents") in rules  # the copy lacks it
+    assert ("batch_rebuild", "warning", "chat_session_documents") in rules
+    assert ("not_null_without_default", "warning", "users") in rules
+    drop = next(f for f in client.get("/api/lint").get_json()["findings"]
+                if f["rule"] == "drop_table")
+    assert drop["rows"] == 1 and "(1 row" in drop["message"], drop
+    assert drop["revision"] == rev and drop["direction"] == "upgrade" and drop["safer"]
+    column = next(f for f in client.get(f"/api/revisions/{rev}").get_json()["findings"]
+                  if f["rule"] == "drop_column")
+    assert column["column"] == "attached_at" and column["rows"] == 1
+
+
+def test_sqlite_safe_revision_has_nothing_above_info(sqlite_sample, tmp_path):
+    ini, url = sqlite_sample
+    rev = add_revision(ini, "ee02safe", SAFE, message="safe")
+    client = client_for(ini, url, tmp_path / "instance")
+    assert above_info(client, rev) == []
+
+
+def test_an_unreachable_database_still_gives_findings_without_rows(tmp_path):
+    ini = copy_sample_project(tmp_path / "project")
+    rev = add_revision(ini, "ee03drop", 'op.drop_table("users")')
+    client = client_for(ini, f"sqlite:///{tmp_path / 'missing.db'}", tmp_path / "instance")
+    body = client.get(f"/api/revisions/{rev}").get_json()
+    drop = next(f for f in body["findings"] if f["rule"] == "drop_table")
+    assert drop["table"] == "users" and drop["rows"] is None
+    assert "could not be read" in body["findings_note"]
+
+
+def test_unparsable_sql_gives_an_info_finding_not_nothing(sqlite_sample, tmp_path):
+    ini, url = sqlite_sample
+    rev = add_revision(ini, "ee04odd", 'op.execute("FROBNICATE THE WIDGETS")')
+    client = client_for(ini, url, tmp_path / "instance")
+    assert ("could_not_parse", "info", None) in found(client, rev)
+
+
+# ------------------------------------------------------------------ --lint and confirmation
+
+def lint_cli(ini, url, instance, *extra) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = migrate_db_main(["--lint", "--ini", str(ini), "--url", url, "--instance-dir",
+                            str(instance), *extra], environ={}, out=out, err=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_lint_exit_codes(sqlite_sample, tmp_path):
+    ini, url = sqlite_sample
+    instance = tmp_path / "instance"
+    assert lint_cli(ini, url, instance)[0] == EXIT_OK  # nothing pending
+    safe = add_revision(ini, "ee02safe", SAFE, message="safe")
+    code, out, _ = lint_cli(ini, url, instance)
+    assert code == EXIT_OK and "no findings above info" in out
+    add_revision(ini, "ee05drop", 'op.drop_table("chat_session_documents")', down=safe,
+                 message="drop")
+    code, out, _ = lint_cli(ini, url, instance)
+    assert code == EXIT_FAILED and "ERROR drop_table" in out and "chat_session_documents" in out
+    code, out, _ = lint_cli(ini, url, instance, "--json")
+    assert code == EXIT_FAILED
+    import json
+    body = json.loads(out)
+    assert body["errors"] == 1 and body["findings"][0]["revision"] in ("ee02safe", "ee05drop")
+
+
+def test_lint_says_when_the_sql_cannot_be_generated(sqlite_sample, tmp_path):
+    ini, url = sqlite_sample
+    add_revision(ini, "ee06boom", 'raise RuntimeError("offline SQL is not possible here")')
+    code, _, err = lint_cli(ini, url, tmp_path / "instance")
+    assert code == EXIT_NO_SQL and "could not be generated" in err
+
+
+def test_an_upgrade_that_loses_data_needs_a_typed_confirmation(sqlite_sample, tmp_path):
+    ini, url = sqlite_sample
+    add_revision(ini, "ee05drop", 'op.drop_table("chat_session_documents")', message="drop")
+    client = client_for(ini, url, tmp_path / "instance")
+    refused = client.post("/actions", data={"action": "upgrade", "target": "heads"})
+    assert refused.status_code == 303 and "/actions/preview" in refused.headers["Location"]
+    page = client.get(refused.headers["Location"]).get_data(as_text=True)
+    assert 'name="confirm_risk"' in page and "drop table" in page
+    assert "chat_session_documents" in page
+    wrong = client.post("/actions", data={"action": "upgrade", "target": "heads",
+                                          "confirm_risk": "yes"})
+    assert wrong.status_code == 303 and "/actions/preview" in wrong.headers["Location"]
+    api = client.post("/api/runs", json={"action": "upgrade", "target": "heads"})
+    assert api.status_code == 409
+    assert "drop_table on chat_session_documents" in api.get_json()["error"]["message"]
+    assert client.post("/api/runs", json={"action": "upgrade", "target": "heads",
+                                          "confirm": "yes"}).status_code == 400
+    started = client.post("/actions", data={"action": "upgrade", "target": "heads",
+                                            "confirm_risk": " Upgrade "})
+    assert started.status_code == 303 and "/runs/" in started.headers["Location"]
+
+
+def test_pages_show_badges_and_findings(sqlite_sample, tmp_path):
+    ini, url = sqlite_sample
+    rev = add_revision(ini, "ee05drop", 'op.drop_table("chat_session_documents")', message="drop")
+    client = client_for(ini, url, tmp_path / "instance")
+    first = client.get("/").get_data(as_text=True)
+    assert 'hx-get="/lint"' in first  # not generated yet: the list fetches its badges
+    fragment = client.get("/lint", headers={"HX-Request": "true"}).get_data(as_text=True)
+    assert "<html" not in fragment and "risk-error" in fragment
+    again = client.get("/").get_data(as_text=True)
+    assert "risk-error" in again and 'hx-get="/lint"' not in again
+    sql = client.get(f"/revisions/{rev}/sql").get_data(as_text=True)
+    assert 'id="findings-upgrade"' in sql and "drop table" in sql
+
+
+# ------------------------------------------------------------------ servers
+
+PG_RISKY = """
+op.drop_column("users", "display_name")
+op.drop_table("chat_session_documents")
+op.execute("TRUNCATE chat_messages CASCADE")
+op.alter_column("users", "email", type_=sa.String(20), existing_type=sa.String(255))
+op.alter_column("user_settings", "max_tokens", type_=sa.BigInteger())
+op.create_index("ix_sessions_title", "chat_sessions", ["title"])
+op.create_index("ix_sessions_model", "chat_sessions", ["model"], postgresql_concurrently=True)
+op.add_column("users", sa.Column("age", sa.Integer(), nullable=False))
+op.add_column("users", sa.Column("token", sa.Text(),
+                                 server_default=sa.text("gen_random_uuid()::text")))
+op.alter_column("chat_sessions", "title", nullable=True)
+op.alter_column("documents", "filename", nullable=False)
+op.create_check_constraint("ck_users_id", "users", "id > 0")
+"""
+
+PG_SAFE = """
+op.execute("SET lock_timeout = '5s'")
+""" + SAFE + """
+with op.get_context().autocommit_block():
+    op.create_index("ix_users_nickname", "users", ["nickname"], postgresql_concurrently=True)
+"""
+
+MARIADB_RISKY = """
+op.drop_column("users", "display_name")
+op.drop_table("chat_session_documents")
+op.execute("TRUNCATE TABLE user_login_sessions")
+op.alter_column("users", "email", type_=sa.String(20), existing_type=sa.String(255),
+                existing_nullable=False)
+op.alter_column("user_settings", "max_tokens", type_=sa.BigInteger(),
+                existing_type=sa.Integer())
+op.create_foreign_key("fk_docs_user", "documents", "users", ["user_id"], ["id"])
+"""
+
+
+@pytest.fixture(params=["postgresql", "mariadb"])
+def server_sample(request, tmp_path):
+    server = require(SERVERS[request.param])
+    with scratch_database(server, prefix="md_ilint") as name:
+        ini = copy_sample_project(tmp_path / "project")
+        url = server.url(name)
+        load_sample(ini, url)
+        yield server, ini, url
+
+
+def test_server_risky_revision_findings(server_sample, tmp_path):
+    server, ini, url = server_sample
+    rev = add_revision(ini, "ee01risky", PG_RISKY if server.postgres else MARIADB_RISKY)
+    client = client_for(ini, url, tmp_path / "instance")
+    rules = found(client, rev)
+    expected = {("drop_column", "error", "users"), ("narrowing_type", "error", "users"),
+                ("drop_table", "error", "chat_session_documents")}
+    if server.postgres:
+        expected |= {("truncate", "error", "chat_messages"),
+                     ("type_rewrite", "warning", "user_settings"),
+                     ("index_not_concurrently", "warning", "chat_sessions"),
+                     ("concurrently_in_transaction", "warning", "chat_sessions"),
+                     ("not_null_without_default", "warning", "users"),
+                     ("volatile_default_rewrite", "warning", "users"),
+                     ("set_not_null", "warning", "documents"),
+                     ("constraint_not_valid", "warning", "users"),
+                     ("no_lock_timeout", "warning", "users")}
+    else:
+        expected |= {("truncate", "error", "user_login_sessions"),
+                     ("algorithm_copy", "warning", "user_settings"),
+                     ("algorithm_copy", "warning", "documents")}
+    assert expected <= rules, expected - rules
+    users = next(f for f in client.get("/api/lint").get_json()["findings"]
+                 if f["rule"] == "drop_column")
+    assert users["rows"] == 3 and "3 rows" in users["message"] and users["size_bytes"] > 0
+
+
+def test_server_safe_revision_has_nothing_above_info(server_sample, tmp_path):
+    server, ini, url = server_sample
+    rev = add_revision(ini, "ee02safe", PG_SAFE if server.postgres else SAFE, message="safe")
+    client = client_for(ini, url, tmp_path / "instance")
+    assert above_info(client, rev) == []
