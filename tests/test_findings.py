@@ -275,3 +275,34 @@ def test_server_safe_revision_has_nothing_above_info(server_sample, tmp_path):
     rev = add_revision(ini, "ee02safe", PG_SAFE if server.postgres else SAFE, message="safe")
     client = client_for(ini, url, tmp_path / "instance")
     assert above_info(client, rev) == []
+
+
+# ------------------------------------------------------------------ the parsers
+
+@pytest.mark.parametrize("url", ["sqlite:///{tmp}/none.db",
+                                 "postgresql+psycopg://nobody@127.0.0.1:1/none",
+                                 "mysql+pymysql://nobody@127.0.0.1:1/none"])
+def test_the_parsers_read_every_statement_of_the_sample_history(tmp_path, url):
+    """Each dialect's offline SQL of every sample revision, both ways: every statement
+    parsed (no could_not_parse), and the drops found with no database to read."""
+    from dashboard.automigrate import dashboard_for
+    from dashboard.services.findings import revision_findings
+
+    ini = copy_sample_project(tmp_path / "project")
+    target = dashboard_for(str(ini), url.format(tmp=tmp_path), str(tmp_path / "i"), {})
+    project = target.project()
+    history = target.history(project)
+    scripts = list(history.revisions.values())
+    target.upgrade_sql(project, scripts)
+    target.downgrade_sql(project, scripts)
+    rules = project.engine.risk_rules()
+    statements, unparsed, drops = 0, [], set()
+    for script in scripts:
+        offline = target.offline_sql(project, script)
+        assert offline.upgrade_sql and offline.downgrade_sql, offline
+        statements += len(rules.statements(offline.upgrade_sql + offline.downgrade_sql))
+        lint = revision_findings(project, script.revision, offline)
+        unparsed += [f.statement for f in lint.findings if f.rule == "could_not_parse"]
+        drops |= {f.table for f in lint.findings if f.rule == "drop_table"}
+    assert statements > 50 and unparsed == []
+    assert {"users", "chat_messages", "documents", "user_settings"} <= drops

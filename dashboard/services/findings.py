@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from dashboard.engines.risk import ERROR, INFO, SEVERITIES, Catalog, PlanState, Risk, TableFacts
-from dashboard.errors import Conflict
+from dashboard.errors import Conflict, DashboardError
 
 CONFIRM_WORD = "upgrade"  # typed on the confirmation page when an upgrade has an error
 
@@ -71,20 +71,27 @@ class Lint:
 
 def lint_steps(project, steps) -> Lint:
     """Findings of ``steps``: (revision, direction, SQL) in the order they run."""
+    return lint_runs(project, [steps])
+
+
+def lint_runs(project, runs) -> Lint:
+    """Findings of several independent runs of steps, on one reading of the catalog:
+    each run starts from the live database as it is."""
     engine = project.engine
     rules = engine.risk_rules()
+    found: list[Finding] = []
     with engine.catalog(project) as catalog:
-        state = PlanState(catalog, version_table=project.version_table)
-        found: list[Finding] = []
-        for revision, direction, sql in steps:
-            state.direction, state.timeout_reported = direction, False
-            if rules is None:
-                found.append(Finding("no_rules", INFO, "", f"No risk rules for {engine.name} "
-                                     "databases: the SQL was not checked.", "", direction,
-                                     None, None, revision=revision))
-                continue
-            for risk in rules.risks(sql, state):
-                found.append(_finding(risk, catalog, state, direction, revision))
+        for steps in runs:
+            state = PlanState(catalog, version_table=project.version_table)
+            for revision, direction, sql in steps:
+                state.direction, state.timeout_reported = direction, False
+                if rules is None:
+                    found.append(Finding("no_rules", INFO, "", f"No risk rules for "
+                                         f"{engine.name} databases: the SQL was not checked.",
+                                         "", direction, None, None, revision=revision))
+                    continue
+                for risk in rules.risks(sql, state):
+                    found.append(_finding(risk, catalog, state, direction, revision))
         return Lint(tuple(found), note=_note(catalog))
 
 
@@ -142,17 +149,15 @@ def _note(catalog: Catalog) -> str:
 
 def revision_findings(project, revision: str, offline) -> Lint:
     """Both directions of one revision, each as if it ran alone on the database."""
-    found, errors, note = [], {}, ""
+    runs, errors = [], {}
     for direction, sql, error in (("upgrade", offline.upgrade_sql, offline.upgrade_error),
                                   ("downgrade", offline.downgrade_sql,
                                    offline.downgrade_error)):
         if sql is None:
             errors[direction] = error or "no SQL"
-            continue
-        lint = lint_steps(project, [(revision, direction, sql)])
-        found += lint.findings
-        note = note or lint.note
-    return Lint(tuple(found), errors, note)
+        else:
+            runs.append([(revision, direction, sql)])
+    return replace(lint_runs(project, runs), sql_errors=errors)
 
 
 def plan_findings(target, project, history, revisions, direction: str = "upgrade",
@@ -189,11 +194,14 @@ def confirm_upgrade(target, project, history, status, destination: str,
                     confirmed: bool) -> None:
     """Raise RiskNotConfirmed when the planned upgrade has an `error` finding (data
     loss) and the request did not confirm it."""
-    from dashboard.services.planning import plan_action
+    from dashboard.services.planning import plan_for_status
 
     if confirmed:
         return
-    plan = plan_action(history, tuple(status.current), "upgrade", destination, status.state)
+    try:
+        plan = plan_for_status(history, status, "upgrade", destination)
+    except DashboardError:
+        return  # the guard refuses it, saying why, as it does without findings
     lint = plan_findings(target, project, history, [s.revision for s in plan.steps])
     if lint.errors:
         named = "; ".join(f"{f.revision}: {f.rule} on {f.table}" for f in lint.errors[:5])

@@ -42,9 +42,9 @@ def preview_action(dashboard, project, history, status, action: str, target: str
     """The plan of an action and its steps' findings: read now (``sql="now"``), or
     only if every step's SQL is already generated ("cached"; ``lint`` is None
     otherwise, for the page to fetch it in a fragment)."""
-    from dashboard.services.planning import plan_action, resulting_revisions
+    from dashboard.services.planning import plan_for_status, resulting_revisions
 
-    plan = plan_action(history, tuple(status.current), action, target, status.state)
+    plan = plan_for_status(history, status, action, target)
     lint: Lint | None = Lint()
     if action in ("upgrade", "downgrade"):
         lint = plan_findings(dashboard, project, history, [s.revision for s in plan.steps],
