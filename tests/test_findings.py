@@ -93,6 +93,7 @@ def test_sqlite_risky_revision_findings_with_rows(sqlite_sample, tmp_path):
     assert ("drop_column", "error", "chat_session_documents") in rules  # the copy lacks it
     assert ("batch_rebuild", "warning", "chat_session_documents") in rules
     assert ("not_null_without_default", "warning", "users") in rules
+    assert not any(rule == "could_not_parse" for rule, _, _ in rules), rules
     drop = next(f for f in client.get("/api/lint").get_json()["findings"]
                 if f["rule"] == "drop_table")
     assert drop["rows"] == 1 and "(1 row" in drop["message"], drop
@@ -265,6 +266,7 @@ def test_server_risky_revision_findings(server_sample, tmp_path):
                      ("algorithm_copy", "warning", "user_settings"),
                      ("algorithm_copy", "warning", "documents")}
     assert expected <= rules, expected - rules
+    assert not any(rule == "could_not_parse" for rule, _, _ in rules), rules
     users = next(f for f in client.get("/api/lint").get_json()["findings"]
                  if f["rule"] == "drop_column")
     assert users["rows"] == 3 and "3 rows" in users["message"] and users["size_bytes"] > 0
@@ -306,3 +308,41 @@ def test_the_parsers_read_every_statement_of_the_sample_history(tmp_path, url):
         drops |= {f.table for f in lint.findings if f.rule == "drop_table"}
     assert statements > 50 and unparsed == []
     assert {"users", "chat_messages", "documents", "user_settings"} <= drops
+
+
+def test_a_rule_about_rows_is_info_on_an_empty_table(tmp_path):
+    """PostgreSQL adds a NOT NULL column without a default to an empty table; SQLite
+    refuses it whatever the table holds."""
+    server = require(SERVERS["postgresql"])
+    add_note = ('op.add_column("chat_session_documents", '
+                'sa.Column("note", sa.Text(), nullable=False))')
+    with scratch_database(server, prefix="md_ilint") as name:
+        ini = copy_sample_project(tmp_path / "project")
+        url = server.url(name)
+        load_sample(ini, url)
+        server.execute("DELETE FROM chat_session_documents", database=name)
+        rev = add_revision(ini, "ee07empty", add_note)
+        client = client_for(ini, url, tmp_path / "instance")
+        finding = next(f for f in client.get("/api/lint").get_json()["findings"]
+                       if f["rule"] == "not_null_without_default")
+        assert finding["severity"] == "info" and finding["rows"] == 0, finding
+        assert "empty now" in finding["message"] and finding["revision"] == rev
+        server.execute("INSERT INTO chat_session_documents VALUES (1, 1, now())",
+                       database=name)
+        finding = next(f for f in client.get("/api/lint").get_json()["findings"]
+                       if f["rule"] == "not_null_without_default")
+        assert finding["severity"] == "warning" and finding["rows"] == 1, finding
+
+
+@pytest.mark.parametrize("version, rewrites", [((10, 23), True), ((15, 4), False),
+                                               (None, False)])
+def test_postgresql_before_11_rewrites_for_a_column_default(version, rewrites):
+    """The version-aware rule, from the version the catalog read (None: unknown, so the
+    newest is assumed)."""
+    from dashboard.engines.risk import Catalog, PlanState
+    from dashboard.engines.risk_postgresql import RULES
+
+    catalog = Catalog(version is not None, version)
+    found = RULES.risks("ALTER TABLE events ADD COLUMN kind VARCHAR(10) DEFAULT 'a';",
+                        PlanState(catalog, lock_timeout=True))
+    assert [r.rule for r in found] == (["default_rewrite"] if rewrites else [])

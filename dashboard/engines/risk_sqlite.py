@@ -67,7 +67,7 @@ class SqliteRules(SqlglotRules):
         if not_null and not default:
             return [Risk("not_null_without_default", WARNING, text,
                          f"Adds NOT NULL column `{column.name}` without a default: SQLite "
-                         "refuses it on {table}.",
+                         "refuses it on {table}, even when the table is empty.",
                          "Add it nullable, backfill, then make it NOT NULL in a batch "
                          "block; or give it a default.", table=table)]
         return []
