@@ -260,16 +260,13 @@ def report_history(history, status: MigrationStatus, writer: MessageWriter) -> i
 def report_lint(args: argparse.Namespace, dashboard: Target, writer: MessageWriter) -> int:
     """The pending upgrade's risk findings (GET /api/lint's JSON with --json)."""
     _, _, status, lint = findings.pending_findings(dashboard)
-    if status.state in (UNKNOWN_REVISION,) or (status.state == UNREACHABLE
-                                                and not status.pending):
-        writer.warn(status.explanation)
+    if status.state == UNKNOWN_REVISION or (status.state == UNREACHABLE
+                                            and not status.pending):
+        writer.warn(status.explanation)  # which revisions are pending is not known
         return EXIT_ERROR
     code = (EXIT_FAILED if lint.errors else EXIT_NO_SQL if lint.sql_errors else EXIT_OK)
     if args.json:
-        body = lint.as_json()
-        body.update(state=status.state, pending=[p.revision for p in status.pending],
-                    errors=len(lint.errors))
-        writer.say(json.dumps(body, indent=2))
+        writer.say(json.dumps(findings.pending_json(status, lint), indent=2))
         return code
     if not status.pending:
         writer.say("No pending revisions: nothing to check.")

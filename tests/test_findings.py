@@ -346,3 +346,27 @@ def test_postgresql_before_11_rewrites_for_a_column_default(version, rewrites):
     found = RULES.risks("ALTER TABLE events ADD COLUMN kind VARCHAR(10) DEFAULT 'a';",
                         PlanState(catalog, lock_timeout=True))
     assert [r.rule for r in found] == (["default_rewrite"] if rewrites else [])
+
+
+def test_lint_of_a_named_target(sqlite_sample, tmp_path):
+    """/api/targets/<name>/lint lints that target's pending upgrade; the other target's
+    database (up to date) has nothing pending; an unknown target is a 404."""
+    from dashboard import create_app
+
+    ini, url = sqlite_sample
+    rev = add_revision(ini, "ee05drop", 'op.drop_table("chat_session_documents")',
+                       message="drop")
+    other = tmp_path / "other.db"
+    config = tmp_path / "targets.toml"
+    config.write_text(f'[targets.live]\nalembic_ini = "{ini}"\ndatabase_url = "{url}"\n'
+                      f'[targets.empty]\nalembic_ini = "{ini}"\n'
+                      f'database_url = "sqlite:///{other}"\n')
+    client = create_app({"TESTING": True, "DASHBOARD_SECRET_KEY": "t",
+                         "DASHBOARD_TARGETS_FILE": str(config),
+                         "DASHBOARD_INSTANCE_DIR": str(tmp_path / "inst")}).test_client()
+    live = client.get("/api/targets/live/lint").get_json()
+    assert live["pending"] == [rev] and live["errors"] == 1
+    assert live["findings"][0]["table"] == "chat_session_documents"
+    page = client.get("/targets/live/lint").get_data(as_text=True)
+    assert f'id="r-{rev}"' in page and "drop table" in page
+    assert client.get("/api/targets/nowhere/lint").status_code == 404

@@ -223,10 +223,13 @@ class DatabaseEngine:
         database gives ``reachable=False`` and the reason in ``note``."""
         from sqlalchemy import inspect
 
+        engine = None
         try:
             engine = self.open_engine(project.database_url)
             conn = engine.connect()
         except Exception as exc:
+            if engine is not None:
+                engine.dispose()
             yield Catalog(False, note=_reason(exc, project.database_url))
             return
         try:

@@ -126,7 +126,6 @@ class PlanState:
     whether a transaction is open, whether ``lock_timeout`` is set."""
 
     catalog: Catalog
-    direction: str = "upgrade"
     version_table: str = VERSION_TABLE_DEFAULT
     created: set[str] = field(default_factory=set)
     columns: dict[str, dict[str, ColumnType]] = field(default_factory=dict)

@@ -84,7 +84,7 @@ def lint_runs(project, runs) -> Lint:
         for steps in runs:
             state = PlanState(catalog, version_table=project.version_table)
             for revision, direction, sql in steps:
-                state.direction, state.timeout_reported = direction, False
+                state.timeout_reported = False  # said once per revision
                 if rules is None:
                     found.append(Finding("no_rules", INFO, "", f"No risk rules for "
                                          f"{engine.name} databases: the SQL was not checked.",
@@ -184,6 +184,14 @@ def pending_findings(target, sql: str = "now"):
     revisions = [p.revision for p in status.pending]
     return project, history, status, plan_findings(target, project, history, revisions,
                                                    sql=sql)
+
+
+def pending_json(status, lint: Lint) -> dict:
+    """The body of GET /api/lint (and of ``migrate_db.py --lint --json``)."""
+    body = lint.as_json()
+    body.update(state=status.state, pending=[p.revision for p in status.pending],
+                errors=len(lint.errors))
+    return body
 
 
 class RiskNotConfirmed(Conflict):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from flask import (
     Response,
-    current_app,
     flash,
     make_response,
     redirect,
@@ -25,6 +24,7 @@ from dashboard.views import (
     backups_listing,
     current_dashboard,
     init_target_urls,
+    preview_url,
     runs_listing,
 )
 
@@ -76,8 +76,7 @@ def start():
                 flash(f"Type '{findings.CONFIRM_WORD}' to confirm.", "bad")
             else:
                 flash(exc.message, "bad")
-            return redirect(current_app.jinja_env.globals["preview_url"](
-                "upgrade", target, sql="now"), code=303)
+            return redirect(preview_url("upgrade", target, sql="now"), code=303)
     run = guard.start_action(dashboard.pinned(project), history, status.state,
                                   action, target, current_user())
     return redirect(url_for("actions.run_page", run_id=run.id), code=303)

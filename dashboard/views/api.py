@@ -59,10 +59,7 @@ def revisions():
 def lint():
     """The findings of the target's pending upgrade, each with its revision."""
     _, _, status, found = findings.pending_findings(current_dashboard())
-    body = found.as_json()
-    body.update(state=status.state, pending=[p.revision for p in status.pending],
-                errors=len(found.errors))
-    return jsonify(body)
+    return jsonify(findings.pending_json(status, found))
 
 
 @bp.get("/revisions/<path:revision_id>")
