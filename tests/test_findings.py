@@ -370,3 +370,21 @@ def test_lint_of_a_named_target(sqlite_sample, tmp_path):
     page = client.get("/targets/live/lint").get_data(as_text=True)
     assert f'id="r-{rev}"' in page and "drop table" in page
     assert client.get("/api/targets/nowhere/lint").status_code == 404
+
+
+def test_hostile_sql_is_an_info_finding_not_a_failed_page(sqlite_sample, tmp_path):
+    """A statement nested past the parser's depth: an info finding, the rest checked."""
+    ini, url = sqlite_sample
+    deep = "SELECT " + "(" * 3000 + "1" + ")" * 3000
+    rev = add_revision(ini, "ee08deep", f'op.execute("{deep}")\n'
+                       'op.drop_table("chat_session_documents")')
+    client = client_for(ini, url, tmp_path / "instance")
+    response = client.get(f"/api/revisions/{rev}")
+    assert response.status_code == 200
+    rules = {f["rule"]: f for f in response.get_json()["findings"]
+             if f["direction"] == "upgrade"}
+    assert rules["could_not_parse"]["severity"] == "info"
+    assert "nested too deeply" in rules["could_not_parse"]["message"]
+    assert rules["drop_table"]["severity"] == "error"
+    assert client.get(f"/revisions/{rev}?sql=now").status_code == 200
+    assert client.get("/lint").status_code == 200

@@ -166,6 +166,19 @@ def could_not_parse(statement: str, error: str) -> Risk:
                 "checked against it: review it by hand.", "")
 
 
+def checked(statement: str, rules, *args) -> list[Risk]:
+    """The risks ``rules(*args)`` finds in a parsed ``statement``; a tree no rule
+    expected (or one too deep to walk) is said as an `info`, never a failed page."""
+    try:
+        return rules(*args)
+    except RecursionError:
+        return [could_not_parse(statement, "nested too deeply")]
+    except (AttributeError, TypeError, ValueError, IndexError, KeyError) as exc:
+        return [Risk("could_not_check", INFO, statement,
+                     f"The rules could not read this statement's parsed form ({exc}): "
+                     "review it by hand.", "")]
+
+
 def short(statement: str, limit: int = 2000) -> str:
     text = statement.strip()
     return text if len(text) <= limit else text[:limit] + " …"

@@ -21,6 +21,7 @@ from dashboard.engines.risk import (
     ColumnType,
     PlanState,
     Risk,
+    checked,
     column_type,
     compare_types,
     could_not_parse,
@@ -54,7 +55,7 @@ def risks(sql: str, state: PlanState) -> list[Risk]:
             found.append(could_not_parse(short(text), str(exc)))
             continue
         for raw in parsed:
-            found += _statement(raw.stmt, short(text), state)
+            found += checked(short(text), _statement, raw.stmt, short(text), state)
     return found
 
 

@@ -17,6 +17,7 @@ from dashboard.engines.risk import (
     ColumnType,
     PlanState,
     Risk,
+    checked,
     column_type,
     compare_types,
     could_not_parse,
@@ -62,10 +63,13 @@ class SqlglotRules:
             except (ParseError, TokenError) as exc:
                 found.append(could_not_parse(statement, str(exc).splitlines()[0]))
                 continue
+            except RecursionError:
+                found.append(could_not_parse(statement, "nested too deeply"))
+                continue
             if isinstance(tree, exp.Command):
                 found.append(could_not_parse(statement, "syntax sqlglot does not model"))
                 continue
-            found += self.statement(tree, statement, state)
+            found += checked(statement, self.statement, tree, statement, state)
         return found
 
     # ------------------------------------------------------------ statements
