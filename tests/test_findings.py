@@ -388,3 +388,16 @@ def test_hostile_sql_is_an_info_finding_not_a_failed_page(sqlite_sample, tmp_pat
     assert rules["drop_table"]["severity"] == "error"
     assert client.get(f"/revisions/{rev}?sql=now").status_code == 200
     assert client.get("/lint").status_code == 200
+
+
+@pytest.mark.parametrize("version_text, copies", [("10.2.44-MariaDB", True),
+                                                  ("10.11.6-MariaDB", False),
+                                                  ("8.0.11", True), ("8.0.36", False)])
+def test_an_old_mariadb_or_mysql_copies_the_table_to_add_a_column(version_text, copies):
+    from dashboard.engines.base import version_numbers
+    from dashboard.engines.risk import Catalog, PlanState
+    from dashboard.engines.risk_mariadb import RULES
+
+    catalog = Catalog(True, version_numbers(version_text), version_text)
+    found = RULES.risks("ALTER TABLE events ADD COLUMN kind VARCHAR(10);", PlanState(catalog))
+    assert [r.rule for r in found] == (["algorithm_copy"] if copies else [])

@@ -22,6 +22,16 @@ def _copy(what: str, table: str, text: str) -> Risk:
                 "until the copy ends.", COPY_SAFER, table=table, needs_rows=True)
 
 
+def _instant_add_column(state: PlanState) -> bool:
+    """MariaDB 10.3 and MySQL 8.0.12 add a column in place; the newest is assumed
+    when the server's version is not known."""
+    version = state.version
+    if version is None:
+        return True
+    return version >= ((10, 3) if "mariadb" in state.catalog.version_text.lower()
+                       else (8, 0, 12))
+
+
 class MariaDbRules(SqlglotRules):
     dialect = "mysql"
 
@@ -30,6 +40,9 @@ class MariaDbRules(SqlglotRules):
         if any(isinstance(k, exp.ComputedColumnConstraint) and k.args.get("persisted")
                for k in kinds):
             return [_copy(f"Adds STORED generated column `{column.name}`", table, text)]
+        if not _instant_add_column(state):
+            return [_copy(f"Adds column `{column.name}` on a server older than MariaDB 10.3 "
+                          f"(MySQL 8.0.12), which has no instant ADD COLUMN", table, text)]
         if any(isinstance(k, exp.AutoIncrementColumnConstraint) for k in kinds):
             return [Risk("blocks_writes", WARNING, text,
                          f"Adds AUTO_INCREMENT column `{column.name}`: an in-place rebuild "
