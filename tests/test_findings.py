@@ -213,6 +213,8 @@ op.add_column("users", sa.Column("token", sa.Text(),
 op.alter_column("chat_sessions", "title", nullable=True)
 op.alter_column("documents", "filename", nullable=False)
 op.create_check_constraint("ck_users_id", "users", "id > 0")
+op.execute("REINDEX TABLE chat_sessions")
+op.execute("VACUUM FULL user_login_sessions")
 """
 
 PG_SAFE = """
@@ -260,7 +262,9 @@ def test_server_risky_revision_findings(server_sample, tmp_path):
                      ("volatile_default_rewrite", "warning", "users"),
                      ("set_not_null", "warning", "documents"),
                      ("constraint_not_valid", "warning", "users"),
-                     ("no_lock_timeout", "warning", "users")}
+                     ("no_lock_timeout", "warning", "users"),
+                     ("reindex_not_concurrently", "warning", "chat_sessions"),
+                     ("table_rewrite", "warning", "user_login_sessions")}
     else:
         expected |= {("truncate", "error", "user_login_sessions"),
                      ("algorithm_copy", "warning", "user_settings"),

@@ -8,7 +8,13 @@ from __future__ import annotations
 
 import pglast
 from pglast import ast
-from pglast.enums import AlterTableType, ConstrType, ObjectType, TransactionStmtKind
+from pglast.enums import (
+    AlterTableType,
+    ConstrType,
+    ObjectType,
+    ReindexObjectType,
+    TransactionStmtKind,
+)
 from pglast.parser import ParseError, split
 
 from dashboard.engines.risk import (
@@ -88,6 +94,16 @@ def _statement(node, text: str, state: PlanState) -> list[Risk]:
             "truncate", ERROR, text, "Empties {table}: every row is deleted.",
             "Keep the rows: copy them to an archive table first, or delete in batches "
             "a later release can undo.", table=r.relname) for r in node.relations], state)
+    if isinstance(node, (ast.VacuumStmt, ast.ClusterStmt)):
+        return _rewrite(node, text, state)
+    if isinstance(node, ast.ReindexStmt) and not _option(node.params, "concurrently"):
+        table = node.relation.relname if node.kind == ReindexObjectType.REINDEX_OBJECT_TABLE \
+            else None
+        return [Risk("reindex_not_concurrently", WARNING, text,
+                     "REINDEX blocks writes to " + ("{table}" if table else "the index's table")
+                     + " (SHARE lock) and reads through the index while it rebuilds.",
+                     "REINDEX ... CONCURRENTLY (PostgreSQL 12+) in an autocommit block.",
+                     table=table, needs_rows=True)]
     if isinstance(node, ast.AlterTableStmt) and node.objtype == ObjectType.OBJECT_TABLE:
         table = node.relation.relname
         if state.ignored(table):
@@ -108,6 +124,26 @@ def _statement(node, text: str, state: PlanState) -> list[Risk]:
             "rename", INFO, text, "Renames on {table}: code still using the old name fails "
             "from this moment.", "Deploy code that works with both names first.", table=table)]
     return []
+
+
+def _option(options, name: str) -> bool:
+    return any(isinstance(o, ast.DefElem) and o.defname == name for o in options or ())
+
+
+def _rewrite(node, text: str, state: PlanState) -> list[Risk]:
+    """VACUUM FULL and CLUSTER: the table rewritten under an ACCESS EXCLUSIVE lock."""
+    if isinstance(node, ast.VacuumStmt):
+        if not _option(node.options, "full"):
+            return []
+        tables = [r.relation.relname for r in node.rels or () if r.relation is not None]
+    else:
+        tables = [node.relation.relname] if node.relation is not None else []
+    return _with_timeout([Risk(
+        "table_rewrite", WARNING, text,
+        "Rewrites {table} under an ACCESS EXCLUSIVE lock: reads and writes wait until "
+        "it ends.", "Run it outside the migration, in a maintenance window (or use "
+        "pg_repack).", table=table, needs_rows=True) for table in tables
+        if not state.is_new(table)], state)
 
 
 def _type(type_name) -> ColumnType | None:
