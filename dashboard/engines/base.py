@@ -284,7 +284,7 @@ def column_type_of(sa_type) -> ColumnType:
     name = str(getattr(sa_type, "__visit_name__", "")).lower()
     name = {"small_integer": "smallint", "big_integer": "bigint", "string": "varchar",
             "unicode": "varchar", "unicode_text": "text"}.get(name, name)
-    kind = column_type(name)
+    kind = column_type(name, values=tuple(getattr(sa_type, "enums", ()) or ()))
     if kind.family == "string":
         return column_type(name, getattr(sa_type, "length", None))
     if kind.family == "numeric":

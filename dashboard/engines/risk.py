@@ -25,9 +25,10 @@ VERSION_TABLE_DEFAULT = "alembic_version"
 class ColumnType:
     """A column's type, as far as a narrowing or a rewrite can be told from it."""
 
-    family: str  # "integer", "string", "numeric", or the type's own name
+    family: str  # "integer", "string", "numeric", "enum", or the type's own name
     size: int | None = None  # integer bytes, string length (None: unbounded)
     scale: int | None = None  # numeric scale
+    values: tuple[str, ...] = ()  # an ENUM's, in order
 
 
 INTEGER_BYTES = {"smallint": 2, "int2": 2, "tinyint": 1, "mediumint": 3, "integer": 4,
@@ -39,9 +40,12 @@ STRING_NAMES = ("varchar", "character varying", "char", "character", "bpchar", "
 NUMERIC_NAMES = ("numeric", "decimal")
 
 
-def column_type(name: str, size: int | None = None, scale: int | None = None) -> ColumnType:
+def column_type(name: str, size: int | None = None, scale: int | None = None,
+                values: tuple[str, ...] = ()) -> ColumnType:
     """A type from its name and parameters, as a parser or SQLAlchemy spells them."""
     name = name.lower()
+    if name == "enum":
+        return ColumnType("enum", values=tuple(values))
     if name in INTEGER_BYTES:
         return ColumnType("integer", INTEGER_BYTES[name])
     if name in STRING_NAMES:
@@ -64,6 +68,10 @@ def compare_types(old: ColumnType | None, new: ColumnType) -> str | None:
         return SAME
     if old.family != new.family:
         return OTHER
+    if old.family == "enum":
+        if not set(old.values) <= set(new.values):
+            return NARROWER  # a value removed: rows holding it cannot keep it
+        return WIDER if new.values[:len(old.values)] == old.values else OTHER
     if old.family == "numeric":
         if (new.size or 0) < (old.size or 0) or (new.scale or 0) < (old.scale or 0):
             return NARROWER

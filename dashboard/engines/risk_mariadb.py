@@ -53,8 +53,11 @@ class MariaDbRules(SqlglotRules):
 
     def modify_column(self, action, change, table, text, state: PlanState):
         column = action.this
-        if change == OTHER or (change == WIDER and self.type_of(column.args.get("kind")).family
-                               in ("integer", "numeric")):
+        family = self.type_of(column.args.get("kind")).family
+        if change == OTHER and family == "enum":
+            return [_copy(f"Inserts or reorders ENUM values of `{column.name}` (only "
+                          "appending is instant)", table, text)]
+        if change == OTHER or (change == WIDER and family in ("integer", "numeric")):
             return [_copy(f"Changes the type of `{column.name}`", table, text)]
         if change is None:
             return [Risk("type_unknown", INFO, text,

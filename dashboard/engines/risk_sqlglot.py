@@ -161,9 +161,11 @@ class SqlglotRules:
             return None
         params = [p.this for p in kind.expressions if isinstance(p, exp.DataTypeParam)]
         numbers = [int(p.name) for p in params if isinstance(p, exp.Literal) and p.is_int]
+        values = tuple(v.name for v in kind.expressions
+                       if isinstance(v, exp.Literal) and v.is_string)
         name = kind.this.value.lower() if hasattr(kind.this, "value") else str(kind.this)
         return column_type(name, numbers[0] if numbers else None,
-                           numbers[1] if len(numbers) > 1 else None)
+                           numbers[1] if len(numbers) > 1 else None, values)
 
     @staticmethod
     def constraint_kinds(column) -> list:
