@@ -413,3 +413,16 @@ def test_an_old_mariadb_or_mysql_copies_the_table_to_add_a_column(version_text, 
     catalog = Catalog(True, version_numbers(version_text), version_text)
     found = RULES.risks("ALTER TABLE events ADD COLUMN kind VARCHAR(10);", PlanState(catalog))
     assert [r.rule for r in found] == (["algorithm_copy"] if copies else [])
+
+
+def test_a_long_pending_list_links_to_its_findings_instead_of_checking_them(tmp_path):
+    """More pending revisions than the overview checks by itself: a link to /lint, no
+    fetch (their SQL would take a while to generate)."""
+    from dashboard.services.findings import BADGE_LIMIT
+    from tests.history_factory import linear, make_project
+
+    ini = make_project(tmp_path / "project", linear(BADGE_LIMIT + 1))
+    client = client_for(ini, f"sqlite:///{tmp_path / 'empty.db'}", tmp_path / "instance")
+    page = client.get("/").get_data(as_text=True)
+    assert f"Check the {BADGE_LIMIT + 1} pending revisions for risks" in page
+    assert 'hx-get="/lint"' not in page

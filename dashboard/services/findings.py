@@ -12,6 +12,7 @@ assume the newest server.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 from dashboard.engines.risk import ERROR, INFO, SEVERITIES, Catalog, PlanState, Risk, TableFacts
 from dashboard.errors import Conflict, DashboardError
@@ -52,9 +53,16 @@ class Lint:
     sql_errors: dict | None = None  # revision -> why its SQL could not be generated
     note: str = ""
 
+    @cached_property
+    def _by_revision(self) -> dict[str | None, list[Finding]]:
+        found: dict[str | None, list[Finding]] = {}
+        for finding in self.findings:
+            found.setdefault(finding.revision, []).append(finding)
+        return found
+
     def of(self, revision: str, direction: str | None = None) -> list[Finding]:
-        return [f for f in self.findings if f.revision == revision
-                and (direction is None or f.direction == direction)]
+        return [f for f in self._by_revision.get(revision, ())
+                if direction is None or f.direction == direction]
 
     @property
     def errors(self) -> list[Finding]:
@@ -184,6 +192,20 @@ def pending_findings(target, sql: str = "now"):
     revisions = [p.revision for p in status.pending]
     return project, history, status, plan_findings(target, project, history, revisions,
                                                    sql=sql)
+
+
+# More pending revisions than this: the overview links to /lint instead of checking
+# them itself (their SQL takes a subprocess per batch to generate).
+BADGE_LIMIT = 50
+
+
+def overview_findings(target, project, history, status) -> Lint | None:
+    """The pending revisions' findings for the overview's badges, if their SQL is
+    already generated and they are few enough; None otherwise."""
+    if not status.pending or len(status.pending) > BADGE_LIMIT:
+        return None
+    return plan_findings(target, project, history, [p.revision for p in status.pending],
+                         sql="cached")
 
 
 def pending_json(status, lint: Lint) -> dict:

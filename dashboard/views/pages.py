@@ -20,10 +20,10 @@ def overview():
     dashboard = current_dashboard()
     project, history, status = dashboard.read_state(ask_env_py=True)
     recent = runs.list_runs(dashboard.instance_dir, limit=1)
-    lint = findings.plan_findings(dashboard, project, history,
-                                  [p.revision for p in status.pending], sql="cached")
     return render_template(
-        "overview.html", project=project, history=history, status=status, lint=lint,
+        "overview.html", project=project, history=history, status=status,
+        lint=findings.overview_findings(dashboard, project, history, status),
+        badge_limit=findings.BADGE_LIMIT,
         summaries=inspection.revision_summaries(history, status),
         run=recent[0] if recent else None,
         lock_holder=guard.lock_holder(dashboard.pinned(project)),
@@ -39,7 +39,8 @@ def lint_page():
     project, history, status, lint = findings.pending_findings(current_dashboard())
     fragment = bool(request.headers.get("HX-Request"))
     response = make_response(render_template("_pending.html" if fragment else "lint.html",
-                                             project=project, status=status, lint=lint))
+                                             project=project, status=status, lint=lint,
+                                             badge_limit=findings.BADGE_LIMIT))
     response.headers["Vary"] = "HX-Request"
     return response
 
