@@ -7,7 +7,7 @@ a restore when a step fails, and an entry in the same audit log. It reads
 the same DASHBOARD_* environment variables as the dashboard.
 
 Installed (``pip install .``), ``migration-dashboard`` gives the same verbs
-(``upgrade``, ``status``, ``pending``, ``history``: one implementation, two
+(``upgrade``, ``status``, ``pending``, ``history``, ``lint``: one implementation, two
 spellings) and ``serve``, the dashboard itself under waitress, as
 ``datasette serve`` does; ``migrate_db.py`` stays as the seed's shim.
 """
@@ -483,7 +483,7 @@ def run_verb(args: argparse.Namespace, environ: Mapping[str, str] | None,
 
 def migrate_db_main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None,
                     out: TextIO | None = None, err: TextIO | None = None) -> int:
-    """``python migrate_db.py [--check | --check-pending | --history] [--json] ...``"""
+    """``python migrate_db.py [--check | --check-pending | --history | --lint] [--json] ...``"""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.json and not (args.check or args.check_pending or args.history or args.lint):
@@ -505,7 +505,7 @@ def build_command_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="migration-dashboard",
         description="Inspect and run Alembic migrations safely: the web dashboard "
-                    "(serve) and the command line (upgrade, status, pending, history).",
+                    "(serve) and the command line (upgrade, status, pending, history, lint).",
         epilog=COMMAND_EXIT_CODES + CONFIGURATION.format(ini="PROJECT"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -152,6 +152,12 @@ def test_lint_exit_codes(sqlite_sample, tmp_path):
     import json
     body = json.loads(out)
     assert body["errors"] == 1 and body["findings"][0]["revision"] in ("ee02safe", "ee05drop")
+    from dashboard.cli import main
+
+    out = io.StringIO()
+    assert main(["lint", str(ini), "--url", url, "--instance-dir", str(instance), "--json"],
+                environ={}, out=out, err=io.StringIO()) == EXIT_FAILED
+    assert json.loads(out.getvalue())["pending"] == ["ee02safe", "ee05drop"]
 
 
 def test_lint_says_when_the_sql_cannot_be_generated(sqlite_sample, tmp_path):
