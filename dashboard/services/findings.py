@@ -224,10 +224,11 @@ def confirm_upgrade(target, project, history, status, destination: str,
                     confirmed: bool) -> None:
     """Raise RiskNotConfirmed when the planned upgrade has an `error` finding (data
     loss) and the request did not confirm it."""
+    from dashboard.services.guard import lock_holder
     from dashboard.services.planning import plan_for_status
 
-    if confirmed:
-        return
+    if confirmed or lock_holder(target.pinned(project)):
+        return  # another action runs: the guard refuses this one at once (409)
     try:
         plan = plan_for_status(history, status, "upgrade", destination)
     except DashboardError:
