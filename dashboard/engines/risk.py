@@ -168,6 +168,35 @@ class PlanState:
         self.columns.setdefault(table, {})
 
 
+# ------------------------------------------------------------------ data loss, on every engine
+
+def drop_table(statement: str, table: str) -> Risk:
+    return Risk("drop_table", ERROR, statement, "Drops {table}: its rows are gone with it.",
+                "Keep the table until no code uses it, and drop it in a later release "
+                "after a backup; or rename it first.", table=table)
+
+
+def drop_column(statement: str, table: str, column: str, how: str = "") -> Risk:
+    return Risk("drop_column", ERROR, statement,
+                f"Drops column `{column}` of {{table}}{how}: its values are gone.",
+                "Stop using the column first; drop it in a later release, after a backup.",
+                table=table, column=column)
+
+
+def truncate(statement: str, table: str) -> Risk:
+    return Risk("truncate", ERROR, statement, "Empties {table}: every row is deleted.",
+                "Keep the rows: copy them to an archive table first, or delete in batches "
+                "a later release can undo.", table=table)
+
+
+def narrowing(statement: str, table: str, column: str) -> Risk:
+    return Risk("narrowing_type", ERROR, statement,
+                f"Narrows column `{column}` of {{table}}: values that do not fit fail the "
+                "statement or are cut.",
+                "Check the longest value first; widen instead, or add a new column.",
+                table=table, column=column)
+
+
 def could_not_parse(statement: str, error: str) -> Risk:
     return Risk("could_not_parse", INFO, statement,
                 f"The parser could not read this statement ({error}), so no rule was "

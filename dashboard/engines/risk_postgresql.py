@@ -31,7 +31,11 @@ from dashboard.engines.risk import (
     column_type,
     compare_types,
     could_not_parse,
+    drop_column,
+    drop_table,
+    narrowing,
     short,
+    truncate,
 )
 
 # Functions whose value differs per row: a default calling one is written into every row.
@@ -90,10 +94,7 @@ def _statement(node, text: str, state: PlanState) -> list[Risk]:
     if isinstance(node, ast.DropStmt):
         return _with_timeout(_drop(node, text, state), state)
     if isinstance(node, ast.TruncateStmt):
-        return _with_timeout([Risk(
-            "truncate", ERROR, text, "Empties {table}: every row is deleted.",
-            "Keep the rows: copy them to an archive table first, or delete in batches "
-            "a later release can undo.", table=r.relname) for r in node.relations], state)
+        return _with_timeout([truncate(text, r.relname) for r in node.relations], state)
     if isinstance(node, (ast.VacuumStmt, ast.ClusterStmt)):
         return _rewrite(node, text, state)
     if isinstance(node, ast.ReindexStmt) and not _option(node.params, "concurrently"):
@@ -176,10 +177,7 @@ def _drop(node: ast.DropStmt, text: str, state: PlanState) -> list[Risk]:
     for names in node.objects or ():
         name = names[-1].sval if isinstance(names, tuple) else getattr(names, "sval", None)
         if node.removeType == ObjectType.OBJECT_TABLE and not state.ignored(name):
-            found.append(Risk("drop_table", ERROR, text,
-                              "Drops {table}: its rows are gone with it.",
-                              "Keep the table until no code uses it, and drop it in a later "
-                              "release after a backup; or rename it first.", table=name))
+            found.append(drop_table(text, name))
         elif node.removeType == ObjectType.OBJECT_INDEX and not node.concurrent:
             found.append(Risk("drop_index_not_concurrently", INFO, text,
                               f"Drops index {name} under an ACCESS EXCLUSIVE lock on its table.",
@@ -191,10 +189,7 @@ def _drop(node: ast.DropStmt, text: str, state: PlanState) -> list[Risk]:
 def _alter(cmd: ast.AlterTableCmd, table: str, text: str, state: PlanState) -> list[Risk]:
     kind = cmd.subtype
     if kind == AlterTableType.AT_DropColumn:
-        return [Risk("drop_column", ERROR, text,
-                     f"Drops column `{cmd.name}` of {{table}}: its values are gone.",
-                     "Stop using the column first; drop it in a later release, after a "
-                     "backup.", table=table, column=cmd.name)]
+        return [drop_column(text, table, cmd.name)]
     if kind == AlterTableType.AT_AddColumn:
         return _add_column(cmd.def_, table, text, state)
     if kind == AlterTableType.AT_AlterColumnType:
@@ -202,11 +197,7 @@ def _alter(cmd: ast.AlterTableCmd, table: str, text: str, state: PlanState) -> l
         change = compare_types(state.old_type(table, cmd.name), new)
         state.declare(table, cmd.name, new)
         if change == NARROWER:
-            return [Risk("narrowing_type", ERROR, text,
-                         f"Narrows column `{cmd.name}` of {{table}}: values that do not fit "
-                         "fail the statement or are cut.",
-                         "Check the longest value first; widen instead, or add a new column.",
-                         table=table)]
+            return [narrowing(text, table, cmd.name)]
         if change == WIDER and new.family in ("string", "numeric"):
             return []  # metadata only (varchar widened, to text, precision widened)
         return [Risk("type_rewrite", WARNING, text,

@@ -21,16 +21,17 @@ from dashboard.engines.risk import (
     column_type,
     compare_types,
     could_not_parse,
+    drop_column,
+    drop_table,
+    narrowing,
     short,
+    truncate,
 )
 
 # sqlglot logs each statement it falls back to reading as an opaque Command: we say so
 # in a finding instead.
 logging.getLogger("sqlglot").setLevel(logging.ERROR)
 
-DROP_TABLE_SAFER = ("Keep the table until no code uses it, and drop it in a later release "
-                    "after a backup; or rename it first.")
-DROP_COLUMN_SAFER = "Stop using the column first; drop it in a later release, after a backup."
 
 
 class SqlglotRules:
@@ -84,12 +85,10 @@ class SqlglotRules:
                 return []
             return self.create_index(tree, name, text, state)
         if isinstance(tree, exp.Drop) and tree.kind == "TABLE":
-            return [self.drop_table(t.name, text, state) for t in tree.args.get("tables") or ()
+            return [drop_table(text, t.name) for t in tree.args.get("tables") or ()
                     if not state.ignored(t.name)]
         if isinstance(tree, exp.TruncateTable):
-            return [Risk("truncate", ERROR, text, "Empties {table}: every row is deleted.",
-                         "Keep the rows: copy them to an archive table first.", table=t.name)
-                    for t in tree.expressions]
+            return [truncate(text, t.name) for t in tree.expressions]
         if isinstance(tree, exp.Alter) and tree.args.get("kind") == "TABLE":
             table = tree.this.name
             if state.ignored(table):
@@ -112,16 +111,9 @@ class SqlglotRules:
     def create_index(self, tree, table: str, text: str, state: PlanState) -> list[Risk]:
         return []
 
-    def drop_table(self, table: str, text: str, state: PlanState) -> Risk:
-        return Risk("drop_table", ERROR, text, "Drops {table}: its rows are gone with it.",
-                    DROP_TABLE_SAFER, table=table)
-
     def alter(self, action, table: str, text: str, state: PlanState) -> list[Risk]:
         if isinstance(action, exp.Drop) and action.args.get("kind") == "COLUMN":
-            return [Risk("drop_column", ERROR, text,
-                         f"Drops column `{c.name}` of {{table}}: its values are gone.",
-                         DROP_COLUMN_SAFER, table=table, column=c.name)
-                    for c in action.args.get("tables") or ()]
+            return [drop_column(text, table, c.name) for c in action.args.get("tables") or ()]
         if isinstance(action, exp.ColumnDef):
             state.declare(table, action.name, self.type_of(action.args.get("kind")))
             return self.add_column(action, table, text, state)
@@ -133,11 +125,7 @@ class SqlglotRules:
             state.declare(table, column.name, new)
             change = compare_types(old, new) if new else None
             if change == NARROWER:
-                return [Risk("narrowing_type", ERROR, text,
-                             f"Narrows column `{column.name}` of {{table}}: values that do not "
-                             "fit fail the statement or are cut.",
-                             "Check the longest value first; widen instead, or add a new "
-                             "column.", table=table)]
+                return [narrowing(text, table, column.name)]
             return self.modify_column(action, change, table, text, state)
         if isinstance(action, exp.AddConstraint):
             return self.add_constraint(action, table, text, state)

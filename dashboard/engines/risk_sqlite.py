@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from sqlglot import exp
 
-from dashboard.engines.risk import ERROR, INFO, WARNING, PlanState, Risk
-from dashboard.engines.risk_sqlglot import DROP_COLUMN_SAFER, SqlglotRules
+from dashboard.engines.risk import INFO, WARNING, PlanState, Risk, drop_column, drop_table
+from dashboard.engines.risk_sqlglot import SqlglotRules
 
 BATCH_PREFIX = "_alembic_tmp_"
 
@@ -38,17 +38,14 @@ class SqliteRules(SqlglotRules):
             "Keep it to small tables, or run it in a maintenance window; several changes "
             "to one table belong in one `batch_alter_table` block (one copy).",
             table=table, needs_rows=True)]
-        found += [Risk("drop_column", ERROR, text,
-                       f"Drops column `{column}` of {{table}} (the rebuilt table has no such "
-                       "column): its values are gone.", DROP_COLUMN_SAFER, table=table,
-                       column=column)
+        found += [drop_column(text, table, column, " (the rebuilt table has no such column)")
                   for column in sorted(before - set(kept))]
         return found
 
     def statement(self, tree, text, state: PlanState):
         if isinstance(tree, exp.Drop) and tree.kind == "TABLE":
             # The original of a batch rebuild: its copy takes its place.
-            return [self.drop_table(t.name, text, state) for t in tree.args.get("tables") or ()
+            return [drop_table(text, t.name) for t in tree.args.get("tables") or ()
                     if not state.ignored(t.name) and t.name not in state.copies]
         if isinstance(tree, exp.Alter) and tree.this.name.startswith(BATCH_PREFIX):
             state.copies.discard(tree.this.name[len(BATCH_PREFIX):])
