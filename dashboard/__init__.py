@@ -69,16 +69,9 @@ def create_app(test_config: dict | None = None) -> Flask:
 
     app.jinja_env.globals["now"] = time.time
 
-    @app.template_global()
-    def preview_url(action: str, destination: str, **query: str) -> str:
-        """The confirmation page of an action. Its revision travels as the query's
-        ``target`` by hand: ``url_for(..., target=...)`` names the dashboard's target."""
-        from urllib.parse import urlencode
+    from dashboard.views import preview_url
 
-        from flask import url_for
-
-        return url_for("actions.preview") + "?" + urlencode(
-            {"action": action, "target": destination, **query})
+    app.add_template_global(preview_url)
 
     @app.context_processor
     def target_context():

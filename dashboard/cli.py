@@ -7,7 +7,7 @@ a restore when a step fails, and an entry in the same audit log. It reads
 the same DASHBOARD_* environment variables as the dashboard.
 
 Installed (``pip install .``), ``migration-dashboard`` gives the same verbs
-(``upgrade``, ``status``, ``pending``, ``history``: one implementation, two
+(``upgrade``, ``status``, ``pending``, ``history``, ``lint``: one implementation, two
 spellings) and ``serve``, the dashboard itself under waitress, as
 ``datasette serve`` does; ``migrate_db.py`` stays as the seed's shim.
 """
@@ -30,7 +30,7 @@ from dashboard import create_app
 from dashboard.automigrate import dashboard_for, settings_for
 from dashboard.core import Target
 from dashboard.errors import DashboardError
-from dashboard.services import backups, guard, inspection, planning, rehearsal, runs
+from dashboard.services import backups, findings, guard, inspection, planning, rehearsal, runs
 from dashboard.services.audit import current_user
 from dashboard.services.locking import LockHeld
 from dashboard.services.status import (
@@ -46,6 +46,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1  # a migration failed, or --check-pending found something to apply
 EXIT_ERROR = 2  # usage or configuration: missing ini, unreachable database...
 EXIT_LOCKED = 3  # another migration is running on this database
+EXIT_NO_SQL = 4  # --lint: a pending revision's SQL could not be generated
 
 POLL_SECONDS = 0.2
 
@@ -54,10 +55,13 @@ exit codes:
   {EXIT_OK}  success; the database is up to date ({{check}}: the state could be read)
   {EXIT_FAILED}  the migration failed (the output says how the database was put back,
      or what state it is in); {{pending}}: revisions are pending or the database
-     is uninitialized; {{rehearse}}: the rehearsal on a copy failed
+     is uninitialized; {{rehearse}}: the rehearsal on a copy failed; {{lint}}: a
+     pending revision has an error finding (data loss)
   {EXIT_ERROR}  usage or configuration error: alembic.ini missing, database unreachable,
      database at a revision no script defines
   {EXIT_LOCKED}  another migration is already running on this database
+  {EXIT_NO_SQL}  {{lint}}: a pending revision's SQL could not be generated, so it
+     could not be checked (1 still wins: an error finding in another revision)
 """
 
 CONFIGURATION = """
@@ -72,9 +76,11 @@ A password in --url is visible to every user of this machine in the process
 list (ps) and may land in your shell history: prefer DASHBOARD_DATABASE_URL.
 """
 
-EPILOG = (EXIT_CODES.format(check="--check", pending="--check-pending", rehearse="--rehearse")
+EPILOG = (EXIT_CODES.format(check="--check", pending="--check-pending", rehearse="--rehearse",
+                              lint="--lint")
           + CONFIGURATION.format(ini="--ini"))
-COMMAND_EXIT_CODES = EXIT_CODES.format(check="status", pending="pending", rehearse="rehearse")
+COMMAND_EXIT_CODES = EXIT_CODES.format(check="status", pending="pending", rehearse="rehearse",
+                                       lint="lint")
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5000
@@ -98,6 +104,8 @@ VERBS = (
     Verb("rehearse", "rehearse",
          "run the pending upgrade on a scratch copy of the database made from a fresh "
          "backup, never on the database; exit 1 if it fails (for CI)"),
+    Verb("lint", "lint", "check the pending revisions' SQL for risks (locks, rewrites, data "
+                         "loss); exit 1 if one has an error finding (for CI)"),
 )
 ROUNDTRIP_HELP = "with rehearse: also downgrade the same steps and upgrade again, and " \
                  "fail if the schema then differs"
@@ -158,7 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
         if verb.flag:
             mode.add_argument(f"--{verb.flag.replace('_', '-')}", action="store_true",
                               help=verb.help)
-    add_json_option(parser, what="with --check, --check-pending, --history or --rehearse: ")
+    add_json_option(parser, what="with --check, --check-pending, --history, --lint or "
+                                  "--rehearse: ")
     parser.add_argument("--roundtrip", action="store_true", help=ROUNDTRIP_HELP)
     add_target_options(parser, project_argument=False)
     return parser
@@ -256,6 +265,40 @@ def report_history(history, status: MigrationStatus, writer: MessageWriter) -> i
         writer.say(f"{line}, {summary.message}")
     _warn_unreadable(history, writer)
     return EXIT_OK
+
+
+def report_lint(args: argparse.Namespace, dashboard: Target, writer: MessageWriter) -> int:
+    """The pending upgrade's risk findings (GET /api/lint's JSON with --json)."""
+    _, _, status, lint = findings.pending_findings(dashboard)
+    if status.state == UNKNOWN_REVISION or (status.state == UNREACHABLE
+                                            and not status.pending):
+        writer.warn(status.explanation)  # which revisions are pending is not known
+        return EXIT_ERROR
+    code = (EXIT_FAILED if lint.errors else EXIT_NO_SQL if lint.sql_errors else EXIT_OK)
+    if args.json:
+        writer.say(json.dumps(findings.pending_json(status, lint), indent=2))
+        return code
+    if not status.pending:
+        writer.say("No pending revisions: nothing to check.")
+        return EXIT_OK
+    if lint.note:
+        writer.warn(lint.note)
+    for pending in status.pending:
+        error = (lint.sql_errors or {}).get(pending.revision)
+        shown = [f for f in lint.of(pending.revision) if f.severity != "info"]
+        writer.say(f"{pending.revision}  {pending.message}")
+        if error:
+            writer.warn(f"  its SQL could not be generated, so it was not checked: {error}")
+        for found in shown:
+            writer.say(f"  {found.severity.upper()} {found.rule}: {found.message}")
+            if found.safer:
+                writer.say(f"    safer: {found.safer}")
+        if not shown and not error:
+            writer.say("  no findings above info")
+    writer.say(f"{len(lint.errors)} error(s), "
+               f"{sum(f.severity == 'warning' for f in lint.findings)} warning(s) in "
+               f"{len(status.pending)} pending revision(s).")
+    return code
 
 
 # ------------------------------------------------------------------ upgrading
@@ -461,6 +504,8 @@ def run_verb(args: argparse.Namespace, environ: Mapping[str, str] | None,
     try:
         if dashboard.ensure_sample_database():
             writer.warn("Created the sample database with demo rows (DASHBOARD_SEED_SAMPLE).")
+        if args.lint:
+            return report_lint(args, dashboard, writer)
         if args.check or args.check_pending or args.history:
             return report(args, dashboard, writer)
         if args.rehearse:
@@ -487,11 +532,13 @@ def run_verb(args: argparse.Namespace, environ: Mapping[str, str] | None,
 
 def migrate_db_main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None,
                     out: TextIO | None = None, err: TextIO | None = None) -> int:
-    """``python migrate_db.py [--check | --check-pending | --history] [--json] ...``"""
+    """``python migrate_db.py [--check | --check-pending | --history | --lint] [--json] ...``"""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.json and not (args.check or args.check_pending or args.history or args.rehearse):
-        parser.error("--json goes with --check, --check-pending, --history or --rehearse")
+    if args.json and not (args.check or args.check_pending or args.history or args.lint
+                          or args.rehearse):
+        parser.error("--json goes with --check, --check-pending, --history, --lint or "
+                     "--rehearse")
     if args.roundtrip and not args.rehearse:
         parser.error("--roundtrip goes with --rehearse")
     return run_verb(args, environ, MessageWriter(out or sys.stdout, err or sys.stderr))
@@ -511,7 +558,7 @@ def build_command_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="migration-dashboard",
         description="Inspect and run Alembic migrations safely: the web dashboard "
-                    "(serve) and the command line (upgrade, status, pending, history).",
+                    "(serve) and the command line (upgrade, status, pending, history, lint).",
         epilog=COMMAND_EXIT_CODES + CONFIGURATION.format(ini="PROJECT"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -218,6 +218,7 @@ class Target:
         """One revision's page data, as the pages and API show it, with its offline
         SQL: generated now (``sql="now"``), or only if already generated ("cached":
         ``detail.sql`` is None otherwise, for the page to fetch it in a fragment)."""
+        from dashboard.services.findings import revision_findings
         from dashboard.services.inspection import revision_detail
         from dashboard.services.revisions import resolve_revision
 
@@ -225,7 +226,8 @@ class Target:
         script = resolve_revision(history, revision_id)
         offline = (self.offline_sql(project, script) if sql == "now"
                    else self.cached_offline_sql(project, script))
-        detail = revision_detail(project, history, script, status, offline)
+        findings = revision_findings(project, script.revision, offline) if offline else None
+        detail = revision_detail(project, history, script, status, offline, findings)
         return project, status, detail
 
     def reap_interrupted_runs(self) -> list[str]:
@@ -262,8 +264,22 @@ class Target:
 
     def upgrade_sql(self, project: Project, revisions) -> dict[str, alembic_process.StepSql]:
         """Each revision's upgrade SQL: what is not cached comes from one subprocess."""
-        found = self._step_sql(project, revisions, ("up",))
-        return {r.revision: found[r.revision, "up"] for r in revisions}
+        return self.step_sql(project, revisions, "upgrade")
+
+    def step_sql(self, project: Project, revisions, direction: str
+                 ) -> dict[str, alembic_process.StepSql]:
+        """Each revision's SQL in one direction ("upgrade" or "downgrade"): what is not
+        cached comes from one subprocess."""
+        short = direction[:-len("grade")]
+        found = self._step_sql(project, revisions, (short,))
+        return {r.revision: found[r.revision, short] for r in revisions}
+
+    def cached_step_sql(self, project: Project, revisions, direction: str
+                        ) -> dict[str, alembic_process.StepSql] | None:
+        """Each revision's SQL in one direction if all are cached, else None."""
+        keys = self._sql_keys(project, revisions, (direction[:-len("grade")],))
+        found = {pair[0]: self._sql_cache.get(key) for pair, key in keys.items()}
+        return None if any(step is None for step in found.values()) else found
 
     def cached_offline_sql(self, project: Project, revision) -> alembic_process.OfflineSql | None:
         """Offline SQL of one revision if both directions are cached, else None."""
@@ -277,14 +293,11 @@ class Target:
     def cached_downgrade_sql(self, project: Project, revisions
                              ) -> dict[str, alembic_process.StepSql] | None:
         """Each revision's downgrade SQL if all are cached, else None."""
-        keys = self._sql_keys(project, revisions, ("down",))
-        found = {pair[0]: self._sql_cache.get(key) for pair, key in keys.items()}
-        return None if any(step is None for step in found.values()) else found
+        return self.cached_step_sql(project, revisions, "downgrade")
 
     def downgrade_sql(self, project: Project, revisions) -> dict[str, alembic_process.StepSql]:
         """Each revision's downgrade SQL: what is not cached comes from one subprocess."""
-        found = self._step_sql(project, revisions, ("down",))
-        return {r.revision: found[r.revision, "down"] for r in revisions}
+        return self.step_sql(project, revisions, "downgrade")
 
     def _step_sql(self, project: Project, revisions, directions: tuple[str, ...]
                   ) -> dict[tuple[str, str], alembic_process.StepSql]:

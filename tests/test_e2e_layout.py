@@ -15,6 +15,7 @@ import os
 import pytest
 
 from tests.e2e_server import CHROMIUM, launch_chromium, running_dashboard, wait_for_run
+from tests.test_findings import add_revision
 
 try:
     from axe_playwright_python.sync_playwright import Axe
@@ -36,7 +37,8 @@ SCREENS = {"desktop": {"width": 1280, "height": 800}, "phone": {"width": 390, "h
 
 @pytest.fixture(scope="module")
 def walked(tmp_path_factory):
-    """One dashboard with a finished run and a backup; every page's width on both screens."""
+    """One dashboard with a finished run and a backup, then a pending revision with
+    risk findings; every page's width on both screens."""
     if MISSING:
         pytest.fail(f"CI=true, so browser tests may not be skipped: {MISSING}")
     workdir = tmp_path_factory.mktemp("layout")
@@ -56,13 +58,19 @@ def walked(tmp_path_factory):
         page.wait_for_url("**/runs/*")
         wait_for_run(page)
         run_url = page.url
+        # A pending revision with findings: badges, /lint and the typed confirmation.
+        add_revision(workdir / "project" / "alembic.ini", "ee99risky",
+                     'op.drop_table("chat_session_documents")\n'
+                     'op.add_column("users", sa.Column("age", sa.Integer(), nullable=False))')
         page.goto(server.url + "/history")
         revision_url = page.locator("a[href*='/revisions/']").first.get_attribute("href")
         page.close()
         pages = {"overview": "/", "history": "/history", "revision": revision_url,
                  "runs": "/runs", "run": run_url, "backups": "/backups", "audit": "/audit",
                  "preview": "/actions/preview?action=downgrade&target=base",
-                 "rehearsal": rehearsal_url}
+                 "rehearsal": rehearsal_url,
+                 "preview-upgrade": "/actions/preview?action=upgrade&target=heads&sql=now",
+                 "lint": "/lint"}
         for screen, viewport in SCREENS.items():
             page = browser.new_page(viewport=viewport, color_scheme="dark" if "dark" in screen
                                     else "light")
@@ -96,7 +104,8 @@ def walked(tmp_path_factory):
 
 @pytest.mark.parametrize("screen", SCREENS)
 @pytest.mark.parametrize("name", ["overview", "history", "revision", "runs", "run",
-                                  "backups", "audit", "preview", "rehearsal"])
+                                  "backups", "audit", "preview", "rehearsal",
+                                  "preview-upgrade", "lint"])
 def test_no_page_is_wider_than_the_screen(walked, screen, name):
     seen = walked[screen, name]
     assert seen["width"] <= SCREENS[screen]["width"], (
@@ -110,7 +119,8 @@ def test_no_page_is_wider_than_the_screen(walked, screen, name):
 
 @pytest.mark.parametrize("screen", SCREENS)
 @pytest.mark.parametrize("name", ["overview", "history", "revision", "runs", "run",
-                                  "backups", "audit", "preview", "rehearsal"])
+                                  "backups", "audit", "preview", "rehearsal",
+                                  "preview-upgrade", "lint"])
 def test_no_serious_accessibility_violations(walked, screen, name):
     """axe-core (the engine of Lighthouse's and Deque's checks) finds nothing
     serious or critical on any page, and headings are in order."""

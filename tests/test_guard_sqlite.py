@@ -39,12 +39,15 @@ STEP_TWO = "9a1d00000002"  # sleeps, creates table step_two (or fails)
 
 def write_revision(ini: Path, revision: str, parent: str, *, table: str | None = None,
                    sleep: float = 0.0, fail: bool = False) -> Path:
-    """A revision file in the scratch project: creates ``table``, sleeps, then may fail."""
+    """A revision file in the scratch project: creates ``table``, sleeps (when run, not
+    in offline mode), then may fail."""
     body = []
     if table:
         body.append(f'op.create_table("{table}", sa.Column("id", sa.Integer, primary_key=True))')
     if sleep:
-        body.append(f"time.sleep({sleep})")
+        # Like a long statement: slow when it runs, not when its SQL is only written
+        # out (the risk findings generate every pending revision's SQL offline first).
+        body.append(f"if not op.get_context().as_sql:\n        time.sleep({sleep})")
     if fail:
         body.append('raise RuntimeError("this revision fails on purpose")')
     body = body or ["pass"]

@@ -21,6 +21,7 @@ from sqlalchemy import create_engine
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.pool import NullPool
 
+from dashboard.engines.risk import Catalog, ColumnType, TableFacts, column_type
 from dashboard.errors import BackupError
 from dashboard.redact import scrub
 
@@ -237,6 +238,106 @@ class DatabaseEngine:
     def lock_holder(self, project: Project) -> str | None:
         """Who holds the database's own lock now, without taking it; None when free."""
         return None
+
+    # ---------------------------------------------------------- risk findings
+
+    def risk_rules(self):
+        """This engine's rules over its offline SQL (``risk_*`` modules beside this
+        one), or None where the dashboard knows none."""
+        return None
+
+    @contextmanager
+    def catalog(self, project: Project) -> Iterator[Catalog]:
+        """The live database as the risk rules see it, read-only while the block
+        runs: the server's version, and each table's rows (an estimate; exact when
+        small), size and column types, read when first asked for. An unreachable
+        database gives ``reachable=False`` and the reason in ``note``."""
+        from sqlalchemy import inspect
+
+        engine = None
+        try:
+            engine = self.open_engine(project.database_url)
+            conn = engine.connect()
+        except Exception as exc:
+            if engine is not None:
+                engine.dispose()
+            yield Catalog(False, note=_reason(exc, project.database_url))
+            return
+        try:
+            try:
+                version_text, version = self.server_version(conn)
+                inspector = inspect(conn)
+                existing = set(inspector.get_table_names())
+            except Exception as exc:
+                found = Catalog(False, note=_reason(exc, project.database_url))
+            else:
+                def load(table: str) -> TableFacts | None:
+                    if table not in existing:
+                        return None
+                    try:
+                        rows, size = self.table_sizes(conn, [table]).get(table, (None, None))
+                        columns = {c["name"]: column_type_of(c["type"])
+                                   for c in inspector.get_columns(table)}
+                    except Exception:
+                        conn.rollback()  # PostgreSQL: the failed statement ended the transaction
+                        return TableFacts(None, None)
+                    return TableFacts(rows, size, columns)
+
+                found = Catalog(True, version, version_text, load=load)
+            yield found
+        finally:
+            conn.close()
+            engine.dispose()
+
+    def server_version(self, conn) -> tuple[str, tuple[int, ...] | None]:
+        """(as the server says it, as numbers) for the version-aware rules."""
+        return "", None
+
+    def table_sizes(self, conn, tables: list[str]) -> dict[str, tuple[int | None, int | None]]:
+        """Each table's (rows, bytes): from the catalog, counted when small."""
+        return {table: (bounded_count(conn, table), None) for table in tables}
+
+
+COUNT_LIMIT = 100_000  # a count stops here: above it the catalog's estimate is enough
+
+
+def bounded_count(conn, table: str, limit: int = COUNT_LIMIT) -> int | None:
+    """How many rows ``table`` has, counting at most ``limit`` + 1 of them."""
+    from sqlalchemy import func, literal_column, select
+    from sqlalchemy import table as table_clause
+
+    inner = select(literal_column("1")).select_from(table_clause(table)).limit(limit + 1)
+    return int(conn.execute(select(func.count()).select_from(inner.subquery())).scalar_one())
+
+
+def column_type_of(sa_type) -> ColumnType:
+    """A SQLAlchemy (reflected) type as the risk rules compare types."""
+    name = str(getattr(sa_type, "__visit_name__", "")).lower()
+    name = {"small_integer": "smallint", "big_integer": "bigint", "string": "varchar",
+            "unicode": "varchar", "unicode_text": "text"}.get(name, name)
+    kind = column_type(name, values=tuple(getattr(sa_type, "enums", ()) or ()))
+    if kind.family == "string":
+        return column_type(name, getattr(sa_type, "length", None))
+    if kind.family == "numeric":
+        return column_type(name, getattr(sa_type, "precision", None),
+                           getattr(sa_type, "scale", None))
+    return kind
+
+
+def version_numbers(text: str) -> tuple[int, ...] | None:
+    """(10, 11, 6) from "10.11.6-MariaDB"; None when it does not start with a number."""
+    numbers = []
+    for part in text.split("-", 1)[0].split(".")[:3]:
+        digits = "".join(ch for ch in part if ch.isdigit())
+        if not digits or digits != part.strip():
+            break
+        numbers.append(int(digits))
+    return tuple(numbers) or None
+
+
+def _reason(exc: BaseException, url: str) -> str:
+    message = getattr(exc, "orig", None) or exc
+    return scrub(f"{type(message).__name__}: {message}", url)
 
 
 def mask_url_for_identity(url: str) -> str:

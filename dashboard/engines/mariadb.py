@@ -17,7 +17,7 @@ from sqlalchemy import bindparam, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from dashboard.engines import servers
-from dashboard.engines.base import NOT_RUN, CountedAtSwap, FileCheck
+from dashboard.engines.base import NOT_RUN, CountedAtSwap, FileCheck, bounded_count, version_numbers
 from dashboard.engines.servers import ServerAddress, ServerEngine
 from dashboard.errors import BackupError
 
@@ -311,6 +311,33 @@ class MariaDbEngine(ServerEngine):
         return f"held by connection {row[0]} of {row[1]}@{row[2]} for {row[3]} s"
 
     # ------------------------------------------------------------ scratch
+
+    def risk_rules(self):
+        from dashboard.engines import risk_mariadb
+
+        return risk_mariadb.RULES
+
+    def server_version(self, conn):
+        shown = str(conn.execute(text("SELECT VERSION()")).scalar_one())
+        return shown, version_numbers(shown)
+
+    def table_sizes(self, conn, tables):
+        """information_schema.TABLES (InnoDB's TABLE_ROWS is an estimate that lags
+        behind small tables: those are counted, up to a limit)."""
+        if not tables:
+            return {}
+        rows = conn.execute(text(
+            "SELECT TABLE_NAME, TABLE_ROWS, DATA_LENGTH + INDEX_LENGTH FROM "
+            "information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME IN "
+            ":names").bindparams(bindparam("names", expanding=True)),
+            {"names": list(tables)}).all()
+        found = {}
+        for name, estimate, size in rows:
+            counted = bounded_count(conn, name) if estimate is None or estimate < 1000 \
+                else None
+            found[name] = (counted if counted is not None else int(estimate),
+                           None if size is None else int(size))
+        return found
 
     def create_scratch(self, conn, name: str) -> None:
         quote = conn.dialect.identifier_preparer.quote_identifier

@@ -19,7 +19,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from dashboard.engines import servers
-from dashboard.engines.base import NOT_RUN, CountedAtSwap, FileCheck
+from dashboard.engines.base import NOT_RUN, CountedAtSwap, FileCheck, bounded_count, version_numbers
 from dashboard.engines.servers import ServerAddress, ServerEngine, Tool, sql_literal
 from dashboard.errors import BackupError
 
@@ -513,6 +513,32 @@ class PostgresEngine(ServerEngine):
         return _tally(marks["rows"], _counts_said(said), touched)
 
     # ------------------------------------------------------------ scratch
+
+    def risk_rules(self):
+        from dashboard.engines import risk_postgresql
+
+        return risk_postgresql.RULES
+
+    def server_version(self, conn):
+        shown = str(conn.execute(text("SHOW server_version")).scalar_one())
+        return shown, version_numbers(shown)
+
+    def table_sizes(self, conn, tables):
+        """pg_class.reltuples (-1 until the table is first analysed: then counted, up to
+        a limit) and pg_total_relation_size, for tables on the search path."""
+        if not tables:
+            return {}
+        rows = conn.execute(text(
+            "SELECT c.relname, c.reltuples, pg_total_relation_size(c.oid) FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p') "
+            "AND n.nspname = ANY (current_schemas(false)) AND c.relname = ANY (:names)"),
+            {"names": list(tables)}).all()
+        found = {}
+        for name, estimate, size in rows:
+            counted = bounded_count(conn, name) if estimate is None or estimate < 1000 \
+                else None
+            found[name] = (counted if counted is not None else int(estimate), int(size))
+        return found
 
     def create_scratch(self, conn, name: str) -> None:
         # Like the source, from template0 so nothing in template1 gets in the way.

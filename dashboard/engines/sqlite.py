@@ -29,8 +29,10 @@ from dashboard.engines.base import (
     DatabaseEngine,
     DatabaseUnreachable,
     FileCheck,
+    bounded_count,
     describe_failure,
     remove_files,
+    version_numbers,
 )
 from dashboard.errors import BackupError
 
@@ -173,6 +175,32 @@ class SqliteEngine(DatabaseEngine):
                                             check_same_thread=False),
             poolclass=NullPool,
         )
+
+    def risk_rules(self):
+        from dashboard.engines import risk_sqlite
+
+        return risk_sqlite.RULES
+
+    def server_version(self, conn):
+        from sqlalchemy import text
+
+        shown = str(conn.execute(text("SELECT sqlite_version()")).scalar_one())
+        return shown, version_numbers(shown)
+
+    def table_sizes(self, conn, tables):
+        """Rows counted (up to a limit: SQLite keeps no estimate); bytes from the
+        dbstat table where this SQLite has it."""
+        from sqlalchemy import text
+
+        found = {}
+        for table in tables:
+            try:
+                size = conn.execute(text("SELECT SUM(pgsize) FROM dbstat WHERE name = :t"),
+                                    {"t": table}).scalar()
+            except Exception:  # built without SQLITE_ENABLE_DBSTAT_VTAB
+                size = None
+            found[table] = (bounded_count(conn, table), None if size is None else int(size))
+        return found
 
     def preflight(self, project: Project) -> None:
         _sqlite_path(project)

@@ -64,6 +64,7 @@ class RevisionDetail:
     downgrade_source: str
     sql: OfflineSql
     dialect: str
+    findings: object = None  # findings.Lint of both directions, with the SQL
 
     def as_json(self) -> dict:
         data = self.summary.as_json()
@@ -81,6 +82,9 @@ class RevisionDetail:
             upgrade_sql_error=self.sql.upgrade_error,
             downgrade_sql_error=self.sql.downgrade_error,
         )
+        if self.findings is not None:
+            data["findings"] = [f.as_json() for f in self.findings.findings]
+            data["findings_note"] = self.findings.note
         return data
 
 
@@ -148,7 +152,8 @@ def function_source(source: str, name: str) -> str:
 
 
 def revision_detail(project: Project, history: History, revision: ScriptRevision,
-                    status: MigrationStatus | None, sql: OfflineSql) -> RevisionDetail:
+                    status: MigrationStatus | None, sql: OfflineSql,
+                    findings=None) -> RevisionDetail:
     try:
         with open(revision.path, encoding="utf-8") as handle:
             source = handle.read()
@@ -165,6 +170,7 @@ def revision_detail(project: Project, history: History, revision: ScriptRevision
         downgrade_source=function_source(source, "downgrade"),
         sql=sql,
         dialect=project.dialect,
+        findings=findings,
     )
 
 

@@ -89,6 +89,14 @@ def plan_action(history: History, current: tuple[str, ...], action: str, destina
     return ActionPlan(action, target, tuple(current), steps, purge)
 
 
+def plan_for_status(history: History, status, action: str, destination: str) -> ActionPlan:
+    """``plan_action`` from a status as read: a database an upgrade would create
+    (``status.creatable``) is planned from base."""
+    if status.creatable and action == "upgrade":
+        return plan_action(history, (), action, destination)
+    return plan_action(history, tuple(status.current), action, destination, status.state)
+
+
 def resulting_revisions(history: History, plan: ActionPlan) -> tuple[str, ...]:
     """Where the database will be after the plan, for the confirmation page:
     the heads of what is applied then."""

@@ -40,6 +40,17 @@ def init_target_urls(bp: Blueprint) -> None:
             values["target"] = name
 
 
+def preview_url(action: str, destination: str, **query: str) -> str:
+    """The confirmation page of an action. Its revision travels as the query's
+    ``target`` by hand: ``url_for(..., target=...)`` names the dashboard's target."""
+    from urllib.parse import urlencode
+
+    from flask import url_for
+
+    return url_for("actions.preview") + "?" + urlencode(
+        {"action": action, "target": destination, **query})
+
+
 def registry() -> Registry:
     return current_app.extensions["dashboard_registry"]
 

@@ -14,7 +14,7 @@ from flask import (
 )
 
 from dashboard.errors import BadRequest, DashboardError, NotFound
-from dashboard.services import audit, backups, guard, rehearsal, runs
+from dashboard.services import audit, backups, findings, guard, rehearsal, runs
 from dashboard.services.audit import current_user
 from dashboard.services.impact import preview_action
 from dashboard.services.inspection import revision_files, revision_messages
@@ -24,6 +24,7 @@ from dashboard.views import (
     backups_listing,
     current_dashboard,
     init_target_urls,
+    preview_url,
     runs_listing,
 )
 
@@ -51,18 +52,31 @@ def preview():
         raise BadRequest("'sql' must be 'now' or 'cached'.")
     fragment = bool(request.headers.get("HX-Request")) and wanted == "now"
     project, history, status = dashboard.read_state()
-    plan, drops, sql_errors, after = preview_action(dashboard, project, history, status,
-                                                    action, target, sql=wanted)
+    preview = preview_action(dashboard, project, history, status, action, target, sql=wanted)
     return render_template("_preview_plan.html" if fragment else "preview.html",
-                           project=project, status=status, plan=plan, drops=drops,
-                           sql_errors=sql_errors, history=history, after=after)
+                           project=project, status=status, preview=preview,
+                           plan=preview.plan, history=history, after=preview.after,
+                           confirm_word=findings.CONFIRM_WORD)
 
 
 @bp.post("/actions")
 def start():
+    """Start an action. An upgrade with an `error` finding (data loss) runs only when
+    the form carries the typed confirmation; otherwise its confirmation page is shown."""
     dashboard = current_dashboard()
     action, target = _form_value("action"), _form_value("target")
     project, history, status = dashboard.read_state()
+    if action == "upgrade":
+        typed = request.form.get("confirm_risk", "").strip().lower()
+        try:
+            findings.confirm_upgrade(dashboard, project, history, status, target,
+                                     typed == findings.CONFIRM_WORD)
+        except findings.RiskNotConfirmed as exc:
+            if typed:
+                flash(f"Type '{findings.CONFIRM_WORD}' to confirm.", "bad")
+            else:
+                flash(exc.message, "bad")
+            return redirect(preview_url("upgrade", target, sql="now"), code=303)
     run = guard.start_action(dashboard.pinned(project), history, status.state,
                                   action, target, current_user())
     return redirect(url_for("actions.run_page", run_id=run.id), code=303)

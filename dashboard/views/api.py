@@ -9,7 +9,7 @@ from werkzeug.exceptions import Forbidden, UnsupportedMediaType
 
 from dashboard import security
 from dashboard.errors import BadRequest, NotFound
-from dashboard.services import audit, backups, guard, inspection, rehearsal, runs
+from dashboard.services import audit, backups, findings, guard, inspection, rehearsal, runs
 from dashboard.services.audit import current_user
 from dashboard.views import (
     TargetBlueprint,
@@ -61,6 +61,13 @@ def revisions():
     return jsonify(
         {"revisions": [s.as_json() for s in inspection.revision_summaries(history, state)]}
     )
+
+
+@bp.get("/lint")
+def lint():
+    """The findings of the target's pending upgrade, each with its revision."""
+    _, _, status, found = findings.pending_findings(current_dashboard())
+    return jsonify(findings.pending_json(status, found))
 
 
 @bp.get("/revisions/<path:revision_id>")
@@ -119,8 +126,13 @@ def create_run():
     action, target = body.get("action"), body.get("target")
     if not isinstance(action, str) or not isinstance(target, str):
         raise BadRequest('Send {"action": "upgrade"|"downgrade"|"stamp", "target": "..."}.')
+    confirm = body.get("confirm", False)
+    if not isinstance(confirm, bool):
+        raise BadRequest('"confirm" must be true or false.')
     dashboard = current_dashboard()
     project, history, state = dashboard.read_state()
+    if action == "upgrade":
+        findings.confirm_upgrade(dashboard, project, history, state, target, confirm)
     run = guard.start_action(dashboard.pinned(project), history, state.state,
                                   action, target, current_user())
     return _run_created(run)

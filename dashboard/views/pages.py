@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from flask import Response, g, render_template, request, url_for
+from flask import Response, g, make_response, render_template, request, url_for
 
 from dashboard.errors import BadRequest
-from dashboard.services import guard, inspection, runs
+from dashboard.services import findings, guard, inspection, runs
 from dashboard.views import TargetBlueprint, current_dashboard, init_target_urls, registry
 
 bp = TargetBlueprint("pages", __name__)
@@ -28,6 +28,8 @@ def overview():
     drift = dashboard.drift(project, status, "fresh" if wanted == "now" else "cached")
     return render_template(
         "overview.html", project=project, history=history, status=status, drift=drift,
+        lint=findings.overview_findings(dashboard, project, history, status),
+        badge_limit=findings.BADGE_LIMIT,
         summaries=inspection.revision_summaries(history, status),
         run=recent[0] if recent else None,
         lock_holder=guard.lock_holder(dashboard.pinned(project)),
@@ -47,6 +49,19 @@ def drift_panel():
     project, _, status = dashboard.read_state()
     drift = dashboard.drift(project, status, "fresh" if fresh == "1" else "now")
     return render_template("_drift.html", drift=drift)
+
+
+@bp.get("/lint")
+def lint_page():
+    """The pending upgrade's risk findings: a page, or (htmx) the overview's pending
+    list with its badges."""
+    project, history, status, lint = findings.pending_findings(current_dashboard())
+    fragment = bool(request.headers.get("HX-Request"))
+    response = make_response(render_template("_pending.html" if fragment else "lint.html",
+                                             project=project, status=status, lint=lint,
+                                             badge_limit=findings.BADGE_LIMIT))
+    response.headers["Vary"] = "HX-Request"
+    return response
 
 
 @bp.get("/sql/pending")
