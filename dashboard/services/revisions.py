@@ -40,6 +40,7 @@ from alembic.script.revision import (
 )
 
 from dashboard.errors import BadRequest, NotFound
+from dashboard.services.folder_watch import FolderWatch
 from dashboard.services.project import Project
 
 log = logging.getLogger(__name__)
@@ -290,13 +291,14 @@ class FolderListing:
     stamp: tuple[int, int]
     files: tuple[tuple[str, str], ...]  # (name, path), sorted by name
     subfolders: tuple[str, ...]
+    linked: bool = False  # a file is a symlink (such a listing is never kept)
 
 
 _STAT_DIR_FD = os.stat in os.supports_dir_fd
 
 
-def revision_files(project: Project,
-                   listings: dict[str, FolderListing] | None = None) -> list[FileKey]:
+def revision_files(project: Project, listings: dict[str, FolderListing] | None = None,
+                   scanned: dict[str, bool] | None = None) -> list[FileKey]:
     """(path, mtime_ns, size, ctime_ns) of every revision file, in Alembic's order.
 
     The change time is kept beside the modification time because nobody can
@@ -306,7 +308,8 @@ def revision_files(project: Project,
     A folder is listed again only when its own times changed (a file added,
     removed or renamed); ``listings`` keeps the lists between calls. Paths are
     resolved only for symlinks. So a warm status request costs a stat per
-    file, relative to its open folder, and no more."""
+    file, relative to its open folder, and no more. ``scanned`` is told each
+    folder read, and whether it holds a symlinked file."""
     files: list[FileKey] = []
     seen: set[tuple[int, int]] = set()
     for location in project.version_locations:
@@ -321,6 +324,8 @@ def revision_files(project: Project,
                 continue
             try:
                 listing = _folder_listing(folder, fd, listings)
+                if scanned is not None:
+                    scanned[folder] = listing.linked
                 for name, path in listing.files:
                     try:
                         stat = os.stat(name, dir_fd=fd) if _STAT_DIR_FD else os.stat(path)
@@ -360,7 +365,7 @@ def _folder_listing(folder: str, fd: int,
             has_links = has_links or entry.is_symlink()
             found.append((name, os.path.realpath(entry.path) if entry.is_symlink()
                           else entry.path))
-    listing = FolderListing(stamp, tuple(found), tuple(subfolders))
+    listing = FolderListing(stamp, tuple(found), tuple(subfolders), has_links)
     # A folder changed within the last tick may change again keeping its times,
     # and a link may be pointed elsewhere: those are listed again next time.
     if listings is not None and not has_links and stamp[0] < time.time_ns() - RACY_NS:
@@ -405,6 +410,9 @@ class HistoryCache:
         self._on_disk: tuple = ()  # what the cache file holds: not written again
         self._key: tuple | None = None
         self._history: History | None = None
+        # Vouches that no file changed since the files behind _history were stat'ed.
+        self._watch: FolderWatch | None = None
+        self._watched: set[str] = set()
 
     def load(self, project: Project) -> History:
         with self._lock:
@@ -417,11 +425,18 @@ class HistoryCache:
                 for folder, listing in listings.items():
                     self._listings.setdefault(folder, listing)
                 self._on_disk = (headers.keys(), listings)
-            files = revision_files(project, self._listings)
-            key = (project.version_locations, tuple(files))
+            if self._history is not None and self._unchanged(project):
+                return self._history
+            watch = self._start_watch(project)
+            scanned: dict[str, bool] = {}
+            files = revision_files(project, self._listings, scanned)
+            watch = self._checked_watch(watch, scanned)
+            key = (project.version_locations, project.recursive_version_locations,
+                   tuple(files))
             if self._racy_until and time.time_ns() >= self._racy_until:
                 self._read_racy_again(project)
             if key == self._key and self._history is not None:
+                self._watch = watch
                 return self._history
             parsed, fresh = self._parse_all(project, files)
             self._files = {f: parsed[f] for f in files}
@@ -429,9 +444,44 @@ class HistoryCache:
             self._racy &= self._files.keys()
             self._history = build_history(parsed[f] for f in files)
             self._key = key
+            self._watch = watch
             if fresh:
                 self._save()
             return self._history
+
+    @property
+    def watching(self) -> bool:
+        """Whether the kernel vouches for the files now (a warm load stats none)."""
+        return self._watch is not None
+
+    def _unchanged(self, project: Project) -> bool:
+        """Whether the kernel vouches that no revision file changed since the last
+        full stat (no file read a moment ago awaits a second look)."""
+        watch = self._watch
+        return (watch is not None and not self._racy
+                and self._key is not None and self._key[:2] == (
+                    project.version_locations, project.recursive_version_locations)
+                and tuple(root for root, _ in watch.roots) == project.version_locations
+                and watch.unchanged())
+
+    def _start_watch(self, project: Project) -> FolderWatch | None:
+        """A watch begun before the stat it vouches for (a change during the stat
+        shows as an event), on the folders the last stat read."""
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
+        folders = self._watched or {os.path.realpath(location)
+                                    for location in project.version_locations}
+        return FolderWatch.start(project.version_locations, folders)
+
+    def _checked_watch(self, watch: FolderWatch | None, scanned: dict[str, bool]
+                       ) -> FolderWatch | None:
+        """The watch, if it covers every folder the stat read."""
+        self._watched = set(scanned)
+        if watch is not None and (any(scanned.values()) or not self._watched <= watch.folders):
+            watch.close()  # a symlinked file, or a folder the watch missed: stat next time
+            return None
+        return watch
 
     def _read_racy_again(self, project: Project) -> None:
         again = [entry for entry in self._racy if entry in self._files]
