@@ -17,6 +17,7 @@ rest of the history still reads.
 from __future__ import annotations
 
 import ast
+import hashlib
 import json
 import logging
 import os
@@ -27,7 +28,7 @@ import time
 import tokenize
 import warnings
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -39,6 +40,7 @@ from alembic.script.revision import (
     RevisionMap,
 )
 
+from alembic import __version__ as alembic_version
 from dashboard.errors import BadRequest, NotFound
 from dashboard.services.folder_watch import FolderWatch
 from dashboard.services.project import Project
@@ -145,8 +147,8 @@ class ScriptRevision(Revision):
 
 
 @dataclass
-class History:
-    """A project's parsed revision graph."""
+class RevisionGraph:
+    """Alembic's map built from a history's headers, and what building it found."""
 
     revision_map: RevisionMap
     revisions: dict[str, ScriptRevision]
@@ -155,11 +157,108 @@ class History:
     error: str | None = None
     # Revisions named by others that no readable file defines (drawn as missing nodes).
     missing: tuple[str, ...] = ()
-    _memo: dict = field(default_factory=dict, repr=False)
+
+
+# Answers (History.memo kinds) that are plain data, kept on disk with the headers'
+# digest: a restart on the same headers gives them without building the map.
+LASTING = ("pending messages", "applied", "unknown")
+FACTS_FORMAT = 1  # bump when an answer kept on disk is computed differently
+
+
+@dataclass(frozen=True)
+class HistoryFacts:
+    """What a status needs of a history whose map was built once: its heads, what
+    building it found, and answers for some current revisions; valid for headers
+    with this ``digest`` (see ``History.digest``)."""
+
+    digest: str
+    heads: tuple[str, ...]
+    unreadable: tuple[UnreadableFile, ...]
+    problems: tuple[str, ...]
+    missing: tuple[str, ...]
+    answers: dict  # memo key -> answer, kinds in LASTING only
+
+
+class History:
+    """A project's parsed revision graph, built from its headers when first needed.
+
+    With ``facts`` (kept on disk by a run that built the same headers' map), the
+    heads, the problems found and the answers they hold are known without
+    building it: a restart's first /api/status builds nothing. ``on_answer`` is
+    called when an answer of a LASTING kind was computed, to keep it."""
+
+    def __init__(self, items: Iterable[RevisionHeader | UnreadableFile],
+                 facts: HistoryFacts | None = None,
+                 on_answer: Callable[[History], None] | None = None):
+        self.items = tuple(items)
+        # Facts of other headers (a file changed while the dashboard was stopped) are not used.
+        self._facts = facts if facts is not None and facts.digest == self.digest else None
+        self._graph: RevisionGraph | None = None
+        self._lock = threading.Lock()
+        self._memo: dict = dict(self._facts.answers) if self._facts else {}
+        self._on_answer = on_answer
+
+    @property
+    def graph(self) -> RevisionGraph:
+        if self._graph is None:
+            with self._lock:
+                if self._graph is None:
+                    self._graph = _build_graph(self.items)
+        return self._graph
+
+    @property
+    def revision_map(self) -> RevisionMap:
+        return self.graph.revision_map
+
+    @property
+    def revisions(self) -> dict[str, ScriptRevision]:
+        return self.graph.revisions
+
+    @property
+    def error(self) -> str | None:
+        return None if self._facts else self.graph.error
+
+    @property
+    def unreadable(self) -> tuple[UnreadableFile, ...]:
+        return self._facts.unreadable if self._facts else self.graph.unreadable
+
+    @property
+    def problems(self) -> tuple[str, ...]:
+        return self._facts.problems if self._facts else self.graph.problems
+
+    @property
+    def missing(self) -> tuple[str, ...]:
+        return self._facts.missing if self._facts else self.graph.missing
 
     @property
     def heads(self) -> tuple[str, ...]:
+        if self._facts:
+            return self._facts.heads
         return tuple(sorted(self.revision_map.heads)) if self.error is None else ()
+
+    @cached_property
+    def digest(self) -> str:
+        """Names these headers, in this order, read by this version: equal digests,
+        equal maps. (Their text, not their files' times: a file saved again
+        unchanged still matches.)"""
+        parts = [f"{FACTS_FORMAT}\x1f{CACHE_FORMAT}\x1f{alembic_version}"]
+        for item in self.items:
+            if isinstance(item, UnreadableFile):
+                parts += ("!", item.path, item.reason)
+            else:
+                parts += (item.path, item.revision, "\x1f".join(item.down_revision),
+                          "\x1f".join(item.branch_labels), "\x1f".join(item.depends_on),
+                          item.docstring, repr(item.unresolved) if item.unresolved else "")
+        text = "\x1e".join(parts).encode("utf-8", "surrogatepass")
+        return hashlib.blake2b(text, digest_size=20).hexdigest()
+
+    def facts(self) -> HistoryFacts | None:
+        """What to keep on disk: None while the map could not be built."""
+        if self.error is not None:
+            return None
+        answers = {key: value for key, value in self._memo.items() if key[0] in LASTING}
+        return HistoryFacts(self.digest, self.heads, self.unreadable, self.problems,
+                            self.missing, dict(list(answers.items())[-12:]))
 
     def memo(self, key, compute: Callable[[], object]):
         """Cache a derived answer (pending list, ancestors) for this version of the map."""
@@ -167,6 +266,8 @@ class History:
             if len(self._memo) > 64:
                 self._memo.clear()
             self._memo[key] = compute()
+            if key[0] in LASTING and self._on_answer is not None:
+                self._on_answer(self)
         return self._memo[key]
 
 
@@ -281,6 +382,7 @@ FileKey = tuple[str, int, int, int]  # (path, mtime_ns, size, ctime_ns)
 # it is checked again once it is older than this, and only then kept on disk.
 RACY_NS = 2_000_000_000
 CACHE_FORMAT = 1  # bump when parse_header_text reads a file differently
+FACTS_FILE = "history-facts.json"  # beside the cache file
 
 
 @dataclass(frozen=True)
@@ -400,6 +502,11 @@ class HistoryCache:
     def __init__(self, import_headers: ImportHeaders, cache_file: str | None = None):
         self._import_headers = import_headers
         self._cache_file = cache_file
+        self._facts_file = (os.path.join(os.path.dirname(cache_file), FACTS_FILE)
+                            if cache_file else None)
+        self._disk_facts: HistoryFacts | None = None  # read at start, used by the first load
+        self._facts_on_disk: HistoryFacts | None = None
+        self._facts_lock = threading.Lock()
         self._lock = threading.Lock()
         self._files: dict[FileKey, RevisionHeader | UnreadableFile] = {}
         self._from_text: set[FileKey] = set()  # parsed from the text alone: may go to disk
@@ -425,6 +532,7 @@ class HistoryCache:
                 for folder, listing in listings.items():
                     self._listings.setdefault(folder, listing)
                 self._on_disk = (headers.keys(), listings)
+                self._disk_facts = self._facts_on_disk = read_facts_file(self._facts_file)
             if self._history is not None and self._unchanged(project):
                 return self._history
             watch = self._start_watch(project)
@@ -442,7 +550,9 @@ class HistoryCache:
             self._files = {f: parsed[f] for f in files}
             self._from_text &= self._files.keys()
             self._racy &= self._files.keys()
-            self._history = build_history(parsed[f] for f in files)
+            facts, self._disk_facts = self._disk_facts, None
+            self._history = History((parsed[f] for f in files), facts,
+                                    on_answer=self._keep_facts if self._facts_file else None)
             self._key = key
             self._watch = watch
             if fresh:
@@ -482,6 +592,16 @@ class HistoryCache:
             watch.close()  # a symlinked file, or a folder the watch missed: stat next time
             return None
         return watch
+
+    def _keep_facts(self, history: History) -> None:
+        """Keep what the map answered on disk, for a restart on the same headers."""
+        facts = history.facts()
+        if facts is None or self._facts_file is None:
+            return
+        with self._facts_lock:
+            if facts != self._facts_on_disk:
+                write_facts_file(self._facts_file, facts)
+                self._facts_on_disk = facts
 
     def _read_racy_again(self, project: Project) -> None:
         again = [entry for entry in self._racy if entry in self._files]
@@ -557,23 +677,82 @@ def write_cache_file(path: str, headers: dict[FileKey, RevisionHeader],
         [folder, *listing.stamp, listing.files, listing.subfolders]
         for folder, listing in (listings or {}).items()
     ]}
+    _write_json(path, body, "the parsed revision headers")
+
+
+def _write_json(path: str, body: dict, what: str) -> None:
+    """``body`` as JSON in ``path``, replacing it at once (a temporary file renamed)."""
     folder = os.path.dirname(path) or "."
+    stem = os.path.splitext(os.path.basename(path))[0]
     temporary = None
     try:
-        fd, temporary = tempfile.mkstemp(dir=folder, prefix=".history-cache-", suffix=".tmp")
+        fd, temporary = tempfile.mkstemp(dir=folder, prefix=f".{stem}-", suffix=".tmp")
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             # dumps, not dump: only the one-shot encoder is the C one (5x faster here).
             handle.write(json.dumps(body, separators=(",", ":")))
         os.replace(temporary, path)
         temporary = None
-    except OSError as exc:  # a read-only or full instance folder: parse again next start
-        log.info("cannot keep the parsed revision headers in %s: %s", path, exc)
+    except OSError as exc:  # a read-only or full instance folder: work it out again next start
+        log.info("cannot keep %s in %s: %s", what, path, exc)
     finally:
         if temporary is not None:
             try:
                 os.unlink(temporary)
             except OSError:
                 pass
+
+
+def write_facts_file(path: str, facts: HistoryFacts) -> None:
+    """A history's facts (``HistoryFacts``) as JSON, replacing ``path`` at once."""
+    answers = []
+    for (kind, current), value in facts.answers.items():
+        if kind == "applied":
+            value = sorted(value)
+        answers.append([kind, list(current), list(value)])
+    _write_json(path, {
+        "format": FACTS_FORMAT, "digest": facts.digest, "heads": list(facts.heads),
+        "unreadable": [[u.path, u.reason] for u in facts.unreadable],
+        "problems": list(facts.problems), "missing": list(facts.missing), "answers": answers,
+    }, "what the revision map answered")
+
+
+def _strings(values) -> tuple[str, ...]:
+    values = tuple(values)
+    "".join(values)  # refuses anything but strings
+    return values
+
+
+def read_facts_file(path: str | None) -> HistoryFacts | None:
+    """What ``write_facts_file`` kept, or None when it is missing, damaged or of
+    another format (the map is then built when first needed)."""
+    if path is None:
+        return None
+    try:
+        with open(path, encoding="utf-8") as handle:
+            body = json.load(handle)
+        if body.get("format") != FACTS_FORMAT:
+            return None
+        answers: dict = {}
+        for kind, current, value in body["answers"]:
+            if kind == "pending messages":
+                value = tuple(_strings(pair) for pair in value)
+                if any(len(pair) != 2 for pair in value):
+                    raise ValueError("unexpected pending entry")
+            elif kind == "applied":
+                value = frozenset(_strings(value))
+            elif kind == "unknown":
+                value = _strings(value)
+            else:
+                raise ValueError(f"unexpected answer {kind!r}")
+            answers[kind, _strings(current)] = value
+        unreadable = tuple(UnreadableFile(*_strings(pair)) for pair in body["unreadable"])
+        return HistoryFacts(_strings([body["digest"]])[0], _strings(body["heads"]), unreadable,
+                            _strings(body["problems"]), _strings(body["missing"]), answers)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+        log.warning("ignoring %s (%s): the revision map is built again", path, exc)
+        return None
 
 
 def read_cache_file(path: str | None
@@ -624,6 +803,11 @@ def _without_import(header: RevisionHeader, import_error: str) -> RevisionHeader
 
 
 def build_history(items: Iterable[RevisionHeader | UnreadableFile]) -> History:
+    """The history of these headers (its map is built when first needed)."""
+    return History(items)
+
+
+def _build_graph(items: Iterable[RevisionHeader | UnreadableFile]) -> RevisionGraph:
     revisions: dict[str, ScriptRevision] = {}
     unreadable: list[UnreadableFile] = []
     headers: list[RevisionHeader] = []
@@ -676,7 +860,7 @@ def build_history(items: Iterable[RevisionHeader | UnreadableFile]) -> History:
     )
     problems.extend(str(w.message) for w in caught)
     ordered = {s.revision: s for s in scripts if s.revision in revisions}
-    return History(
+    return RevisionGraph(
         revision_map=revision_map,
         revisions=ordered,
         unreadable=tuple(unreadable),
@@ -810,7 +994,10 @@ def resolve_revision(history: History, revision_id: str) -> ScriptRevision:
 
 
 def unknown_revisions(history: History, current: Iterable[str]) -> list[str]:
-    return sorted(rev for rev in current if rev not in history.revisions)
+    """The current revisions no script defines."""
+    current = tuple(sorted(current))
+    return list(history.memo(("unknown", current), lambda: tuple(
+        rev for rev in current if rev not in history.revisions)))
 
 
 def pending_revisions(history: History, current: tuple[str, ...]) -> list[ScriptRevision]:
@@ -822,6 +1009,13 @@ def pending_revisions(history: History, current: tuple[str, ...]) -> list[Script
         return list(reversed(list(revs)))
 
     return history.memo(("pending", tuple(sorted(current))), compute)
+
+
+def pending_messages(history: History, current: tuple[str, ...]
+                     ) -> tuple[tuple[str, str], ...]:
+    """(revision, message) of what ``alembic upgrade heads`` would apply, in order."""
+    return history.memo(("pending messages", tuple(sorted(current))), lambda: tuple(
+        (r.revision, r.doc) for r in pending_revisions(history, current)))
 
 
 def applied_revisions(history: History, current: tuple[str, ...]) -> frozenset[str]:

@@ -19,7 +19,7 @@ from dashboard.services.project import Project
 from dashboard.services.revisions import (
     History,
     applied_revisions,
-    pending_revisions,
+    pending_messages,
     unknown_revisions,
 )
 
@@ -204,5 +204,6 @@ def _pending(history: History, current: tuple[str, ...]) -> list[PendingRevision
     """What ``alembic upgrade heads`` would apply, as the status lists it: made once
     per version of the history (thousands of them, on every request otherwise)."""
     made = history.memo(("pending status", tuple(sorted(current))), lambda: tuple(
-        PendingRevision(r.revision, r.doc) for r in pending_revisions(history, current)))
+        PendingRevision(revision, message)
+        for revision, message in pending_messages(history, current)))
     return list(made)
