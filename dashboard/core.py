@@ -11,8 +11,10 @@ its own from the same settings. The revision a run goes to is its
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 import os
+import secrets
 import subprocess
 import threading
 import time
@@ -20,6 +22,7 @@ from dataclasses import replace
 
 from dashboard.errors import ConfigurationError, DashboardError
 from dashboard.services import alembic_process
+from dashboard.services.instance_files import read_json_object, write_json_object
 from dashboard.services.project import Project, load_project
 from dashboard.services.revisions import History, HistoryCache
 from dashboard.settings import REPO_ROOT
@@ -28,6 +31,7 @@ log = logging.getLogger(__name__)
 
 SQL_CACHE_ENTRIES = 4096  # offline SQL of one revision in one direction each
 FAILED_PROBE_SECONDS = 5.0  # how long "env.py could not be asked" is believed
+ENV_PY_ANSWER_FILE = "env-py-answer.json"  # in the instance folder
 
 
 class Target:
@@ -50,6 +54,9 @@ class Target:
         self._sql_cache: dict = {}
         self._pinned: Project | None = None
         self._env_py_cache: dict = {}
+        # env.py's last answer as kept on disk (masked), for pages only: see _remembered.
+        self._env_py_file = os.path.join(self.instance_dir, ENV_PY_ANSWER_FILE)
+        self._env_py_on_disk: dict | None = None
         self._asking: set = set()  # questions to env.py being asked in the background
         self._asking_lock = threading.Lock()
 
@@ -112,8 +119,10 @@ class Target:
         the ini or the environment handed to the project changes (an answer that is a
         failure, such as a server that is down, for a few seconds only).
 
-        ``wait=False``: the cached answer, else None, the question being asked in the
-        background meanwhile (for pages that only show it: a run asks again anyway)."""
+        ``wait=False``: the cached answer, else the one a previous start kept on disk
+        for the same question (masked: for showing only), else None, the question
+        being asked in the background meanwhile (for pages that only show it: a run
+        asks again anyway)."""
         key = (project.ini_path, _mtime(project.ini_path),
                _mtime(os.path.join(project.script_location, "env.py")), project.python,
                tuple(sorted(alembic_process.worker_environment(project).items())))
@@ -122,6 +131,9 @@ class Target:
                                    time.monotonic() - cached[0] < FAILED_PROBE_SECONDS):
             return cached[1]
         if not wait:
+            remembered = self._remembered(key)
+            if remembered is not None:
+                return remembered
             with self._asking_lock:
                 if key in self._asking:
                     return None
@@ -137,10 +149,41 @@ class Target:
             if len(self._env_py_cache) > 16:
                 self._env_py_cache.clear()
             self._env_py_cache[key] = (time.monotonic(), asked)
+            if asked.databases:
+                self._remember(key, asked, project)
             return asked
         finally:
             with self._asking_lock:
                 self._asking.discard(key)
+
+    def _remembered(self, key) -> alembic_process.EnvPyDatabases | None:
+        """What env.py answered a previous start asking the same question (the same
+        ini, env.py, interpreter and environment, compared by a salted hash: no
+        value of the environment is kept), its URLs masked: for showing only, never
+        for finding the database a run works on (those callers wait for env.py)."""
+        if self._env_py_on_disk is None:
+            self._env_py_on_disk = read_json_object(self._env_py_file)
+        kept = self._env_py_on_disk
+        try:
+            if kept.get("format") != 1 or kept.get("key") != _question_hash(key, kept["salt"]):
+                return None
+            return alembic_process.EnvPyDatabases(tuple(
+                alembic_process.EnvDatabase(url=d["masked_url"] + "", masked_url=d["masked_url"],
+                                            dialect=d["dialect"] + "",
+                                            version_table=d["version_table"] + "")
+                for d in kept["databases"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            log.warning("ignoring %s (%s): env.py is asked again", self._env_py_file, exc)
+            self._env_py_on_disk = {}
+            return None
+
+    def _remember(self, key, asked: alembic_process.EnvPyDatabases, project: Project) -> None:
+        salt = secrets.token_hex(16)
+        body = {"format": 1, "salt": salt, "key": _question_hash(key, salt), "databases": [
+            {"masked_url": project.scrub(d.masked_url), "dialect": d.dialect,
+             "version_table": d.version_table} for d in asked.databases]}
+        write_json_object(self._env_py_file, body, "env.py's answer")
+        self._env_py_on_disk = body
 
     def guarded_databases(self, project: Project) -> tuple[Project, ...]:
         """Every database a run must lock, back up and restore as one: ``project``'s
@@ -354,6 +397,11 @@ class Registry:
         if target.name in self.errors:
             raise ConfigurationError(self.errors[target.name])
         return target
+
+
+def _question_hash(key, salt: str) -> str:
+    return hashlib.blake2b(repr(key).encode("utf-8", "surrogatepass"),
+                           salt=bytes.fromhex(salt)[:16]).hexdigest()
 
 
 def _mtime(path: str) -> int:

@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import threading
 import time
 import tokenize
@@ -43,6 +42,7 @@ from alembic.script.revision import (
 from alembic import __version__ as alembic_version
 from dashboard.errors import BadRequest, NotFound
 from dashboard.services.folder_watch import FolderWatch
+from dashboard.services.instance_files import read_json_object, write_json_object
 from dashboard.services.project import Project
 
 log = logging.getLogger(__name__)
@@ -677,29 +677,7 @@ def write_cache_file(path: str, headers: dict[FileKey, RevisionHeader],
         [folder, *listing.stamp, listing.files, listing.subfolders]
         for folder, listing in (listings or {}).items()
     ]}
-    _write_json(path, body, "the parsed revision headers")
-
-
-def _write_json(path: str, body: dict, what: str) -> None:
-    """``body`` as JSON in ``path``, replacing it at once (a temporary file renamed)."""
-    folder = os.path.dirname(path) or "."
-    stem = os.path.splitext(os.path.basename(path))[0]
-    temporary = None
-    try:
-        fd, temporary = tempfile.mkstemp(dir=folder, prefix=f".{stem}-", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            # dumps, not dump: only the one-shot encoder is the C one (5x faster here).
-            handle.write(json.dumps(body, separators=(",", ":")))
-        os.replace(temporary, path)
-        temporary = None
-    except OSError as exc:  # a read-only or full instance folder: work it out again next start
-        log.info("cannot keep %s in %s: %s", what, path, exc)
-    finally:
-        if temporary is not None:
-            try:
-                os.unlink(temporary)
-            except OSError:
-                pass
+    write_json_object(path, body, "the parsed revision headers")
 
 
 def write_facts_file(path: str, facts: HistoryFacts) -> None:
@@ -709,7 +687,7 @@ def write_facts_file(path: str, facts: HistoryFacts) -> None:
         if kind == "applied":
             value = sorted(value)
         answers.append([kind, list(current), list(value)])
-    _write_json(path, {
+    write_json_object(path, {
         "format": FACTS_FORMAT, "digest": facts.digest, "heads": list(facts.heads),
         "unreadable": [[u.path, u.reason] for u in facts.unreadable],
         "problems": list(facts.problems), "missing": list(facts.missing), "answers": answers,
@@ -727,9 +705,8 @@ def read_facts_file(path: str | None) -> HistoryFacts | None:
     another format (the map is then built when first needed)."""
     if path is None:
         return None
+    body = read_json_object(path)
     try:
-        with open(path, encoding="utf-8") as handle:
-            body = json.load(handle)
         if body.get("format") != FACTS_FORMAT:
             return None
         answers: dict = {}
@@ -748,9 +725,7 @@ def read_facts_file(path: str | None) -> HistoryFacts | None:
         unreadable = tuple(UnreadableFile(*_strings(pair)) for pair in body["unreadable"])
         return HistoryFacts(_strings([body["digest"]])[0], _strings(body["heads"]), unreadable,
                             _strings(body["problems"]), _strings(body["missing"]), answers)
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
         log.warning("ignoring %s (%s): the revision map is built again", path, exc)
         return None
 
