@@ -17,6 +17,7 @@ rest of the history still reads.
 from __future__ import annotations
 
 import ast
+import gc
 import hashlib
 import json
 import logging
@@ -26,7 +27,8 @@ import threading
 import time
 import tokenize
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
@@ -203,7 +205,8 @@ class History:
         if self._graph is None:
             with self._lock:
                 if self._graph is None:
-                    self._graph = _build_graph(self.items)
+                    with collection_paused():
+                        self._graph = _build_graph(self.items)
         return self._graph
 
     @property
@@ -269,6 +272,20 @@ class History:
             if key[0] in LASTING and self._on_answer is not None:
                 self._on_answer(self)
         return self._memo[key]
+
+
+@contextmanager
+def collection_paused() -> Iterator[None]:
+    """No cyclic garbage collection while thousands of headers or revisions are
+    made at once (none of them is garbage yet): each collection would scan the
+    whole app's objects again, a quarter of the time here."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 # ---------------------------------------------------------------- parsing
@@ -525,7 +542,8 @@ class HistoryCache:
         with self._lock:
             if not self._disk_read:
                 self._disk_read = True
-                headers, listings = read_cache_file(self._cache_file)
+                with collection_paused():
+                    headers, listings = read_cache_file(self._cache_file)
                 for entry, header in headers.items():
                     self._files.setdefault(entry, header)
                     self._from_text.add(entry)
