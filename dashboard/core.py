@@ -138,14 +138,15 @@ class Target:
                 if key in self._asking:
                     return None
                 self._asking.add(key)
-            threading.Thread(target=self._ask_env_py, args=(key, project), daemon=True,
+            threading.Thread(target=self._ask_env_py, args=(key, project, True), daemon=True,
                              name=f"ask-env-py-{self.name}").start()
             return None
         return self._ask_env_py(key, project)
 
-    def _ask_env_py(self, key, project: Project) -> alembic_process.EnvPyDatabases:
+    def _ask_env_py(self, key, project: Project, background: bool = False
+                    ) -> alembic_process.EnvPyDatabases:
         try:
-            asked = alembic_process.env_py_databases(project, self.timeout)
+            asked = alembic_process.env_py_databases(project, self.timeout, background)
             if len(self._env_py_cache) > 16:
                 self._env_py_cache.clear()
             self._env_py_cache[key] = (time.monotonic(), asked)

@@ -279,6 +279,31 @@ def test_a_restart_shows_env_py_s_last_answer_at_once_unless_the_question_change
         assert status_json(client)["env_py"]["elsewhere"] == [elsewhere]
 
 
+def test_env_py_asked_in_the_background_runs_at_a_low_cpu_priority(
+        reads_database_url, tmp_path, monkeypatch):
+    """Given the database, nobody waits for env.py's answer: its process must not
+    take the CPU from the requests being served. Asked for a run, it runs as usual."""
+    import shutil
+
+    if not shutil.which("nice"):
+        pytest.skip("no nice(1) on this system: the question runs at the usual priority")
+    niceness = tmp_path / "niceness"
+    env_py = reads_database_url.parent / "migrations" / "env.py"
+    env_py.write_text(env_py.read_text().replace(
+        "import os\n", f"import os\nopen({str(niceness)!r}, 'a').write(f'{{os.nice(0)}}\\n')\n",
+        1))
+    a = tmp_path / "a.db"
+    sqlite_notes(a)
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{a}")
+    base = os.nice(0)
+    status_json(client_for(reads_database_url, f"sqlite:///{a}", tmp_path / "given"))
+    assert niceness.read_text().split() == [str(min(base + 10, 19))]
+
+    niceness.unlink()
+    status_json(client_for(reads_database_url, "", tmp_path / "named"))  # the project waits
+    assert niceness.read_text().split()[0] == str(base)
+
+
 def test_env_py_that_cannot_run_says_why_with_its_own_line(reads_database_url, tmp_path,
                                                           monkeypatch):
     monkeypatch.delenv("DATABASE_URL", raising=False)
