@@ -171,19 +171,22 @@ def test_a_file_added_or_removed_while_stopped_is_seen(project, tmp_path):
 
 # ---------------------------------------------------------------- what the map answered
 
-FACTS = "history-facts.json"
+def _facts_files(instance: Path) -> list[Path]:
+    return sorted((instance / "history-facts").glob("*.json"))
 
 
 def _tell_through_facts(instance: Path, revision: str, message: str) -> None:
-    """Change what the facts file says a pending revision's message is: a
-    restart that shows it answered from the file, without building the map."""
-    body = json.loads((instance / FACTS).read_text(encoding="utf-8"))
-    for kind, _current, value in body["answers"]:
-        if kind == "pending messages":
-            for pair in value:
-                if pair[0] == revision:
-                    pair[1] = message
-    (instance / FACTS).write_text(json.dumps(body), encoding="utf-8")
+    """Change what the facts files say a pending revision's message is: a
+    restart that shows it answered from a file, without building the map."""
+    assert _facts_files(instance)
+    for path in _facts_files(instance):
+        body = json.loads(path.read_text(encoding="utf-8"))
+        for kind, _current, value in body["answers"]:
+            if kind == "pending messages":
+                for pair in value:
+                    if pair[0] == revision:
+                        pair[1] = message
+        path.write_text(json.dumps(body), encoding="utf-8")
 
 
 def test_a_restart_on_the_same_headers_answers_from_the_facts_file(project, tmp_path):
@@ -281,8 +284,46 @@ def test_a_damaged_facts_file_is_ignored(project, tmp_path, damage):
     ini, url, spec = project
     instance = tmp_path / "instance"
     expected = client_for(ini, url, instance).get("/api/status").get_json()
-    (instance / FACTS).write_bytes(damage)
+    for path in _facts_files(instance):
+        path.write_bytes(damage)
 
     response = client_for(ini, url, instance).get("/api/status")
     assert response.status_code == 200
     assert response.get_json() == expected
+
+
+def test_a_file_edited_then_put_back_finds_the_facts_of_before(project, tmp_path):
+    """The latest few sets of facts are kept, one per set of headers: a revision
+    edited and reverted (or a branch checked out and back) answers from disk."""
+    ini, url, spec = project
+    instance = tmp_path / "instance"
+    client = client_for(ini, url, instance)
+    client.get("/api/status")
+    head = spec.revisions[-1]
+    path = hf.revision_path(ini, spec, head.revision)
+    text = path.read_text(encoding="utf-8")
+    path.write_text(text.replace(head.message, "edited for a while", 1), encoding="utf-8")
+    _settle(ini.parent)
+    assert client.get("/api/status").get_json()["pending"][-1]["message"] == "edited for a while"
+    assert len(_facts_files(instance)) == 2
+    _tell_through_facts(instance, head.revision, "told by the facts file")
+    path.write_text(text, encoding="utf-8")
+    os.utime(path, (time.time() - 60, time.time() - 60))
+
+    pending = client_for(ini, url, instance).get("/api/status").get_json()["pending"]
+    assert pending[-1]["message"] == "told by the facts file"
+
+
+def test_only_the_latest_facts_are_kept(project, tmp_path):
+    ini, url, spec = project
+    instance = tmp_path / "instance"
+    client = client_for(ini, url, instance)
+    head = spec.revisions[-1]
+    path = hf.revision_path(ini, spec, head.revision)
+    text = path.read_text(encoding="utf-8")
+    for number in range(7):
+        path.write_text(text.replace(head.message, f"edition {number}", 1), encoding="utf-8")
+        _settle(ini.parent)
+        assert client.get("/api/status").get_json()["pending"][-1]["message"] == \
+            f"edition {number}"
+    assert len(_facts_files(instance)) == 4

@@ -184,16 +184,17 @@ class HistoryFacts:
 class History:
     """A project's parsed revision graph, built from its headers when first needed.
 
-    With ``facts`` (kept on disk by a run that built the same headers' map), the
+    With ``find_facts`` (given this history's digest, what a run that built the
+    same headers' map kept on disk), the
     heads, the problems found and the answers they hold are known without
     building it: a restart's first /api/status builds nothing. ``on_answer`` is
     called when an answer of a LASTING kind was computed, to keep it."""
 
     def __init__(self, items: Iterable[RevisionHeader | UnreadableFile],
-                 facts: HistoryFacts | None = None,
+                 find_facts: Callable[[str], HistoryFacts | None] | None = None,
                  on_answer: Callable[[History], None] | None = None):
         self.items = tuple(items)
-        # Facts of other headers (a file changed while the dashboard was stopped) are not used.
+        facts = find_facts(self.digest) if find_facts is not None else None
         self._facts = facts if facts is not None and facts.digest == self.digest else None
         self._graph: RevisionGraph | None = None
         self._lock = threading.Lock()
@@ -399,7 +400,8 @@ FileKey = tuple[str, int, int, int]  # (path, mtime_ns, size, ctime_ns)
 # it is checked again once it is older than this, and only then kept on disk.
 RACY_NS = 2_000_000_000
 CACHE_FORMAT = 1  # bump when parse_header_text reads a file differently
-FACTS_FILE = "history-facts.json"  # beside the cache file
+FACTS_FOLDER = "history-facts"  # beside the cache file: one file per digest
+FACTS_KEPT = 4  # the latest: a file reverted, or a branch checked out again, finds them
 
 
 @dataclass(frozen=True)
@@ -519,9 +521,8 @@ class HistoryCache:
     def __init__(self, import_headers: ImportHeaders, cache_file: str | None = None):
         self._import_headers = import_headers
         self._cache_file = cache_file
-        self._facts_file = (os.path.join(os.path.dirname(cache_file), FACTS_FILE)
-                            if cache_file else None)
-        self._disk_facts: HistoryFacts | None = None  # read at start, used by the first load
+        self._facts_folder = (os.path.join(os.path.dirname(cache_file), FACTS_FOLDER)
+                              if cache_file else None)
         self._facts_on_disk: HistoryFacts | None = None
         self._facts_lock = threading.Lock()
         self._lock = threading.Lock()
@@ -550,7 +551,6 @@ class HistoryCache:
                 for folder, listing in listings.items():
                     self._listings.setdefault(folder, listing)
                 self._on_disk = (headers.keys(), listings)
-                self._disk_facts = self._facts_on_disk = read_facts_file(self._facts_file)
             if self._history is not None and self._unchanged(project):
                 return self._history
             watch = self._start_watch(project)
@@ -568,9 +568,10 @@ class HistoryCache:
             self._files = {f: parsed[f] for f in files}
             self._from_text &= self._files.keys()
             self._racy &= self._files.keys()
-            facts, self._disk_facts = self._disk_facts, None
-            self._history = History((parsed[f] for f in files), facts,
-                                    on_answer=self._keep_facts if self._facts_file else None)
+            kept = self._facts_folder is not None
+            self._history = History((parsed[f] for f in files),
+                                    find_facts=self._facts_of if kept else None,
+                                    on_answer=self._keep_facts if kept else None)
             self._key = key
             self._watch = watch
             if fresh:
@@ -611,15 +612,28 @@ class HistoryCache:
             return None
         return watch
 
+    def _facts_of(self, digest: str) -> HistoryFacts | None:
+        facts = read_facts_file(os.path.join(self._facts_folder, f"{digest}.json"))
+        with self._facts_lock:
+            self._facts_on_disk = facts or self._facts_on_disk
+        return facts
+
     def _keep_facts(self, history: History) -> None:
         """Keep what the map answered on disk, for a restart on the same headers."""
         facts = history.facts()
-        if facts is None or self._facts_file is None:
+        if facts is None or self._facts_folder is None:
             return
         with self._facts_lock:
-            if facts != self._facts_on_disk:
-                write_facts_file(self._facts_file, facts)
-                self._facts_on_disk = facts
+            if facts == self._facts_on_disk:
+                return
+            try:
+                os.makedirs(self._facts_folder, exist_ok=True)
+            except OSError as exc:
+                log.info("cannot keep what the revision map answered: %s", exc)
+                return
+            write_facts_file(os.path.join(self._facts_folder, f"{facts.digest}.json"), facts)
+            self._facts_on_disk = facts
+            _keep_latest(self._facts_folder, FACTS_KEPT)
 
     def _read_racy_again(self, project: Project) -> None:
         again = [entry for entry in self._racy if entry in self._files]
@@ -696,6 +710,18 @@ def write_cache_file(path: str, headers: dict[FileKey, RevisionHeader],
         for folder, listing in (listings or {}).items()
     ]}
     write_json_object(path, body, "the parsed revision headers")
+
+
+def _keep_latest(folder: str, count: int) -> None:
+    """Remove all but the ``count`` latest JSON files of ``folder``."""
+    try:
+        with os.scandir(folder) as entries:
+            found = [(entry.stat().st_mtime_ns, entry.path) for entry in entries
+                     if entry.name.endswith(".json")]
+        for _, path in sorted(found, reverse=True)[count:]:
+            os.unlink(path)
+    except OSError as exc:
+        log.info("cannot tidy %s: %s", folder, exc)
 
 
 def write_facts_file(path: str, facts: HistoryFacts) -> None:
