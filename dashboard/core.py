@@ -24,7 +24,7 @@ from dashboard.errors import ConfigurationError, DashboardError
 from dashboard.services import alembic_process
 from dashboard.services.instance_files import read_json_object, write_json_object
 from dashboard.services.project import Project, load_project
-from dashboard.services.revisions import History, HistoryCache
+from dashboard.services.revisions import RACY_NS, History, HistoryCache
 from dashboard.settings import REPO_ROOT
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,7 @@ class Target:
             self._import_headers, os.path.join(self.instance_dir, "history-cache.json"))
         self._sql_cache: dict = {}
         self._pinned: Project | None = None
+        self._project_read: tuple | None = None  # (files' signature, Project)
         self._env_py_cache: dict = {}
         # env.py's last answer as kept on disk (masked), for pages only: see _remembered.
         self._env_py_file = os.path.join(self.instance_dir, ENV_PY_ANSWER_FILE)
@@ -88,17 +89,7 @@ class Target:
         if self._pinned is not None:
             return self._pinned
         given = self.settings.get("DASHBOARD_DATABASE_URL") or None
-        project = (load_project(
-            str(self.settings["DASHBOARD_ALEMBIC_INI"]),
-            given,
-            version_table=str(self.settings["DASHBOARD_VERSION_TABLE"]),
-            python=str(self.settings["DASHBOARD_PYTHON"]),
-            lock_timeout=float(self.settings.get("DASHBOARD_LOCK_TIMEOUT") or 60),
-            backup_verify=str(self.settings.get("DASHBOARD_BACKUP_VERIFY") or "full"),
-            flask_app=str(self.settings.get("DASHBOARD_FLASK_APP") or "") or None,
-            env=self.env,
-            require_url=False,
-        ))
+        project = self._read_project(given)
         if given:
             return project
         asked = self.env_py_databases(replace(project, hands_url=False))
@@ -112,6 +103,32 @@ class Target:
             detail=f"{asked.error}\n\n{asked.traceback}".strip() + "\n\nSet "
                    "DASHBOARD_DATABASE_URL, or let env.py (or the ini's sqlalchemy.url) "
                    "name the database.")
+
+    def _read_project(self, given: str | None) -> Project:
+        """``load_project``'s answer, read again only when a file it may have read
+        changed (or the working folder, against which a relative SQLite path is
+        read): a warm request does not parse the ini again."""
+        path = os.path.abspath(str(self.settings["DASHBOARD_ALEMBIC_INI"]))
+        signature = (os.getcwd(), _signatures(_project_files(path)))
+        read = self._project_read
+        if read is not None and read[0] == signature and os.path.isdir(read[1].script_location):
+            return read[1]
+        project = load_project(
+            path,
+            given,
+            version_table=str(self.settings["DASHBOARD_VERSION_TABLE"]),
+            python=str(self.settings["DASHBOARD_PYTHON"]),
+            lock_timeout=float(self.settings.get("DASHBOARD_LOCK_TIMEOUT") or 60),
+            backup_verify=str(self.settings.get("DASHBOARD_BACKUP_VERIFY") or "full"),
+            flask_app=str(self.settings.get("DASHBOARD_FLASK_APP") or "") or None,
+            env=self.env,
+            require_url=False,
+        )
+        # A file changed within the last tick may change again keeping its times.
+        settled = all(s is None or max(s[2], s[3]) < time.time_ns() - RACY_NS
+                      for s in signature[1])
+        self._project_read = (signature, project) if settled else None
+        return project
 
     def env_py_databases(self, project: Project, wait: bool = True
                          ) -> alembic_process.EnvPyDatabases | None:
@@ -403,6 +420,30 @@ class Registry:
 def _question_hash(key, salt: str) -> str:
     return hashlib.blake2b(repr(key).encode("utf-8", "surrogatepass"),
                            salt=bytes.fromhex(salt)[:16]).hexdigest()
+
+
+def _project_files(path: str) -> tuple[str, ...]:
+    """Every file ``load_project`` may read or look for, given what
+    DASHBOARD_ALEMBIC_INI names (an ini, a pyproject.toml or a folder)."""
+    folder = path if os.path.isdir(path) else os.path.dirname(path)
+    return (path, *(os.path.join(folder, name) for name in (
+        "alembic.ini", "pyproject.toml", "env.py", os.path.join("migrations", "alembic.ini"),
+        os.path.join("migrations", "env.py"), "migrations")))
+
+
+def _signatures(paths: tuple[str, ...]) -> tuple:
+    """(device, inode, mtime, ctime, size) of each path, None where there is none:
+    an edit in place shows in its change time even with its mtime put back."""
+    found = []
+    for path in paths:
+        try:
+            stat = os.stat(path)
+        except OSError:
+            found.append(None)
+            continue
+        found.append((stat.st_dev, stat.st_ino, stat.st_mtime_ns, stat.st_ctime_ns,
+                      stat.st_size))
+    return tuple(found)
 
 
 def _mtime(path: str) -> int:

@@ -141,6 +141,35 @@ def test_a_symlinked_revision_file_is_stat_ed_every_time(tmp_path):
         head.message.upper()
 
 
+@pytest.mark.parametrize("mtime", ["changed", "put back"])
+def test_an_ini_naming_another_version_folder_shows_at_once(watched, monkeypatch, mtime):
+    """The project's ini is read again only when it changed: an edit shows on the
+    next request, even one that put its modification time back."""
+    client, ini, spec = watched
+    # Files changed within the last two seconds are read again anyway; here that
+    # would hide the kept project (utime() just now gave every file a new ctime).
+    monkeypatch.setattr("dashboard.core.RACY_NS", 0)
+    target = client.application.extensions["dashboard"]
+    client.get("/api/status")
+    assert target._project_read is not None
+    head = spec.revisions[-1]
+    extra = ini.parent / "extra"
+    extra.mkdir()
+    new = hf.RevisionSpec("feedfacecafe", (head.revision,), message="in another folder")
+    (extra / hf.revision_filename(new)).write_text(hf.revision_source(new), encoding="utf-8")
+    _settle(ini.parent)
+    before = ini.stat()
+    text = ini.read_text(encoding="utf-8")
+    assert "version_locations" not in text
+    ini.write_text(text.replace("[alembic]\n", "[alembic]\nversion_locations = "
+                                "%(here)s/migrations/versions:%(here)s/extra\n", 1),
+                   encoding="utf-8")
+    if mtime == "put back":
+        os.utime(ini, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+    assert client.get("/api/status").get_json()["heads"] == [new.revision]
+
+
 # ---------------------------------------------------------------- the watch itself
 
 
