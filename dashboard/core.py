@@ -428,7 +428,8 @@ def _project_files(path: str) -> tuple[str, ...]:
     folder = path if os.path.isdir(path) else os.path.dirname(path)
     return (path, *(os.path.join(folder, name) for name in (
         "alembic.ini", "pyproject.toml", "env.py", os.path.join("migrations", "alembic.ini"),
-        os.path.join("migrations", "env.py"), "migrations")))
+        os.path.join("migrations", "pyproject.toml"), os.path.join("migrations", "env.py"),
+        "migrations")))
 
 
 def _signatures(paths: tuple[str, ...]) -> tuple:
