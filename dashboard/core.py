@@ -11,8 +11,10 @@ its own from the same settings. The revision a run goes to is its
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 import os
+import secrets
 import subprocess
 import threading
 import time
@@ -20,8 +22,9 @@ from dataclasses import replace
 
 from dashboard.errors import ConfigurationError, DashboardError
 from dashboard.services import alembic_process
+from dashboard.services.instance_files import read_json_object, write_json_object
 from dashboard.services.project import Project, load_project
-from dashboard.services.revisions import History, HistoryCache
+from dashboard.services.revisions import RACY_NS, History, HistoryCache
 from dashboard.settings import REPO_ROOT
 
 log = logging.getLogger(__name__)
@@ -32,6 +35,7 @@ FAILED_PROBE_SECONDS = 5.0  # how long "env.py could not be asked" is believed
 # and the project's files stay as they were (a change made by hand to the schema is
 # seen after this, or at once with "Check again").
 DRIFT_SECONDS = 300.0
+ENV_PY_ANSWER_FILE = "env-py-answer.json"  # in the instance folder
 
 
 class Target:
@@ -53,8 +57,12 @@ class Target:
             self._import_headers, os.path.join(self.instance_dir, "history-cache.json"))
         self._sql_cache: dict = {}
         self._pinned: Project | None = None
+        self._project_read: tuple | None = None  # (files' signature, Project)
         self._env_py_cache: dict = {}
         self._drift_cache: dict = {}
+        # env.py's last answer as kept on disk (masked), for pages only: see _remembered.
+        self._env_py_file = os.path.join(self.instance_dir, ENV_PY_ANSWER_FILE)
+        self._env_py_on_disk: dict | None = None
         self._asking: set = set()  # questions to env.py being asked in the background
         self._asking_lock = threading.Lock()
 
@@ -86,17 +94,7 @@ class Target:
         if self._pinned is not None:
             return self._pinned
         given = self.settings.get("DASHBOARD_DATABASE_URL") or None
-        project = (load_project(
-            str(self.settings["DASHBOARD_ALEMBIC_INI"]),
-            given,
-            version_table=str(self.settings["DASHBOARD_VERSION_TABLE"]),
-            python=str(self.settings["DASHBOARD_PYTHON"]),
-            lock_timeout=float(self.settings.get("DASHBOARD_LOCK_TIMEOUT") or 60),
-            backup_verify=str(self.settings.get("DASHBOARD_BACKUP_VERIFY") or "full"),
-            flask_app=str(self.settings.get("DASHBOARD_FLASK_APP") or "") or None,
-            env=self.env,
-            require_url=False,
-        ))
+        project = self._read_project(given)
         if given:
             return project
         asked = self.env_py_databases(replace(project, hands_url=False))
@@ -111,14 +109,42 @@ class Target:
                    "DASHBOARD_DATABASE_URL, or let env.py (or the ini's sqlalchemy.url) "
                    "name the database.")
 
+    def _read_project(self, given: str | None) -> Project:
+        """``load_project``'s answer, read again only when a file it may have read
+        changed (or the working folder, against which a relative SQLite path is
+        read): a warm request does not parse the ini again."""
+        path = os.path.abspath(str(self.settings["DASHBOARD_ALEMBIC_INI"]))
+        signature = (os.getcwd(), _signatures(_project_files(path)))
+        read = self._project_read
+        if read is not None and read[0] == signature and os.path.isdir(read[1].script_location):
+            return read[1]
+        project = load_project(
+            path,
+            given,
+            version_table=str(self.settings["DASHBOARD_VERSION_TABLE"]),
+            python=str(self.settings["DASHBOARD_PYTHON"]),
+            lock_timeout=float(self.settings.get("DASHBOARD_LOCK_TIMEOUT") or 60),
+            backup_verify=str(self.settings.get("DASHBOARD_BACKUP_VERIFY") or "full"),
+            flask_app=str(self.settings.get("DASHBOARD_FLASK_APP") or "") or None,
+            env=self.env,
+            require_url=False,
+        )
+        # A file changed within the last tick may change again keeping its times.
+        settled = all(s is None or max(s[2], s[3]) < time.time_ns() - RACY_NS
+                      for s in signature[1])
+        self._project_read = (signature, project) if settled else None
+        return project
+
     def env_py_databases(self, project: Project, wait: bool = True
                          ) -> alembic_process.EnvPyDatabases | None:
         """Which databases env.py migrates, asked in a subprocess: cached until env.py,
         the ini or the environment handed to the project changes (an answer that is a
         failure, such as a server that is down, for a few seconds only).
 
-        ``wait=False``: the cached answer, else None, the question being asked in the
-        background meanwhile (for pages that only show it: a run asks again anyway)."""
+        ``wait=False``: the cached answer, else the one a previous start kept on disk
+        for the same question (masked: for showing only), else None, the question
+        being asked in the background meanwhile (for pages that only show it: a run
+        asks again anyway)."""
         key = (project.ini_path, _mtime(project.ini_path),
                _mtime(os.path.join(project.script_location, "env.py")), project.python,
                tuple(sorted(alembic_process.worker_environment(project).items())))
@@ -127,25 +153,60 @@ class Target:
                                    time.monotonic() - cached[0] < FAILED_PROBE_SECONDS):
             return cached[1]
         if not wait:
+            remembered = self._remembered(key)
+            if remembered is not None:
+                return remembered
             with self._asking_lock:
                 if key in self._asking:
                     return None
                 self._asking.add(key)
-            threading.Thread(target=self._ask_env_py, args=(key, project), daemon=True,
+            threading.Thread(target=self._ask_env_py, args=(key, project, True), daemon=True,
                              name=f"ask-env-py-{self.name}").start()
             return None
         return self._ask_env_py(key, project)
 
-    def _ask_env_py(self, key, project: Project) -> alembic_process.EnvPyDatabases:
+    def _ask_env_py(self, key, project: Project, background: bool = False
+                    ) -> alembic_process.EnvPyDatabases:
         try:
-            asked = alembic_process.env_py_databases(project, self.timeout)
+            asked = alembic_process.env_py_databases(project, self.timeout, background)
             if len(self._env_py_cache) > 16:
                 self._env_py_cache.clear()
             self._env_py_cache[key] = (time.monotonic(), asked)
+            if asked.databases:
+                self._remember(key, asked, project)
             return asked
         finally:
             with self._asking_lock:
                 self._asking.discard(key)
+
+    def _remembered(self, key) -> alembic_process.EnvPyDatabases | None:
+        """What env.py answered a previous start asking the same question (the same
+        ini, env.py, interpreter and environment, compared by a salted hash: no
+        value of the environment is kept), its URLs masked: for showing only, never
+        for finding the database a run works on (those callers wait for env.py)."""
+        if self._env_py_on_disk is None:
+            self._env_py_on_disk = read_json_object(self._env_py_file)
+        kept = self._env_py_on_disk
+        try:
+            if kept.get("format") != 1 or kept.get("key") != _question_hash(key, kept["salt"]):
+                return None
+            return alembic_process.EnvPyDatabases(tuple(
+                alembic_process.EnvDatabase(url=d["masked_url"] + "", masked_url=d["masked_url"],
+                                            dialect=d["dialect"] + "",
+                                            version_table=d["version_table"] + "")
+                for d in kept["databases"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            log.warning("ignoring %s (%s): env.py is asked again", self._env_py_file, exc)
+            self._env_py_on_disk = {}
+            return None
+
+    def _remember(self, key, asked: alembic_process.EnvPyDatabases, project: Project) -> None:
+        salt = secrets.token_hex(16)
+        body = {"format": 1, "salt": salt, "key": _question_hash(key, salt), "databases": [
+            {"masked_url": project.scrub(d.masked_url), "dialect": d.dialect,
+             "version_table": d.version_table} for d in asked.databases]}
+        write_json_object(self._env_py_file, body, "env.py's answer")
+        self._env_py_on_disk = body
 
     def guarded_databases(self, project: Project) -> tuple[Project, ...]:
         """Every database a run must lock, back up and restore as one: ``project``'s
@@ -403,6 +464,36 @@ class Registry:
         if target.name in self.errors:
             raise ConfigurationError(self.errors[target.name])
         return target
+
+
+def _question_hash(key, salt: str) -> str:
+    return hashlib.blake2b(repr(key).encode("utf-8", "surrogatepass"),
+                           salt=bytes.fromhex(salt)[:16]).hexdigest()
+
+
+def _project_files(path: str) -> tuple[str, ...]:
+    """Every file ``load_project`` may read or look for, given what
+    DASHBOARD_ALEMBIC_INI names (an ini, a pyproject.toml or a folder)."""
+    folder = path if os.path.isdir(path) else os.path.dirname(path)
+    return (path, *(os.path.join(folder, name) for name in (
+        "alembic.ini", "pyproject.toml", "env.py", os.path.join("migrations", "alembic.ini"),
+        os.path.join("migrations", "pyproject.toml"), os.path.join("migrations", "env.py"),
+        "migrations")))
+
+
+def _signatures(paths: tuple[str, ...]) -> tuple:
+    """(device, inode, mtime, ctime, size) of each path, None where there is none:
+    an edit in place shows in its change time even with its mtime put back."""
+    found = []
+    for path in paths:
+        try:
+            stat = os.stat(path)
+        except OSError:
+            found.append(None)
+            continue
+        found.append((stat.st_dev, stat.st_ino, stat.st_mtime_ns, stat.st_ctime_ns,
+                      stat.st_size))
+    return tuple(found)
 
 
 def _mtime(path: str) -> int:

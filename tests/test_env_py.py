@@ -241,6 +241,69 @@ def test_a_dashboard_url_other_than_env_py_s_is_shown_before_any_run(
     assert 'id="env-py-elsewhere"' in page and "refused before its first step" in page
 
 
+@pytest.mark.parametrize("change", ["nothing", "environment", "env.py", "ini"])
+def test_a_restart_shows_env_py_s_last_answer_at_once_unless_the_question_changed(
+        reads_database_url, tmp_path, monkeypatch, change):
+    """Given the database, pages only show env.py's answer: a restart shows the one
+    a previous start got for the same ini, env.py and environment without asking
+    again (kept masked, the environment only as a salted hash)."""
+    a, b, c = tmp_path / "a.db", tmp_path / "b.db", tmp_path / "c.db"
+    for path in (a, b, c):
+        sqlite_notes(path)
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{b}")
+    monkeypatch.setenv("MD_TEST_SECRET_TOKEN", "hush-hush-6d1f")
+    instance = tmp_path / "inst"
+    assert status_json(client_for(reads_database_url, f"sqlite:///{a}", instance)
+                       )["env_py"]["elsewhere"] == [f"sqlite:///{b}"]
+    kept = (instance / "env-py-answer.json").read_text(encoding="utf-8")
+    assert "hush-hush-6d1f" not in kept and str(reads_database_url) not in kept
+
+    elsewhere = f"sqlite:///{b}"
+    if change == "environment":
+        monkeypatch.setenv("DATABASE_URL", f"sqlite:///{c}")
+        elsewhere = f"sqlite:///{c}"
+    elif change == "env.py":
+        env_py = reads_database_url.parent / "migrations" / "env.py"
+        env_py.write_text(env_py.read_text().replace(
+            'os.environ["DATABASE_URL"]', f'"sqlite:///{c}"'))
+        elsewhere = f"sqlite:///{c}"
+    elif change == "ini":
+        stat = reads_database_url.stat()
+        os.utime(reads_database_url, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    client = client_for(reads_database_url, f"sqlite:///{a}", instance)
+    first = client.get("/api/status").get_json()
+    if change == "nothing":
+        assert first["env_py"]["elsewhere"] == [elsewhere]
+    else:
+        assert first["env_py"] is None  # asked anew, in the background
+        assert status_json(client)["env_py"]["elsewhere"] == [elsewhere]
+
+
+def test_env_py_asked_in_the_background_runs_at_a_low_cpu_priority(
+        reads_database_url, tmp_path, monkeypatch):
+    """Given the database, nobody waits for env.py's answer: its process must not
+    take the CPU from the requests being served. Asked for a run, it runs as usual."""
+    import shutil
+
+    if not shutil.which("nice"):
+        pytest.skip("no nice(1) on this system: the question runs at the usual priority")
+    niceness = tmp_path / "niceness"
+    env_py = reads_database_url.parent / "migrations" / "env.py"
+    env_py.write_text(env_py.read_text().replace(
+        "import os\n", f"import os\nopen({str(niceness)!r}, 'a').write(f'{{os.nice(0)}}\\n')\n",
+        1))
+    a = tmp_path / "a.db"
+    sqlite_notes(a)
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{a}")
+    base = os.nice(0)
+    status_json(client_for(reads_database_url, f"sqlite:///{a}", tmp_path / "given"))
+    assert niceness.read_text().split() == [str(min(base + 10, 19))]
+
+    niceness.unlink()
+    status_json(client_for(reads_database_url, "", tmp_path / "named"))  # the project waits
+    assert niceness.read_text().split()[0] == str(base)
+
+
 def test_env_py_that_cannot_run_says_why_with_its_own_line(reads_database_url, tmp_path,
                                                           monkeypatch):
     monkeypatch.delenv("DATABASE_URL", raising=False)

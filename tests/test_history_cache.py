@@ -167,3 +167,163 @@ def test_a_file_added_or_removed_while_stopped_is_seen(project, tmp_path):
     (folder / hf.revision_filename(new)).unlink()
     body = client_for(ini, url, instance).get("/api/status").get_json()
     assert body["heads"] == [head.revision]
+
+
+# ---------------------------------------------------------------- what the map answered
+
+def _facts_files(instance: Path) -> list[Path]:
+    return sorted((instance / "history-facts").glob("*.json"))
+
+
+def _tell_through_facts(instance: Path, revision: str, message: str) -> None:
+    """Change what the facts files say a pending revision's message is: a
+    restart that shows it answered from a file, without building the map."""
+    assert _facts_files(instance)
+    for path in _facts_files(instance):
+        body = json.loads(path.read_text(encoding="utf-8"))
+        for kind, _current, value in body["answers"]:
+            if kind == "pending messages":
+                for pair in value:
+                    if pair[0] == revision:
+                        pair[1] = message
+        path.write_text(json.dumps(body), encoding="utf-8")
+
+
+def test_a_restart_on_the_same_headers_answers_from_the_facts_file(project, tmp_path):
+    ini, url, spec = project
+    instance = tmp_path / "instance"
+    expected = client_for(ini, url, instance).get("/api/status").get_json()
+    head = spec.revisions[-1]
+    _tell_through_facts(instance, head.revision, "told by the facts file")
+
+    client = client_for(ini, url, instance)
+    body = client.get("/api/status").get_json()
+    assert body["pending"][-1] == {"revision": head.revision, "message": "told by the facts file"}
+    assert {k: v for k, v in body.items() if k != "pending"} == \
+        {k: v for k, v in expected.items() if k != "pending"}
+    assert client.application.extensions["dashboard"].history()._graph is None  # never built
+
+
+def test_a_file_saved_again_unchanged_while_stopped_keeps_the_facts(project, tmp_path):
+    """Only its times changed: its headers read again are the same, so are the answers."""
+    ini, url, spec = project
+    instance = tmp_path / "instance"
+    client_for(ini, url, instance).get("/api/status")
+    head = spec.revisions[-1]
+    _tell_through_facts(instance, head.revision, "told by the facts file")
+    path = hf.revision_path(ini, spec, head.revision)
+    path.write_text(path.read_text(encoding="utf-8"), encoding="utf-8")
+    os.utime(path, (time.time() - 60, time.time() - 60))
+
+    pending = client_for(ini, url, instance).get("/api/status").get_json()["pending"]
+    assert pending[-1]["message"] == "told by the facts file"
+
+
+@pytest.mark.parametrize("change", ["message", "parent"])
+def test_facts_of_other_headers_are_not_used(project, tmp_path, change):
+    """A revision file edited while the dashboard was stopped: the restart
+    answers as a dashboard starting on an empty instance folder does."""
+    ini, url, spec = project
+    instance = tmp_path / "instance"
+    client_for(ini, url, instance).get("/api/status")
+    head = spec.revisions[-1]
+    _tell_through_facts(instance, head.revision, "told by the facts file")
+    path = hf.revision_path(ini, spec, head.revision)
+    text = path.read_text(encoding="utf-8")
+    if change == "message":
+        path.write_text(text.replace(head.message, "edited while stopped", 1), encoding="utf-8")
+    else:  # the head now follows the current revision: a second head
+        path.write_text(text.replace(head.down_revision[0], spec.revisions[19].revision),
+                        encoding="utf-8")
+    _settle(ini.parent)
+
+    body = client_for(ini, url, instance).get("/api/status").get_json()
+    assert body == client_for(ini, url, tmp_path / "fresh").get("/api/status").get_json()
+    assert "told by the facts file" not in json.dumps(body)
+    assert len(body["heads"]) == (2 if change == "parent" else 1)
+
+
+def test_facts_are_not_used_with_a_cache_file_that_holds_other_headers(project, tmp_path):
+    ini, url, spec = project
+    instance = tmp_path / "instance"
+    client_for(ini, url, instance).get("/api/status")
+    head = spec.revisions[-1]
+    _tell_through_facts(instance, head.revision, "told by the facts file")
+    body = json.loads((instance / CACHE).read_text(encoding="utf-8"))
+    for entry in body["files"]:
+        if entry[4] == head.revision:
+            entry[8] = "told by the cache file"
+    (instance / CACHE).write_text(json.dumps(body), encoding="utf-8")
+
+    pending = client_for(ini, url, instance).get("/api/status").get_json()["pending"]
+    assert pending[-1] == {"revision": head.revision, "message": "told by the cache file"}
+
+
+def test_a_database_moved_while_stopped_is_answered_anew(project, tmp_path):
+    """The facts hold answers for the revisions the database was at: another
+    current revision is worked out from the map."""
+    ini, url, spec = project
+    instance = tmp_path / "instance"
+    client_for(ini, url, instance).get("/api/status")
+    moved = hf.stamp_database(tmp_path / "db.sqlite", [spec.revisions[29].revision])
+
+    body = client_for(ini, moved, instance).get("/api/status").get_json()
+    assert body["current"] == [spec.revisions[29].revision]
+    assert [p["revision"] for p in body["pending"]] == [r.revision for r in spec.revisions[30:]]
+
+
+@pytest.mark.parametrize("damage", [
+    b"", b"{not json", b"[]", b'{"format": 1}', b'{"format": 999, "answers": []}',
+    b'{"format": 1, "digest": "x", "heads": [], "unreadable": [], "problems": [], '
+    b'"missing": [], "answers": [["pending messages", [], [["a", "b", "c"]]]]}',
+    b'{"format": 1, "digest": "x", "heads": [1], "unreadable": [], "problems": [], '
+    b'"missing": [], "answers": []}',
+    b"\xff\xfe\x00garbage", b"[" * 100_000,
+])
+def test_a_damaged_facts_file_is_ignored(project, tmp_path, damage):
+    ini, url, spec = project
+    instance = tmp_path / "instance"
+    expected = client_for(ini, url, instance).get("/api/status").get_json()
+    for path in _facts_files(instance):
+        path.write_bytes(damage)
+
+    response = client_for(ini, url, instance).get("/api/status")
+    assert response.status_code == 200
+    assert response.get_json() == expected
+
+
+def test_a_file_edited_then_put_back_finds_the_facts_of_before(project, tmp_path):
+    """The latest few sets of facts are kept, one per set of headers: a revision
+    edited and reverted (or a branch checked out and back) answers from disk."""
+    ini, url, spec = project
+    instance = tmp_path / "instance"
+    client = client_for(ini, url, instance)
+    client.get("/api/status")
+    head = spec.revisions[-1]
+    path = hf.revision_path(ini, spec, head.revision)
+    text = path.read_text(encoding="utf-8")
+    path.write_text(text.replace(head.message, "edited for a while", 1), encoding="utf-8")
+    _settle(ini.parent)
+    assert client.get("/api/status").get_json()["pending"][-1]["message"] == "edited for a while"
+    assert len(_facts_files(instance)) == 2
+    _tell_through_facts(instance, head.revision, "told by the facts file")
+    path.write_text(text, encoding="utf-8")
+    os.utime(path, (time.time() - 60, time.time() - 60))
+
+    pending = client_for(ini, url, instance).get("/api/status").get_json()["pending"]
+    assert pending[-1]["message"] == "told by the facts file"
+
+
+def test_only_the_latest_facts_are_kept(project, tmp_path):
+    ini, url, spec = project
+    instance = tmp_path / "instance"
+    client = client_for(ini, url, instance)
+    head = spec.revisions[-1]
+    path = hf.revision_path(ini, spec, head.revision)
+    text = path.read_text(encoding="utf-8")
+    for number in range(7):
+        path.write_text(text.replace(head.message, f"edition {number}", 1), encoding="utf-8")
+        _settle(ini.parent)
+        assert client.get("/api/status").get_json()["pending"][-1]["message"] == \
+            f"edition {number}"
+    assert len(_facts_files(instance)) == 4

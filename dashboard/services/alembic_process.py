@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,8 @@ from dashboard.services.revisions import RevisionHeader, UnreadableFile
 WORKER_SCRIPT = str(Path(__file__).resolve().parent.parent / "alembic_worker.py")
 URL_ENV = "DASHBOARD_TARGET_URL"
 FLASK_APP_ENV = "DASHBOARD_FLASK_APP"
+# A question asked in the background yields the CPU to the requests being served.
+BACKGROUND_NICENESS = 10
 
 
 class WorkerFailed(Exception):
@@ -70,10 +73,17 @@ def parse_events(output: str) -> list[dict]:
     return events
 
 
-def call_worker(project: Project, args: list[str], timeout: float) -> list[dict]:
+def call_worker(project: Project, args: list[str], timeout: float,
+                background: bool = False) -> list[dict]:
+    """Run the worker and return its events. ``background``: at a low CPU priority
+    (``nice``), for a question no request waits on."""
+    command = worker_command(project, *args)
+    nice = shutil.which("nice") if background else None
+    if nice:
+        command = [nice, "-n", str(BACKGROUND_NICENESS), *command]
     try:
         proc = subprocess.run(
-            worker_command(project, *args),
+            command,
             env=worker_environment(project),
             cwd=os.path.dirname(project.ini_path),
             capture_output=True,
@@ -231,12 +241,14 @@ def databases_of(event: dict, cwd: str) -> tuple[EnvDatabase, ...]:
     return tuple(found)
 
 
-def env_py_databases(project: Project, timeout: float) -> EnvPyDatabases:
+def env_py_databases(project: Project, timeout: float,
+                     background: bool = False) -> EnvPyDatabases:
     """Ask env.py which databases it migrates: the worker runs it online, as
     ``alembic upgrade`` would, stopping at each ``context.configure``; no step runs
     and nothing is created (a missing SQLite file stays missing)."""
     try:
-        events = call_worker(project, ["databases", "--ini", project.ini_path], timeout)
+        events = call_worker(project, ["databases", "--ini", project.ini_path], timeout,
+                             background)
     except WorkerFailed as exc:
         return EnvPyDatabases(error=str(exc), traceback=exc.traceback)
     event = next((e for e in events if e.get("event") == "databases"), None)

@@ -17,17 +17,19 @@ rest of the history still reads.
 from __future__ import annotations
 
 import ast
+import gc
+import hashlib
 import json
 import logging
 import os
 import re
-import tempfile
 import threading
 import time
 import tokenize
 import warnings
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -39,7 +41,10 @@ from alembic.script.revision import (
     RevisionMap,
 )
 
+from alembic import __version__ as alembic_version
 from dashboard.errors import BadRequest, NotFound
+from dashboard.services.folder_watch import FolderWatch
+from dashboard.services.instance_files import read_json_object, write_json_object
 from dashboard.services.project import Project
 
 log = logging.getLogger(__name__)
@@ -144,8 +149,8 @@ class ScriptRevision(Revision):
 
 
 @dataclass
-class History:
-    """A project's parsed revision graph."""
+class RevisionGraph:
+    """Alembic's map built from a history's headers, and what building it found."""
 
     revision_map: RevisionMap
     revisions: dict[str, ScriptRevision]
@@ -154,11 +159,110 @@ class History:
     error: str | None = None
     # Revisions named by others that no readable file defines (drawn as missing nodes).
     missing: tuple[str, ...] = ()
-    _memo: dict = field(default_factory=dict, repr=False)
+
+
+# Answers (History.memo kinds) that are plain data, kept on disk with the headers'
+# digest: a restart on the same headers gives them without building the map.
+LASTING = ("pending messages", "applied", "unknown")
+FACTS_FORMAT = 1  # bump when an answer kept on disk is computed differently
+
+
+@dataclass(frozen=True)
+class HistoryFacts:
+    """What a status needs of a history whose map was built once: its heads, what
+    building it found, and answers for some current revisions; valid for headers
+    with this ``digest`` (see ``History.digest``)."""
+
+    digest: str
+    heads: tuple[str, ...]
+    unreadable: tuple[UnreadableFile, ...]
+    problems: tuple[str, ...]
+    missing: tuple[str, ...]
+    answers: dict  # memo key -> answer, kinds in LASTING only
+
+
+class History:
+    """A project's parsed revision graph, built from its headers when first needed.
+
+    With ``find_facts`` (given this history's digest, what a run that built the
+    same headers' map kept on disk), the
+    heads, the problems found and the answers they hold are known without
+    building it: a restart's first /api/status builds nothing. ``on_answer`` is
+    called when an answer of a LASTING kind was computed, to keep it."""
+
+    def __init__(self, items: Iterable[RevisionHeader | UnreadableFile],
+                 find_facts: Callable[[str], HistoryFacts | None] | None = None,
+                 on_answer: Callable[[History], None] | None = None):
+        self.items = tuple(items)
+        facts = find_facts(self.digest) if find_facts is not None else None
+        self._facts = facts if facts is not None and facts.digest == self.digest else None
+        self._graph: RevisionGraph | None = None
+        self._lock = threading.Lock()
+        self._memo: dict = dict(self._facts.answers) if self._facts else {}
+        self._on_answer = on_answer
+
+    @property
+    def graph(self) -> RevisionGraph:
+        if self._graph is None:
+            with self._lock:
+                if self._graph is None:
+                    with collection_paused():
+                        self._graph = _build_graph(self.items)
+        return self._graph
+
+    @property
+    def revision_map(self) -> RevisionMap:
+        return self.graph.revision_map
+
+    @property
+    def revisions(self) -> dict[str, ScriptRevision]:
+        return self.graph.revisions
+
+    @property
+    def error(self) -> str | None:
+        return None if self._facts else self.graph.error
+
+    @property
+    def unreadable(self) -> tuple[UnreadableFile, ...]:
+        return self._facts.unreadable if self._facts else self.graph.unreadable
+
+    @property
+    def problems(self) -> tuple[str, ...]:
+        return self._facts.problems if self._facts else self.graph.problems
+
+    @property
+    def missing(self) -> tuple[str, ...]:
+        return self._facts.missing if self._facts else self.graph.missing
 
     @property
     def heads(self) -> tuple[str, ...]:
+        if self._facts:
+            return self._facts.heads
         return tuple(sorted(self.revision_map.heads)) if self.error is None else ()
+
+    @cached_property
+    def digest(self) -> str:
+        """Names these headers, in this order, read by this version: equal digests,
+        equal maps. (Their text, not their files' times: a file saved again
+        unchanged still matches.)"""
+        parts = [f"{FACTS_FORMAT}\x1f{CACHE_FORMAT}\x1f{alembic_version}"]
+        for item in self.items:
+            if isinstance(item, UnreadableFile):
+                parts += ("!", item.path, item.reason)
+            else:
+                parts += (item.path, item.revision, "\x1f".join(item.down_revision),
+                          "\x1f".join(item.branch_labels), "\x1f".join(item.depends_on),
+                          item.docstring, repr(item.unresolved) if item.unresolved else "")
+        text = "\x1e".join(parts).encode("utf-8", "surrogatepass")
+        return hashlib.blake2b(text, digest_size=20).hexdigest()
+
+    def facts(self) -> HistoryFacts | None:
+        """What to keep on disk: None while the map could not be built."""
+        if self.error is not None:
+            return None
+        answers = {key: value for key, value in self._memo.items() if key[0] in LASTING}
+        return HistoryFacts(self.digest, self.heads, self.unreadable, self.problems,
+                            self.missing, dict(list(answers.items())[-12:]))
 
     def memo(self, key, compute: Callable[[], object]):
         """Cache a derived answer (pending list, ancestors) for this version of the map."""
@@ -166,7 +270,23 @@ class History:
             if len(self._memo) > 64:
                 self._memo.clear()
             self._memo[key] = compute()
+            if key[0] in LASTING and self._on_answer is not None:
+                self._on_answer(self)
         return self._memo[key]
+
+
+@contextmanager
+def collection_paused() -> Iterator[None]:
+    """No cyclic garbage collection while thousands of headers or revisions are
+    made at once (none of them is garbage yet): each collection would scan the
+    whole app's objects again, a quarter of the time here."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 # ---------------------------------------------------------------- parsing
@@ -280,6 +400,8 @@ FileKey = tuple[str, int, int, int]  # (path, mtime_ns, size, ctime_ns)
 # it is checked again once it is older than this, and only then kept on disk.
 RACY_NS = 2_000_000_000
 CACHE_FORMAT = 1  # bump when parse_header_text reads a file differently
+FACTS_FOLDER = "history-facts"  # beside the cache file: one file per digest
+FACTS_KEPT = 4  # the latest: a file reverted, or a branch checked out again, finds them
 
 
 @dataclass(frozen=True)
@@ -290,13 +412,14 @@ class FolderListing:
     stamp: tuple[int, int]
     files: tuple[tuple[str, str], ...]  # (name, path), sorted by name
     subfolders: tuple[str, ...]
+    linked: bool = False  # a file is a symlink (such a listing is never kept)
 
 
 _STAT_DIR_FD = os.stat in os.supports_dir_fd
 
 
-def revision_files(project: Project,
-                   listings: dict[str, FolderListing] | None = None) -> list[FileKey]:
+def revision_files(project: Project, listings: dict[str, FolderListing] | None = None,
+                   scanned: dict[str, bool] | None = None) -> list[FileKey]:
     """(path, mtime_ns, size, ctime_ns) of every revision file, in Alembic's order.
 
     The change time is kept beside the modification time because nobody can
@@ -306,7 +429,8 @@ def revision_files(project: Project,
     A folder is listed again only when its own times changed (a file added,
     removed or renamed); ``listings`` keeps the lists between calls. Paths are
     resolved only for symlinks. So a warm status request costs a stat per
-    file, relative to its open folder, and no more."""
+    file, relative to its open folder, and no more. ``scanned`` is told each
+    folder read, and whether it holds a symlinked file."""
     files: list[FileKey] = []
     seen: set[tuple[int, int]] = set()
     for location in project.version_locations:
@@ -321,6 +445,8 @@ def revision_files(project: Project,
                 continue
             try:
                 listing = _folder_listing(folder, fd, listings)
+                if scanned is not None:
+                    scanned[folder] = listing.linked
                 for name, path in listing.files:
                     try:
                         stat = os.stat(name, dir_fd=fd) if _STAT_DIR_FD else os.stat(path)
@@ -360,7 +486,7 @@ def _folder_listing(folder: str, fd: int,
             has_links = has_links or entry.is_symlink()
             found.append((name, os.path.realpath(entry.path) if entry.is_symlink()
                           else entry.path))
-    listing = FolderListing(stamp, tuple(found), tuple(subfolders))
+    listing = FolderListing(stamp, tuple(found), tuple(subfolders), has_links)
     # A folder changed within the last tick may change again keeping its times,
     # and a link may be pointed elsewhere: those are listed again next time.
     if listings is not None and not has_links and stamp[0] < time.time_ns() - RACY_NS:
@@ -395,6 +521,10 @@ class HistoryCache:
     def __init__(self, import_headers: ImportHeaders, cache_file: str | None = None):
         self._import_headers = import_headers
         self._cache_file = cache_file
+        self._facts_folder = (os.path.join(os.path.dirname(cache_file), FACTS_FOLDER)
+                              if cache_file else None)
+        self._facts_on_disk: HistoryFacts | None = None
+        self._facts_lock = threading.Lock()
         self._lock = threading.Lock()
         self._files: dict[FileKey, RevisionHeader | UnreadableFile] = {}
         self._from_text: set[FileKey] = set()  # parsed from the text alone: may go to disk
@@ -402,34 +532,108 @@ class HistoryCache:
         self._racy_until = 0  # time.time_ns() after which to read those again
         self._disk_read = cache_file is None
         self._listings: dict[str, FolderListing] = {}
+        self._on_disk: tuple = ()  # what the cache file holds: not written again
         self._key: tuple | None = None
         self._history: History | None = None
+        # Vouches that no file changed since the files behind _history were stat'ed.
+        self._watch: FolderWatch | None = None
+        self._watched: set[str] = set()
 
     def load(self, project: Project) -> History:
         with self._lock:
             if not self._disk_read:
                 self._disk_read = True
-                headers, listings = read_cache_file(self._cache_file)
+                with collection_paused():
+                    headers, listings = read_cache_file(self._cache_file)
                 for entry, header in headers.items():
                     self._files.setdefault(entry, header)
                     self._from_text.add(entry)
                 for folder, listing in listings.items():
                     self._listings.setdefault(folder, listing)
-            files = revision_files(project, self._listings)
-            key = (project.version_locations, tuple(files))
+                self._on_disk = (headers.keys(), listings)
+            if self._history is not None and self._unchanged(project):
+                return self._history
+            watch = self._start_watch(project)
+            scanned: dict[str, bool] = {}
+            files = revision_files(project, self._listings, scanned)
+            watch = self._checked_watch(watch, scanned)
+            key = (project.version_locations, project.recursive_version_locations,
+                   tuple(files))
             if self._racy_until and time.time_ns() >= self._racy_until:
                 self._read_racy_again(project)
             if key == self._key and self._history is not None:
+                self._watch = watch
                 return self._history
             parsed, fresh = self._parse_all(project, files)
             self._files = {f: parsed[f] for f in files}
             self._from_text &= self._files.keys()
             self._racy &= self._files.keys()
-            self._history = build_history(parsed[f] for f in files)
+            kept = self._facts_folder is not None
+            self._history = History((parsed[f] for f in files),
+                                    find_facts=self._facts_of if kept else None,
+                                    on_answer=self._keep_facts if kept else None)
             self._key = key
+            self._watch = watch
             if fresh:
                 self._save()
             return self._history
+
+    @property
+    def watching(self) -> bool:
+        """Whether the kernel vouches for the files now (a warm load stats none)."""
+        return self._watch is not None
+
+    def _unchanged(self, project: Project) -> bool:
+        """Whether the kernel vouches that no revision file changed since the last
+        full stat (no file read a moment ago awaits a second look)."""
+        watch = self._watch
+        return (watch is not None and not self._racy
+                and self._key is not None and self._key[:2] == (
+                    project.version_locations, project.recursive_version_locations)
+                and tuple(root for root, _ in watch.roots) == project.version_locations
+                and watch.unchanged())
+
+    def _start_watch(self, project: Project) -> FolderWatch | None:
+        """A watch begun before the stat it vouches for (a change during the stat
+        shows as an event), on the folders the last stat read."""
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
+        folders = self._watched or {os.path.realpath(location)
+                                    for location in project.version_locations}
+        return FolderWatch.start(project.version_locations, folders)
+
+    def _checked_watch(self, watch: FolderWatch | None, scanned: dict[str, bool]
+                       ) -> FolderWatch | None:
+        """The watch, if it covers every folder the stat read."""
+        self._watched = set(scanned)
+        if watch is not None and (any(scanned.values()) or not self._watched <= watch.folders):
+            watch.close()  # a symlinked file, or a folder the watch missed: stat next time
+            return None
+        return watch
+
+    def _facts_of(self, digest: str) -> HistoryFacts | None:
+        facts = read_facts_file(os.path.join(self._facts_folder, f"{digest}.json"))
+        with self._facts_lock:
+            self._facts_on_disk = facts or self._facts_on_disk
+        return facts
+
+    def _keep_facts(self, history: History) -> None:
+        """Keep what the map answered on disk, for a restart on the same headers."""
+        facts = history.facts()
+        if facts is None or self._facts_folder is None:
+            return
+        with self._facts_lock:
+            if facts == self._facts_on_disk:
+                return
+            try:
+                os.makedirs(self._facts_folder, exist_ok=True)
+            except OSError as exc:
+                log.info("cannot keep what the revision map answered: %s", exc)
+                return
+            write_facts_file(os.path.join(self._facts_folder, f"{facts.digest}.json"), facts)
+            self._facts_on_disk = facts
+            _keep_latest(self._facts_folder, FACTS_KEPT)
 
     def _read_racy_again(self, project: Project) -> None:
         again = [entry for entry in self._racy if entry in self._files]
@@ -486,7 +690,10 @@ class HistoryCache:
             return
         keep = {entry: self._files[entry] for entry in self._from_text - self._racy
                 if entry in self._files}
+        if self._on_disk == (keep.keys(), self._listings):
+            return  # a file that changed a moment ago is all that is new: nothing to keep
         write_cache_file(self._cache_file, keep, self._listings)
+        self._on_disk = (keep.keys(), dict(self._listings))
 
 
 def write_cache_file(path: str, headers: dict[FileKey, RevisionHeader],
@@ -502,22 +709,69 @@ def write_cache_file(path: str, headers: dict[FileKey, RevisionHeader],
         [folder, *listing.stamp, listing.files, listing.subfolders]
         for folder, listing in (listings or {}).items()
     ]}
-    folder = os.path.dirname(path) or "."
-    temporary = None
+    write_json_object(path, body, "the parsed revision headers")
+
+
+def _keep_latest(folder: str, count: int) -> None:
+    """Remove all but the ``count`` latest JSON files of ``folder``."""
     try:
-        fd, temporary = tempfile.mkstemp(dir=folder, prefix=".history-cache-", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(body, handle, separators=(",", ":"))
-        os.replace(temporary, path)
-        temporary = None
-    except OSError as exc:  # a read-only or full instance folder: parse again next start
-        log.info("cannot keep the parsed revision headers in %s: %s", path, exc)
-    finally:
-        if temporary is not None:
-            try:
-                os.unlink(temporary)
-            except OSError:
-                pass
+        with os.scandir(folder) as entries:
+            found = [(entry.stat().st_mtime_ns, entry.path) for entry in entries
+                     if entry.name.endswith(".json")]
+        for _, path in sorted(found, reverse=True)[count:]:
+            os.unlink(path)
+    except OSError as exc:
+        log.info("cannot tidy %s: %s", folder, exc)
+
+
+def write_facts_file(path: str, facts: HistoryFacts) -> None:
+    """A history's facts (``HistoryFacts``) as JSON, replacing ``path`` at once."""
+    answers = []
+    for (kind, current), value in facts.answers.items():
+        if kind == "applied":
+            value = sorted(value)
+        answers.append([kind, list(current), list(value)])
+    write_json_object(path, {
+        "format": FACTS_FORMAT, "digest": facts.digest, "heads": list(facts.heads),
+        "unreadable": [[u.path, u.reason] for u in facts.unreadable],
+        "problems": list(facts.problems), "missing": list(facts.missing), "answers": answers,
+    }, "what the revision map answered")
+
+
+def _strings(values) -> tuple[str, ...]:
+    values = tuple(values)
+    "".join(values)  # refuses anything but strings
+    return values
+
+
+def read_facts_file(path: str | None) -> HistoryFacts | None:
+    """What ``write_facts_file`` kept, or None when it is missing, damaged or of
+    another format (the map is then built when first needed)."""
+    if path is None:
+        return None
+    body = read_json_object(path)
+    try:
+        if body.get("format") != FACTS_FORMAT:
+            return None
+        answers: dict = {}
+        for kind, current, value in body["answers"]:
+            if kind == "pending messages":
+                value = tuple(_strings(pair) for pair in value)
+                if any(len(pair) != 2 for pair in value):
+                    raise ValueError("unexpected pending entry")
+            elif kind == "applied":
+                value = frozenset(_strings(value))
+            elif kind == "unknown":
+                value = _strings(value)
+            else:
+                raise ValueError(f"unexpected answer {kind!r}")
+            answers[kind, _strings(current)] = value
+        unreadable = tuple(UnreadableFile(*_strings(pair)) for pair in body["unreadable"])
+        return HistoryFacts(_strings([body["digest"]])[0], _strings(body["heads"]), unreadable,
+                            _strings(body["problems"]), _strings(body["missing"]), answers)
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        log.warning("ignoring %s (%s): the revision map is built again", path, exc)
+        return None
 
 
 def read_cache_file(path: str | None
@@ -568,6 +822,11 @@ def _without_import(header: RevisionHeader, import_error: str) -> RevisionHeader
 
 
 def build_history(items: Iterable[RevisionHeader | UnreadableFile]) -> History:
+    """The history of these headers (its map is built when first needed)."""
+    return History(items)
+
+
+def _build_graph(items: Iterable[RevisionHeader | UnreadableFile]) -> RevisionGraph:
     revisions: dict[str, ScriptRevision] = {}
     unreadable: list[UnreadableFile] = []
     headers: list[RevisionHeader] = []
@@ -620,7 +879,7 @@ def build_history(items: Iterable[RevisionHeader | UnreadableFile]) -> History:
     )
     problems.extend(str(w.message) for w in caught)
     ordered = {s.revision: s for s in scripts if s.revision in revisions}
-    return History(
+    return RevisionGraph(
         revision_map=revision_map,
         revisions=ordered,
         unreadable=tuple(unreadable),
@@ -754,7 +1013,10 @@ def resolve_revision(history: History, revision_id: str) -> ScriptRevision:
 
 
 def unknown_revisions(history: History, current: Iterable[str]) -> list[str]:
-    return sorted(rev for rev in current if rev not in history.revisions)
+    """The current revisions no script defines."""
+    current = tuple(sorted(current))
+    return list(history.memo(("unknown", current), lambda: tuple(
+        rev for rev in current if rev not in history.revisions)))
 
 
 def pending_revisions(history: History, current: tuple[str, ...]) -> list[ScriptRevision]:
@@ -766,6 +1028,13 @@ def pending_revisions(history: History, current: tuple[str, ...]) -> list[Script
         return list(reversed(list(revs)))
 
     return history.memo(("pending", tuple(sorted(current))), compute)
+
+
+def pending_messages(history: History, current: tuple[str, ...]
+                     ) -> tuple[tuple[str, str], ...]:
+    """(revision, message) of what ``alembic upgrade heads`` would apply, in order."""
+    return history.memo(("pending messages", tuple(sorted(current))), lambda: tuple(
+        (r.revision, r.doc) for r in pending_revisions(history, current)))
 
 
 def applied_revisions(history: History, current: tuple[str, ...]) -> frozenset[str]:

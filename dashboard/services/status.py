@@ -19,7 +19,7 @@ from dashboard.services.project import Project
 from dashboard.services.revisions import (
     History,
     applied_revisions,
-    pending_revisions,
+    pending_messages,
     unknown_revisions,
 )
 
@@ -153,10 +153,9 @@ def migration_status(project: Project, history: History) -> MigrationStatus:
     except DatabaseUnreachable as exc:
         new_file = missing_sqlite_file(project)
         if new_file:
-            everything = pending_revisions(history, ())
             return MigrationStatus(
                 UNREACHABLE, database, heads=heads, creatable=True,
-                pending=[PendingRevision(r.revision, r.doc) for r in everything],
+                pending=_pending(history, ()),
                 explanation=(f"The SQLite database file does not exist yet: {new_file}. "
                              "Upgrading creates it (there is nothing to back up)."),
             )
@@ -172,7 +171,7 @@ def migration_status(project: Project, history: History) -> MigrationStatus:
             if db.table_count else
             f"The database has no {project.version_table} table yet: no migration has run."
         )
-        pending = [PendingRevision(r.revision, r.doc) for r in pending_revisions(history, ())]
+        pending = _pending(history, ())
         return MigrationStatus(
             UNINITIALIZED, database, heads=heads, pending=pending,
             explanation=explanation, table_count=db.table_count,
@@ -189,8 +188,7 @@ def migration_status(project: Project, history: History) -> MigrationStatus:
             ),
             table_count=db.table_count,
         )
-    pending = [PendingRevision(r.revision, r.doc)
-               for r in pending_revisions(history, tuple(current))]
+    pending = _pending(history, tuple(current))
     state = PENDING if pending else UP_TO_DATE
     return MigrationStatus(
         state, database, current=current, heads=heads, pending=pending,
@@ -200,3 +198,12 @@ def migration_status(project: Project, history: History) -> MigrationStatus:
                      else "The database is at the latest revision."),
         table_count=db.table_count,
     )
+
+
+def _pending(history: History, current: tuple[str, ...]) -> list[PendingRevision]:
+    """What ``alembic upgrade heads`` would apply, as the status lists it: made once
+    per version of the history (thousands of them, on every request otherwise)."""
+    made = history.memo(("pending status", tuple(sorted(current))), lambda: tuple(
+        PendingRevision(revision, message)
+        for revision, message in pending_messages(history, current)))
+    return list(made)
