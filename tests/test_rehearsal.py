@@ -167,6 +167,30 @@ def test_an_env_py_that_picks_its_own_database_is_refused_not_run_on_the_real_on
     assert copies_left(instance_dir) == []
 
 
+def test_an_env_py_reading_its_url_from_the_environment_rehearses_on_the_copy(
+        sample_ini, db_url, db_path, instance_dir, monkeypatch):
+    """The most common env.py edit (and every Flask-Migrate app configured from the
+    environment): the URL comes from a variable. The variable that names the real
+    database names the copy for the rehearsal's worker."""
+    from dashboard import create_app
+
+    env_py = sample_ini.parent / "alembic" / "env.py"
+    env_py.write_text(env_py.read_text().replace(
+        "config = context.config\n", "config = context.config\nimport os\n"
+        'config.set_main_option("sqlalchemy.url", os.environ["DATABASE_URL"])\n', 1))
+    monkeypatch.setenv("DATABASE_URL", db_url)
+    migrate(sample_ini, db_url, USERS)
+    monkeypatch.delenv("DASHBOARD_DATABASE_URL", raising=False)
+    client = create_app({"TESTING": True, "DASHBOARD_ALEMBIC_INI": str(sample_ini),
+                         "DASHBOARD_INSTANCE_DIR": str(instance_dir)}).test_client()
+    before = sha256(db_path)
+    body = rehearse(client, roundtrip=True)
+    assert body["status"] == "passed", body["error"]
+    assert body["from"] == [USERS] and body["to"] == [UNIFIED_REASONING]
+    assert sha256(db_path) == before
+    assert copies_left(instance_dir) == []
+
+
 def test_bad_requests_are_refused_with_a_clear_4xx(client, sample_ini, db_url, app):
     migrate(sample_ini, db_url, USERS)
     missing = client.get("/api/rehearsals/nope")

@@ -229,7 +229,9 @@ def execute(target: Target, prepared: Prepared) -> None:
         _sweep_copies(inst, folder)
         try:
             with project.engine.scratch_copy(project, backup.path, folder) as url:
-                copy = replace(project, database_url=url, hands_url=True)
+                copy = replace(project, database_url=url, hands_url=True,
+                               env=tuple({**dict(project.env),
+                                          **_pointed_at_copy(project, url)}.items()))
                 _update(inst, rid, copy=copy.masked_url)
                 error = _rehearse(target, prepared, copy, backup.revisions)
         finally:
@@ -253,6 +255,27 @@ def execute(target: Target, prepared: Prepared) -> None:
         from_revs=record.from_revs if record else (), to_revs=record.to_revs if record else (),
         backup_id=record.backup_id if record else None, run_id=rid,
         duration=time.time() - started, error=error))
+
+
+def _pointed_at_copy(project, copy_url: str) -> dict[str, str]:
+    """The environment variables (the dashboard's and the target's) that name the real
+    database, now naming the copy: an env.py (or a Flask app's config) that reads its
+    URL from one then migrates the copy. Whatever env.py opens is still checked against
+    the copy before any step."""
+    if not project.database_url:
+        return {}
+    real = project.engine.identity(project.database_url)
+    pointed = {}
+    for name, value in {**os.environ, **dict(project.env)}.items():
+        if name.startswith("DASHBOARD_") or "://" not in value:
+            continue
+        try:
+            same = project.engine.identity(value) == real
+        except Exception:  # not a URL this engine reads
+            same = False
+        if same:
+            pointed[name] = copy_url
+    return pointed
 
 
 def _sweep_copies(inst: str, folder: str) -> None:
