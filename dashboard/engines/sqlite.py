@@ -283,7 +283,9 @@ class SqliteEngine(DatabaseEngine):
             except OSError as exc:
                 raise describe_failure("the scratch copy cannot be written", exc,
                                        folder) from exc
-            yield URL.create("sqlite", database=path).render_as_string()
+            # The project's own driver (an async env.py needs sqlite+aiosqlite).
+            driver = make_url(project.database_url).drivername
+            yield URL.create(driver, database=path).render_as_string()
         finally:
             remove_files(*(path + suffix for suffix in ("", "-journal", "-wal", "-shm")))
 
