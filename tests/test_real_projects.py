@@ -199,6 +199,11 @@ def test_upgrade_and_downgrade_leave_the_database_where_its_own_tool_says(case):
     assert case.current() == [head]
     for url in case.urls:
         assert set(case.project.tables) <= set(tables_of(url))
+    # The run keeps what it changed in the schema: every new table, of each database.
+    added = [line for line in up["schema_diff"] if line.startswith("added table ")]
+    for table in case.project.tables[1:]:
+        named = [line for line in added if f" {table} (" in line]
+        assert len(named) == len(case.urls), (table, up["schema_diff"], up["schema_note"])
     assert client.get("/api/status").get_json()["state"] == "up_to_date"
     down = run_to_end(client, "downgrade", first)
     assert down["status"] == "succeeded", down

@@ -392,10 +392,20 @@ def _keep_schema(target: Target, prepared: Prepared, when: str) -> None:
     """The run's database's schema now (``when`` "before" or "after"), stored with the
     run; one that cannot be read is noted, and never fails the run."""
     try:
-        database = prepared.databases[0] if prepared.databases else target.project()
+        databases = prepared.databases or (target.project(),)
         # A database the upgrade creates had no schema at all before it.
-        taken = schema.SchemaSnapshot({}) if when == "before" and \
-            missing_sqlite_file(database) else schema.snapshot(database)
+        taken = [schema.SchemaSnapshot({}) if when == "before" and missing_sqlite_file(d)
+                 else schema.snapshot(d) for d in databases]
+        if len(databases) > 1:  # several: each table named with its database
+            taken = [schema.SchemaSnapshot(
+                None if t.tables is None else
+                {f"{d.masked_url}: {name}": spec for name, spec in t.tables.items()},
+                t.reason and f"{d.masked_url}: {t.reason}")
+                for d, t in zip(databases, taken, strict=True)]
+        unread = [t.reason or "not read" for t in taken if t.tables is None]
+        taken = schema.SchemaSnapshot(
+            None if unread else {k: v for t in taken for k, v in t.tables.items()},
+            "; ".join(unread) or None)
         values: dict = {f"schema_{when}": taken.tables}
         if taken.reason:
             values["schema_note"] = f"The schema {when} the run: {taken.reason}"
