@@ -492,6 +492,8 @@ def test_a_dangling_parent_draws_a_partial_graph_with_the_problem_marked(neutron
     assert "No readable revision file defines this revision" in page.get_data(as_text=True)
     assert "Back up, then upgrade" not in page.get_data(as_text=True)
     assert client.get("/").status_code == 200
+    lint = client.get("/api/lint")
+    assert lint.status_code == 200 and lost in lint.get_data(as_text=True), lint.get_json()
 
     refused = client.post("/api/runs", json={"action": "upgrade", "target": "heads"})
     assert refused.status_code == 409

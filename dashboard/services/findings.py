@@ -172,6 +172,10 @@ def plan_findings(target, project, history, revisions, direction: str = "upgrade
                   sql: str = "now") -> Lint | None:
     """Findings of ``revisions`` run in that order in one direction: their SQL
     generated now (``sql="now"``), or only if it is cached ("cached"; None otherwise)."""
+    # A revision with no readable file (a dangling parent) has no SQL to check.
+    unreadable = {r: "no readable revision file defines it" for r in revisions
+                  if r not in history.revisions}
+    revisions = [r for r in revisions if r not in unreadable]
     scripts = [history.revisions[r] for r in revisions]
     if sql == "now":
         found = target.step_sql(project, scripts, direction)
@@ -179,7 +183,8 @@ def plan_findings(target, project, history, revisions, direction: str = "upgrade
         found = target.cached_step_sql(project, scripts, direction)
         if found is None:
             return None
-    errors = {r: found[r].error or "no SQL" for r in revisions if found[r].sql is None}
+    errors = {**unreadable,
+              **{r: found[r].error or "no SQL" for r in revisions if found[r].sql is None}}
     lint = lint_steps(project, [(r, direction, found[r].sql) for r in revisions
                                 if found[r].sql is not None])
     return replace(lint, sql_errors=errors)
