@@ -494,6 +494,9 @@ def test_a_dangling_parent_draws_a_partial_graph_with_the_problem_marked(neutron
     assert client.get("/").status_code == 200
     lint = client.get("/api/lint")
     assert lint.status_code == 200 and lost in lint.get_data(as_text=True), lint.get_json()
+    script = client.get("/api/sql/pending")
+    assert script.status_code in (200, 409), script.get_data(as_text=True)[:300]
+    assert lost in script.get_data(as_text=True)
 
     refused = client.post("/api/runs", json={"action": "upgrade", "target": "heads"})
     assert refused.status_code == 409

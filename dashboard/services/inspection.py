@@ -426,6 +426,10 @@ def pending_sql_script(target) -> tuple[str, str]:
     project, history, status = target.read_state()
     if not status.pending:
         raise Conflict(f"Nothing is pending: the database is {status.state.replace('_', ' ')}.")
+    unreadable = [p.revision for p in status.pending if p.revision not in history.revisions]
+    if unreadable:
+        raise Conflict(f"No readable revision file defines {', '.join(unreadable)}, which the "
+                       "pending upgrade needs, so no script is given.")
     revisions = [history.revisions[p.revision] for p in status.pending]
     found = target.upgrade_sql(project, revisions)
     failed = [(r.revision, found[r.revision].error) for r in revisions
