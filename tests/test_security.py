@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 
 import pytest
 
@@ -58,6 +59,10 @@ def _snapshot(*paths):
 def test_no_get_changes_anything(app, client, sample_ini, db_url, db_path, instance_dir):
     migrate(sample_ini, db_url, CHATS)
     client.get("/")  # first request may create the instance folder's own files
+    # ... and asks env.py in the background, keeping its answer when it comes.
+    deadline = time.monotonic() + 60
+    while not (instance_dir / "env-py-answer.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
     before = _snapshot(db_path.parent / "project", instance_dir) | _snapshot_file(db_path)
     urls = []
     for rule in app.url_map.iter_rules():
