@@ -143,6 +143,9 @@ def take_screenshots(out_dir: Path) -> list[Path]:
             context = browser.new_context(viewport=VIEWPORT)
             page = context.new_page()
             page.goto(server.url + "/")
+            # The risk badges and the drift panel come in fragments after the page.
+            page.locator("#drift[data-state]").wait_for(timeout=60_000)
+            page.locator(".sql-loading").first.wait_for(state="detached", timeout=60_000)
             page.screenshot(path=shots[0], full_page=True)
             page.goto(server.url + "/history")
             page.screenshot(path=shots[1], full_page=True)
