@@ -43,8 +43,9 @@ class Target:
 
     def __init__(self, settings: dict, *, name: str = "default", read_only: bool = False,
                  backup_dir: str | None = None, lock_dir: str | None = None,
-                 env: dict[str, str] | None = None):
+                 env: dict[str, str] | None = None, labels: tuple[str, ...] = ()):
         self.settings = dict(settings)
+        self.labels = tuple(labels)
         self.env = dict(env or {})  # for the project's process; may hold secrets
         self.name = name
         self.read_only = read_only
@@ -452,7 +453,7 @@ class Registry:
                 overrides.setdefault("DASHBOARD_DATABASE_URL", None)
             self.targets[config.name] = Target(
                 {**self.settings, **overrides}, name=config.name, read_only=config.read_only,
-                backup_dir=config.backup_dir, lock_dir=root, env=env,
+                backup_dir=config.backup_dir, lock_dir=root, env=env, labels=config.labels,
             )
 
     def get(self, name: str | None = None) -> Target:

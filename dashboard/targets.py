@@ -24,6 +24,9 @@ secrets stay out of the file too.
 
     [targets.prod.env]
     DATABASE_URL = "${PROD_DATABASE_URL}"
+
+A target's ``labels = ["tenant", "eu"]`` let a rollout (services/rollouts.py)
+select many targets at once.
 """
 
 from __future__ import annotations
@@ -37,8 +40,8 @@ from dashboard.errors import ConfigurationError
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _KEYS = {"alembic_ini", "database_url", "database_url_env", "backup_dir", "read_only",
-         "python", "version_table", "backup_verify", "flask_app", "env"}
-_STRING_KEYS = _KEYS - {"read_only", "env"}
+         "python", "version_table", "backup_verify", "flask_app", "env", "labels"}
+_STRING_KEYS = _KEYS - {"read_only", "env", "labels"}
 _VARIABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 # The dashboard's own variables for its worker: a target's env may not set them.
@@ -58,6 +61,7 @@ class TargetConfig:
     backup_verify: str | None = None  # "full" or "quick"
     flask_app: str | None = None  # as `flask --app` takes it
     env: tuple[tuple[str, str], ...] = ()  # as written: "${NAME}" not yet read
+    labels: tuple[str, ...] = ()  # for rollouts: select many targets by label
 
     def resolve_env(self, environ) -> dict[str, str]:
         """The variables for the project's process, each ``${NAME}`` read from ``environ``."""
@@ -123,6 +127,11 @@ def _target(name: str, spec, base: str, path: str) -> TargetConfig:
         if key in spec and not isinstance(spec[key], str):
             raise ConfigurationError(f"{where}: {key} must be a string.")
     env = _env_table(spec.get("env", {}), where)
+    labels = spec.get("labels", [])
+    if not isinstance(labels, list) or not all(isinstance(x, str) and _NAME.match(x)
+                                                for x in labels):
+        raise ConfigurationError(f"{where}: labels must be a list of names "
+                                 f"(letters, digits, '_', '-', '.'), such as [\"tenant\"].")
     if spec.get("backup_verify", "full") not in ("full", "quick"):
         raise ConfigurationError(f"{where}: backup_verify must be 'full' or 'quick'.")
     if not isinstance(spec.get("read_only", False), bool):
@@ -148,6 +157,7 @@ def _target(name: str, spec, base: str, path: str) -> TargetConfig:
         backup_verify=spec.get("backup_verify"),
         flask_app=spec.get("flask_app") or None,
         env=env,
+        labels=tuple(dict.fromkeys(labels)),
     )
 
 

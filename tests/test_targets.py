@@ -150,6 +150,9 @@ def test_two_targets_on_one_database_share_the_lock(tmp_path, sample_ini):
     ("default = 'zzz'\n[targets.a]\nalembic_ini = 'a.ini'\n", "names no target"),
     ("[targets.a]\nalembic_ini = 'a.ini'\ndatabase_url = 'x'\ndatabase_url_env = 'Y'\n",
      "not both"),
+    ("[targets.a]\nalembic_ini = 'a.ini'\nlabels = 'tenant'\n", "labels must be a list"),
+    ("[targets.a]\nalembic_ini = 'a.ini'\nlabels = ['ok', 'no spaces']\n",
+     "labels must be a list"),
 ])
 def test_a_bad_targets_file_stops_start_up_with_a_clear_message(tmp_path, text, message):
     config = tmp_path / "t.toml"
@@ -157,6 +160,20 @@ def test_a_bad_targets_file_stops_start_up_with_a_clear_message(tmp_path, text, 
     with pytest.raises(ConfigurationError, match=message):
         create_app({"DASHBOARD_TARGETS_FILE": str(config),
                     "DASHBOARD_INSTANCE_DIR": str(tmp_path / "inst")})
+
+
+def test_labels_reach_their_targets(tmp_path, sample_ini):
+    from dashboard.core import Registry
+
+    config = tmp_path / "t.toml"
+    config.write_text(f"[targets.a]\nalembic_ini = '{sample_ini}'\nlabels = ['tenant', 'eu', "
+                      f"'tenant']\n[targets.b]\nalembic_ini = '{sample_ini}'\n")
+    from dashboard.settings import settings_from_environ
+
+    registry = Registry({**settings_from_environ({}), "DASHBOARD_TARGETS_FILE": str(config),
+                         "DASHBOARD_INSTANCE_DIR": str(tmp_path / "inst")})
+    assert registry.get("a").labels == ("tenant", "eu")
+    assert registry.get("b").labels == ()
 
 
 def _wait(client, url):

@@ -1,0 +1,90 @@
+"""Where a rollout's runs execute: one protocol, two homes.
+
+A rollout (services/rollouts.py) decides which target runs when; an executor
+only starts one target's run behind the guard and tells how it stands. The
+embedded default, ``LocalExecutor``, starts each run in its own runner
+process on this machine (dashboard/runner.py): the conductor keeps at most
+``parallel`` of them alive, so the runner processes are the pool. With a
+broker, ``dashboard.fleet.CeleryExecutor`` sends each run to Celery workers
+instead. Either way every target goes through the same guard: lock, verified
+backup, run, restore on failure, audit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from dashboard.services import runs
+
+if TYPE_CHECKING:
+    from dashboard.core import Target
+
+# Before a run is recorded: waiting for a worker (Celery), or being started.
+WAITING = "waiting"
+
+
+@dataclass(frozen=True)
+class TargetRun:
+    """How one target's run stands, as an executor reports it."""
+
+    status: str  # WAITING, or a run status (runs.QUEUED ... runs.CANCELLED)
+    run_id: str | None = None
+    run: runs.RunRecord | None = None
+    error: str | None = None  # why it failed when there is no run to say it
+
+    @property
+    def finished(self) -> bool:
+        return self.status in runs.FINISHED
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """One target's part of a rollout: what the guard is asked to do."""
+
+    rollout_id: str
+    action: str  # upgrade, downgrade, stamp
+    destination: str
+    user: str
+
+
+class Executor(Protocol):
+    name: str  # "local" or "celery", shown on the rollout page
+
+    def start(self, target: Target, request: RunRequest) -> str:
+        """Start the target's run; a handle to poll it by. Raises a DashboardError
+        (``Conflict`` when another action holds the database) when it cannot."""
+
+    def poll(self, target: Target, handle: str) -> TargetRun:
+        """How the run started under ``handle`` stands now."""
+
+    def close(self) -> None:
+        """Let go of what the executor holds (connections to a broker)."""
+
+
+class LocalExecutor:
+    """Each run in its own runner process on this machine (the embedded pool)."""
+
+    name = "local"
+
+    def start(self, target: Target, request: RunRequest) -> str:
+        from dashboard.services import guard
+
+        project, history, status = target.read_state()
+        run = guard.start_action(target.pinned(project), history, status.state,
+                                 request.action, request.destination, request.user)
+        return run.id
+
+    def poll(self, target: Target, handle: str) -> TargetRun:
+        run = runs.get_run(target.instance_dir, handle)
+        if run is not None and not run.finished:
+            # A runner that died leaves its run unfinished and the lock free: settled
+            # (recovered) by the guard, as at the dashboard's next start.
+            target.reap_interrupted_runs()
+            run = runs.get_run(target.instance_dir, handle)
+        if run is None:
+            return TargetRun(runs.FAILED, handle, None, f"Run '{handle}' is not recorded.")
+        return TargetRun(run.status, run.id, run, run.error)
+
+    def close(self) -> None:
+        pass
