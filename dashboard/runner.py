@@ -32,13 +32,15 @@ HANDSHAKE_SECONDS = 300.0
 POLL_SECONDS = 0.1
 
 
-def launch(target, request: dict, wait: bool, get=None):
+def launch(target, request: dict, wait: bool, get=None, bound: bool = False):
     """Start a runner for ``request`` on ``target``; return its run once it has
     started (or, with ``wait``, once it has finished). Raises what the runner
     refused with: a held lock, a bad destination, a read-only instance folder.
 
     ``get(instance_dir, id)`` reads what the runner records (a run, unless told:
-    a rehearsal)."""
+    a rehearsal). ``bound``: the runner, and the worker it starts, die with this
+    process instead of going on by themselves (a Celery task's run:
+    services/lifeline.py)."""
     from dashboard.services import runs
 
     get = get or runs.get_run
@@ -46,16 +48,22 @@ def launch(target, request: dict, wait: bool, get=None):
     payload = {"target": {"settings": _json_safe(target.settings), "name": target.name,
                           "read_only": target.read_only, "backup_dir": target.backup_folder,
                           "lock_dir": target.lock_dir, "env": target.env},
-               **request}
+               **request, "bound": bound}
     env = dict(os.environ)
     env[REQUEST_ENV] = json.dumps(payload)
     if not _installed():  # a checkout: `-m dashboard.runner` needs its root, from any folder
         env["PYTHONPATH"] = os.pathsep.join(
             [str(REPO_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    if bound:
+        from dashboard.services.lifeline import bound_to_this_process
+
+        detach = {"preexec_fn": bound_to_this_process()}
+    else:
+        detach = {"start_new_session": True}
     try:
         proc = subprocess.Popen(
             [sys.executable, "-m", "dashboard.runner"], env=env, stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, **detach)
     except OSError as exc:
         raise Unavailable(f"The run could not be started: {exc.strerror}.") from exc
     # Reap it whenever it ends, so no zombie is left in a long-lived server.

@@ -84,9 +84,10 @@ def lock_holder(target: Target, but_backups: bool = False) -> str | None:
 # ------------------------------------------------------------------ the verbs
 
 def start_action(target: Target, history: History, state: str, action: str, destination: str,
-                 user: str, background: bool = True) -> runs.RunRecord:
+                 user: str, background: bool = True, bound: bool = False) -> runs.RunRecord:
     """Start an upgrade, downgrade or stamp behind the guard; its run once started
-    (with ``background`` False, once finished).
+    (with ``background`` False, once finished). ``bound``: the run dies with the
+    calling process (a Celery task's: a lost worker leaves no run going on alone).
 
     Raises ``BadRequest`` for a bad destination and ``Conflict`` while another
     action holds the lock; both before anything is recorded or changed."""
@@ -99,7 +100,7 @@ def start_action(target: Target, history: History, state: str, action: str, dest
     _check_plan(target, history, state, action, destination)
     return runner.launch(target, {"verb": "action", "action": action,
                                   "destination": destination, "state": str(state),
-                                  "user": user}, wait=not background)
+                                  "user": user}, wait=not background, bound=bound)
 
 
 def _check_plan(target: Target, history: History, state: str, action: str,
@@ -200,6 +201,9 @@ def cancellable_run(target: Target, run_id: str) -> tuple[runs.RunRecord, int]:
     run = runs.get_run(target.instance_dir, run_id)
     if run is None:
         raise NotFound(f"No run '{run_id}'.")
+    if run.executed_by and not run.finished:
+        raise Conflict(f"Run {run_id} is carried out by the Celery worker {run.executed_by}: "
+                       "it cannot be cancelled from this dashboard.")
     pid = runs.worker_pid(target.instance_dir, run_id)
     if run.status != runs.RUNNING or not pid:
         raise Conflict(f"Run {run_id} is {run.status.replace('_', ' ')}: only a running "
@@ -306,7 +310,8 @@ def _prepare_action(target: Target, request: dict, user: str) -> Prepared:
         lock.release()
         raise
     return Prepared("action", run_id, user, lock, current=current, plan=plan,
-                    reachable=_reachable(history, plan), databases=databases)
+                    reachable=_reachable(history, plan), databases=databases,
+                    extra={"bound": bool(request.get("bound"))})
 
 
 def _prepare_restore(target: Target, request: dict, user: str) -> Prepared:
@@ -437,7 +442,8 @@ def _execute_action(target: Target, prepared: Prepared) -> None:
     inst, project = target.instance_dir, target.project()
     started = time.time()
     runs.update_run(inst, run_id, status=runs.BACKING_UP, started_at=started)
-    worker = supervision.Worker(target, run_id, plan, prepared.lock)
+    worker = supervision.Worker(target, run_id, plan, prepared.lock,
+                               bound=prepared.extra.get("bound", False))
     backup = None
     try:
         try:
@@ -527,7 +533,8 @@ def _execute_several(target: Target, prepared: Prepared) -> None:
             f"Only {project.masked_url} is held against other writers for the whole run; "
             f"writes other sessions make to {', '.join(unheld)} during the run are not "
             "held off, and a restore of it would discard them."))
-    worker = supervision.Worker(target, run_id, plan, prepared.lock)
+    worker = supervision.Worker(target, run_id, plan, prepared.lock,
+                               bound=prepared.extra.get("bound", False))
     parts: list[recovery.DatabasePart] = []
     going = False
     try:

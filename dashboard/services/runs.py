@@ -11,7 +11,7 @@ import secrets
 import time
 from dataclasses import dataclass, field
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import func, insert, select, update
 
 from dashboard.services import schema, store
 
@@ -84,6 +84,8 @@ class RunRecord:
     schema_before: dict | None = field(default=None, repr=False)
     schema_after: dict | None = field(default=None, repr=False)
     schema_note: str | None = None
+    # Where the run was carried out when not by this dashboard: a Celery worker's name.
+    executed_by: str | None = None
     steps: tuple[RunStep, ...] = ()
     logs: tuple[RunLog, ...] = field(default=(), repr=False)
 
@@ -138,6 +140,7 @@ class RunRecord:
             "destination": self.target, "discarded_writes": self.discarded_writes,
             "backups": [dict(b) for b in self.backups],
             "schema_diff": self.schema_diff, "schema_note": self.schema_note or None,
+            "executed_by": self.executed_by,
             "logs": [{"ts": log.ts, "level": log.level, "message": log.message}
                      for log in self.logs[-200:]],
         }
@@ -226,6 +229,7 @@ def _record(row, steps=(), logs=()) -> RunRecord:
         schema_before=_json_or_none(row.get("schema_before")),
         schema_after=_json_or_none(row.get("schema_after")),
         schema_note=row.get("schema_note"),
+        executed_by=row.get("executed_by"),
         steps=tuple(RunStep(s["idx"], s["revision"], s["direction"], s["status"],
                             s["started_at"], s["finished_at"]) for s in steps),
         logs=tuple(RunLog(entry["ts"], entry["level"], entry["message"]) for entry in logs),
@@ -255,11 +259,84 @@ def find_runs(instance_dir: str, where: dict, page: int, per_page: int) -> store
 
 
 def unfinished_runs(instance_dir: str) -> list[RunRecord]:
+    """Runs of this store not ended yet, but those carried out elsewhere (a Celery
+    worker's, mirrored here: their own worker settles them)."""
     engine = store.store_engine(instance_dir)
     with engine.connect() as conn:
         rows = conn.execute(select(store.runs).where(
-            store.runs.c.status.not_in(FINISHED))).mappings().all()
+            store.runs.c.status.not_in(FINISHED),
+            store.runs.c.executed_by.is_(None))).mappings().all()
     return [_record(row) for row in rows]
+
+
+def _rank(status: str, steps_done: int, finished_at) -> tuple:
+    """How far a run has come, to let the newer of two reports of it win."""
+    return (status in FINISHED, finished_at or 0, steps_done)
+
+
+def upsert_run_json(instance_dir: str, run_json: dict, executed_by: str) -> bool:
+    """Keep here a run carried out elsewhere, as its worker reported it
+    (``RunRecord.as_json()``, with ``schema_before``/``schema_after`` when it has
+    ended): its row, steps and log lines. Idempotent; an older report than the one
+    kept changes nothing (False). A run this store has of its own (same id, not
+    mirrored: the worker shares this instance folder) is never touched (False)."""
+    run_id = str(run_json["id"])
+    steps = list(run_json.get("steps") or [])
+    done = sum(1 for s in steps if s.get("status") == SUCCEEDED)
+    values = {
+        "action": run_json["action"], "target": run_json.get("destination") or
+        run_json.get("target") or "", "status": run_json["status"],
+        "from_revs": store.dumps(list(run_json.get("from") or [])),
+        "to_revs": store.dumps(list(run_json.get("to") or [])),
+        "backup_id": run_json.get("backup_id"),
+        "restore_backup_id": run_json.get("restore_backup_id"),
+        "error": run_json.get("error"), "failed_step": run_json.get("failed_step"),
+        "user": run_json.get("user") or "", "created_at": run_json.get("created_at") or
+        time.time(), "started_at": run_json.get("started_at"),
+        "finished_at": run_json.get("finished_at"),
+        "backup_seconds": run_json.get("backup_seconds"),
+        "discarded_writes": None if run_json.get("discarded_writes") is None
+        else store.dumps(run_json["discarded_writes"]),
+        "backups": store.dumps(list(run_json.get("backups") or [])),
+        "schema_note": run_json.get("schema_note"), "executed_by": executed_by,
+    }
+    for key in ("schema_before", "schema_after"):
+        if run_json.get(key) is not None:
+            values[key] = store.dumps(run_json[key])
+    with store.store_engine(instance_dir).begin() as conn:
+        kept = conn.execute(select(store.runs.c.status, store.runs.c.finished_at,
+                                   store.runs.c.executed_by)
+                            .where(store.runs.c.id == run_id)).first()
+        if kept is not None:
+            if kept.executed_by is None:
+                return False  # the guard's own record, in a shared instance folder
+            kept_done = conn.execute(select(store.run_steps.c.idx).where(
+                store.run_steps.c.run_id == run_id,
+                store.run_steps.c.status == SUCCEEDED)).all()
+            if _rank(kept.status, len(kept_done), kept.finished_at) > \
+                    _rank(values["status"], done, values["finished_at"]):
+                return False
+            conn.execute(update(store.runs).where(store.runs.c.id == run_id).values(**values))
+        else:
+            conn.execute(insert(store.runs).values(id=run_id, **values))
+        conn.execute(store.run_steps.delete().where(store.run_steps.c.run_id == run_id))
+        if steps:
+            conn.execute(insert(store.run_steps), [
+                {"run_id": run_id, "idx": i, "revision": s.get("revision") or "",
+                 "direction": s.get("direction") or "", "status": s.get("status") or "planned",
+                 "started_at": s.get("started_at"), "finished_at": s.get("finished_at")}
+                for i, s in enumerate(steps, start=1)])
+        # Log lines come as the newest 200: those newer than the last kept are added.
+        last = conn.execute(select(func.max(store.run_logs.c.ts)).where(
+            store.run_logs.c.run_id == run_id)).scalar()
+        fresh = [entry for entry in run_json.get("logs") or []
+                 if last is None or (entry.get("ts") or 0) > last]
+        if fresh:
+            conn.execute(insert(store.run_logs), [
+                {"run_id": run_id, "ts": entry.get("ts") or time.time(),
+                 "level": entry.get("level") or "INFO",
+                 "message": str(entry.get("message") or "")[:4000]} for entry in fresh])
+    return True
 
 
 def pinned_backups(instance_dir: str) -> set[str]:

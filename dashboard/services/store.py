@@ -84,6 +84,9 @@ runs = Table(
     Column("schema_before", Text),
     Column("schema_after", Text),
     Column("schema_note", Text),
+    # A run carried out elsewhere (a Celery worker, "w1@host"), copied here from what
+    # it reported: this store only mirrors it, and never settles it as its own.
+    Column("executed_by", Text),
 )
 
 run_steps = Table(

@@ -27,6 +27,7 @@ from dashboard.services.alembic_process import (
     worker_command,
     worker_environment,
 )
+from dashboard.services.lifeline import bound_to_this_process
 from dashboard.services.planning import ActionPlan
 
 if TYPE_CHECKING:
@@ -103,9 +104,11 @@ class Worker:
     """One worker process running one action, and what it reported."""
 
     def __init__(self, target: Target, run_id: str, plan: ActionPlan,
-                 lock: locking.ActionLock | None, project=None, journal=None):
+                 lock: locking.ActionLock | None, project=None, journal=None,
+                 bound: bool = False):
         """``project`` (the target's, unless given: a rehearsal's copy) is the database
-        the worker is told to migrate; ``journal`` records what it reports (the run's)."""
+        the worker is told to migrate; ``journal`` records what it reports (the run's).
+        ``bound``: the worker dies with this process (a Celery task's run)."""
         self.target = target
         self.project = project or target.project()
         self.journal = journal or RunJournal(target.instance_dir, run_id)
@@ -129,6 +132,7 @@ class Worker:
             cwd=os.path.dirname(self.project.ini_path), stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=self._stderr, text=True,
             pass_fds=lock.fds if lock is not None else (),
+            preexec_fn=bound_to_this_process() if bound else None,
         )
         self.journal.update_run(pid=self.proc.pid)
 
