@@ -111,6 +111,26 @@ SETTINGS: tuple[Setting, ...] = (
         "`flask migration-dashboard`.",
     ),
     Setting(
+        "DASHBOARD_BROKER_URL",
+        None,
+        "Redis URL of the Celery broker (and result backend) for rollouts: set, each "
+        "target's run is a task carried out by `celery -A dashboard.fleet worker` "
+        "processes; unset, by runner processes on this machine.",
+    ),
+    Setting(
+        "DASHBOARD_FLEET_QUEUE",
+        "migration-dashboard",
+        "The Celery queue rollout runs are sent to and fleet workers consume.",
+    ),
+    Setting(
+        "DASHBOARD_FLEET_VISIBILITY_TIMEOUT",
+        60,
+        "Seconds after which Redis hands a task out again when the worker that took it "
+        "stopped renewing it (killed, machine lost); a worker renews its task every few "
+        "seconds while it runs. Dashboard and workers should agree.",
+        int,
+    ),
+    Setting(
         "DASHBOARD_SECRET_KEY",
         None,
         "Secret for session and CSRF signing. Default: a random key kept in the instance folder.",
