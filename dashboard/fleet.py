@@ -32,8 +32,10 @@ from dataclasses import dataclass
 from celery import Celery, signals
 from celery.exceptions import Ignore
 from celery.result import AsyncResult
+from kombu.exceptions import OperationalError
+from redis.exceptions import RedisError
 
-from dashboard.errors import ConfigurationError, DashboardError
+from dashboard.errors import ConfigurationError, DashboardError, Unavailable
 from dashboard.redact import password_of, scrub_secrets, secrets_in_values
 from dashboard.services import runs
 from dashboard.services.executors import WAITING, RunRequest, TargetRun
@@ -52,6 +54,9 @@ UNACKED_INDEX = "unacked_index"
 # How often each worker looks for unacknowledged messages older than the visibility
 # timeout (their worker was lost) and puts them back in their queue.
 RESTORE_SWEEP_SECONDS = 5
+
+
+BROKER_ERRORS = (OperationalError, RedisError, OSError, RuntimeError)
 
 
 class FleetTaskFailed(Exception):
@@ -96,9 +101,10 @@ app = make_celery(settings_from_environ())
 
 @signals.worker_init.connect
 def _broker_required(**_) -> None:
-    if not app.conf.broker_url:
-        raise ConfigurationError("DASHBOARD_BROKER_URL is not set: a fleet worker needs "
-                                 "the broker the dashboard sends its runs to (redis://...).")
+    if not settings_from_environ().get("DASHBOARD_BROKER_URL"):
+        # SystemExit: Celery logs and ignores what else a signal handler raises.
+        raise SystemExit("DASHBOARD_BROKER_URL is not set: a fleet worker needs the broker "
+                         "the dashboard sends its runs to (redis://...).")
 
 
 @signals.worker_process_init.connect
@@ -341,18 +347,30 @@ class CeleryExecutor:
             raise ConfigurationError("DASHBOARD_BROKER_URL is not set: the Celery executor "
                                      "needs a broker (redis://...).")
         self.celery = make_celery(settings)
+        # A broker that is away is said at once (503), not after 20 s of reconnecting.
+        self.celery.conf.result_backend_transport_options = {"retry_policy": {
+            "max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1}}
         self.queue = str(self.celery.conf.task_default_queue)
+        self._copied: dict[str, str] = {}  # handle -> the report last copied
 
     def start(self, target, request: RunRequest) -> str:
         task_id = f"{request.rollout_id}:{target.name}"
-        self.celery.send_task(TASK_NAME, task_id=task_id, queue=self.queue,
-                              args=(request.rollout_id, target.name, request.action,
-                                    request.destination, request.user))
+        try:
+            self.celery.send_task(TASK_NAME, task_id=task_id, queue=self.queue,
+                                  args=(request.rollout_id, target.name, request.action,
+                                        request.destination, request.user))
+        except BROKER_ERRORS as exc:  # said without the URL: it may hold a password
+            raise Unavailable(f"The run could not be sent to the Celery broker: "
+                              f"{type(exc).__name__}.") from None
         return task_id
 
     def poll(self, target, handle: str) -> TargetRun:
         result = AsyncResult(handle, app=self.celery)
-        state, info = result.state, result.info
+        try:
+            state, info = result.state, result.info
+        except BROKER_ERRORS as exc:
+            raise Unavailable(f"The Celery result backend cannot be read: "
+                              f"{type(exc).__name__}.") from None
         if state == "FAILURE":
             message = str(info) if isinstance(info, Exception) else repr(info)
             if type(info).__name__ == "WorkerLostError":
@@ -365,8 +383,11 @@ class CeleryExecutor:
                 not isinstance(info.get("run"), dict):
             return TargetRun(WAITING)
         run_json = info["run"]
-        runs.upsert_run_json(target.instance_dir, run_json,
-                             executed_by=str(info.get("worker") or "a Celery worker"))
+        report = json.dumps(info, sort_keys=True, default=str)
+        if self._copied.get(handle) != report:  # only what changed is written
+            runs.upsert_run_json(target.instance_dir, run_json,
+                                 executed_by=str(info.get("worker") or "a Celery worker"))
+            self._copied[handle] = report
         run = runs.get_run(target.instance_dir, str(run_json["id"]))
         status = str(run_json["status"])
         if state == "SUCCESS" and status not in runs.FINISHED:

@@ -353,3 +353,38 @@ def test_a_run_the_guard_recorded_here_is_never_overwritten_by_a_report(tmp_path
     assert not runs.upsert_run_json(inst, _run_json("r3", "succeeded", [], 0, 120.0), "w1")
     kept = runs.get_run(inst, "r3")
     assert kept.status == "queued" and kept.executed_by is None
+
+
+def test_a_worker_without_a_broker_refuses_to_start(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DASHBOARD_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "dashboard.fleet", "worker", "-n",
+         f"nobroker-{secrets.token_hex(3)}@%h", "--concurrency", "1"],
+        env={**env, "PYTHONPATH": str(REPO)}, cwd=tmp_path, capture_output=True, text=True,
+        timeout=60)
+    assert done.returncode != 0
+    assert "DASHBOARD_BROKER_URL is not set" in done.stderr + done.stdout
+
+
+def test_a_broker_that_cannot_be_reached_is_a_clear_503_without_its_url(tmp_path, sample_ini):
+    from dashboard.core import Target
+    from dashboard.errors import Unavailable
+    from dashboard.fleet import CeleryExecutor
+
+    settings = {**settings_from_environ({}), "DASHBOARD_ALEMBIC_INI": str(sample_ini),
+                "DASHBOARD_INSTANCE_DIR": str(tmp_path / "i"),
+                "DASHBOARD_BROKER_URL": "redis://:s3cret-pw@127.0.0.1:1/0"}
+    executor = CeleryExecutor(settings)
+    try:
+        with pytest.raises(Unavailable) as raised:
+            executor.start(Target(settings), RunRequest(rollout_id(), "upgrade", "heads", "a"))
+    finally:
+        executor.close()
+    assert raised.value.status_code == 503
+    assert "s3cret-pw" not in raised.value.message and "broker" in raised.value.message
