@@ -254,10 +254,9 @@ def test_a_worker_killed_mid_run_leaves_its_database_as_before_and_never_runs_it
             fleet.workers.wait_ready(killed["name"])
 
 
-def test_a_killed_pool_process_is_settled_at_once_by_the_task_coming_back(fleet, executor):
-    """The worker lives on and puts the task back at once (reject_on_worker_lost); the
-    process that ran it is known dead, so the task that comes back settles the run
-    without waiting for a heartbeat to expire."""
+def kill_pool_process_in_step(fleet: Fleet, killed: dict, name: str):
+    """An ``on_poll`` for ``drive``: SIGKILL of the pool process carrying out target
+    ``name``'s task (its pid, from the task's marker in Redis) once its step runs."""
     import json
     import os
     import signal
@@ -266,28 +265,71 @@ def test_a_killed_pool_process_is_settled_at_once_by_the_task_coming_back(fleet,
 
     from dashboard.fleet import KEY_PREFIX
 
-    target = fleet.target("child")
-    write_revision(fleet.project("child"), STEP, UNIFIED_REASONING, table="step_one",
-                   sleep=20)
     client = redis.Redis.from_url(fleet.settings["DASHBOARD_BROKER_URL"])
-    killed: dict = {}
 
-    def kill_when_running(target, handle, run):
-        if killed or run.status != "running" or not run.run.steps or \
-                run.run.steps[0].status != "running":
+    def kill(target, handle, run):
+        if target.name != name or killed or run.status != "running" or \
+                not run.run.steps or run.run.steps[0].status != "running":
             return
         marker = json.loads(client.get(KEY_PREFIX + handle))
         os.kill(marker["pid"], signal.SIGKILL)
         killed.update(pid=marker["pid"], at=time.monotonic())
 
+    return kill
+
+
+def test_a_killed_pool_process_is_settled_at_once_by_the_task_coming_back(fleet, executor):
+    """The worker lives on and puts the task back at once (reject_on_worker_lost); the
+    process that ran it is known dead, so the task that comes back settles the run
+    without waiting for a heartbeat to expire."""
+    target = fleet.target("child")
+    write_revision(fleet.project("child"), STEP, UNIFIED_REASONING, table="step_one",
+                   sleep=20)
+    killed: dict = {}
+
     run = drive(executor, [target], RunRequest(rollout_id(), "upgrade", "heads", "ada"),
-                kill_when_running)["child"]
+                kill_pool_process_in_step(fleet, killed, "child"))["child"]
 
     assert killed and run.status == "failed", run
     assert "was lost" in run.error and "rolled back by the database" in run.error
     assert time.monotonic() - killed["at"] < 8  # not the heartbeat's 10 s, nor the run's 20
     assert db_revisions(fleet.database("child")) == [UNIFIED_REASONING]
     assert [r.id for r in fleet.worker_runs("child")] == [run.run_id]
+
+
+def test_postgresql_targets_on_the_workers_one_killed_mid_run(fleet, executor):
+    from tests.servers import SERVERS, require, scratch_database
+
+    pg = require(SERVERS["postgresql"])
+    with scratch_database(pg, "md_fleet") as ok_db, \
+            scratch_database(pg, "md_fleet") as killed_db:
+        lines = []
+        for name, db, sleep in (("pgok", ok_db, 0), ("pgkilled", killed_db, 20)):
+            ini = copy_sample_project(fleet.folder / "projects" / name)
+            migrate(ini, pg.url(db), UNIFIED_REASONING)
+            write_revision(ini, STEP, UNIFIED_REASONING, table="step_one", sleep=sleep)
+            # Workers read the targets file at each task: a target added now is known.
+            lines += [f"[targets.{name}]", f'alembic_ini = "{ini}"',
+                      f'database_url = "{pg.url(db)}"', ""]
+        with open(fleet.folder / "targets.toml", "a", encoding="utf-8") as handle:
+            handle.write("\n" + "\n".join(lines))
+        killed: dict = {}
+
+        ended = drive(executor, [fleet.target("pgok"), fleet.target("pgkilled")],
+                      RunRequest(rollout_id(), "upgrade", "heads", "ada"),
+                      kill_pool_process_in_step(fleet, killed, "pgkilled"))
+
+        def state(db):
+            return (pg.scalars("SELECT version_num FROM alembic_version", database=db),
+                    "step_one" in pg.scalars("SELECT tablename FROM pg_tables", database=db))
+
+        assert ended["pgok"].status == "succeeded", ended["pgok"]
+        assert state(ok_db) == ([STEP], True)
+        assert killed and ended["pgkilled"].status == "failed", ended["pgkilled"]
+        assert "was lost" in ended["pgkilled"].error
+        assert "rolled back by the database" in ended["pgkilled"].error
+        assert state(killed_db) == ([UNIFIED_REASONING], False)
+        assert [r.id for r in fleet.worker_runs("pgkilled")] == [ended["pgkilled"].run_id]
 
 
 # ------------------------------------------------------------------ no broker needed
