@@ -27,7 +27,7 @@ import os
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from celery import Celery, signals
 from celery.exceptions import Ignore
@@ -171,15 +171,13 @@ def run_target(self, rollout_id: str, target_name: str, action: str, destination
         try:
             project, history, status = target.read_state()
             run = _start(target, project, history, status, action, destination, user)
-        except DashboardError as exc:
-            refusal = scrub_secrets(exc.message, secrets)
-            client.set(key, Marker(**{**me.__dict__, "done": True, "refusal": refusal})
-                       .dumps(), ex=MARKER_TTL)
-            raise FleetTaskFailed(refusal) from None
-        me = Marker(**{**me.__dict__, "run_id": run.id})
-        client.set(key, me.dumps(), ex=MARKER_TTL)
+        except Exception as exc:  # refused (a held lock, a bad destination), or broken
+            why = exc.message if isinstance(exc, DashboardError) else \
+                f"The run could not start: {type(exc).__name__}: {exc}"
+            raise _refused(client, key, me, scrub_secrets(why, secrets)) from None
+        me = _keep(client, key, replace(me, run_id=run.id))
         run = _follow(self, target, run.id)
-        client.set(key, Marker(**{**me.__dict__, "done": True}).dumps(), ex=MARKER_TTL)
+        _keep(client, key, replace(me, done=True))
     return _report(run, self.request.hostname)
 
 
@@ -259,7 +257,7 @@ def _came_back(task, client, key: str, target, secrets) -> dict:
         raise _refused(client, key, lost, f"{said} Its run {run.id} is still being settled "
                        f"by the guard's recovery on {lost.host}: see its record in "
                        f"{lost.instance_dir}.")
-    client.set(key, Marker(**{**lost.__dict__, "done": True}).dumps(), ex=MARKER_TTL)
+    _keep(client, key, replace(lost, done=True))
     runs.add_log(target.instance_dir, run.id, "WARNING",
                  f"{said} This worker ({task.request.hostname}) settled the run with the "
                  "guard's recovery.")
@@ -267,10 +265,14 @@ def _came_back(task, client, key: str, target, secrets) -> dict:
     return _report(run, task.request.hostname, error=f"{said} {run.error or ''}".strip())
 
 
+def _keep(client, key: str, marker: Marker) -> Marker:
+    client.set(key, marker.dumps(), ex=MARKER_TTL)
+    return marker
+
+
 def _refused(client, key: str, marker: Marker, why: str) -> FleetTaskFailed:
     """The task's last word when it ends without a run to report, remembered."""
-    client.set(key, Marker(**{**marker.__dict__, "done": True, "refusal": why}).dumps(),
-               ex=MARKER_TTL)
+    _keep(client, key, replace(marker, done=True, refusal=why))
     return FleetTaskFailed(why)
 
 
