@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from dashboard.services.lifeline import bound_to_this_process
 from tests.conftest import REPO
 
 REDIS_URL = os.environ.get("MD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -75,7 +76,9 @@ class FleetWorkers:
                  "-Q", self.queue, "--loglevel", "INFO", "--without-gossip",
                  "--without-mingle", "--pool", "prefork"],
                 env=self.env, cwd=str(self.folder), stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, start_new_session=True)
+                stderr=subprocess.STDOUT, start_new_session=True,
+                # Even a test session killed outright leaves no worker behind.
+                preexec_fn=bound_to_this_process())
         finally:
             log.close()
 
