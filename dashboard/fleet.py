@@ -377,8 +377,7 @@ class CeleryExecutor:
             message = str(info) if isinstance(info, Exception) else repr(info)
             if type(info).__name__ == "WorkerLostError":
                 message = f"The Celery worker carrying out this run was lost: {message}"
-            return TargetRun(runs.FAILED, None, None,
-                             scrub_secrets(message, _secrets_of(target)))
+            return self._failed(target, handle, scrub_secrets(message, _secrets_of(target)))
         if state == "REVOKED":
             return TargetRun(runs.FAILED, None, None, "The task was revoked in Celery.")
         if state not in (PROGRESS, "SUCCESS") or not isinstance(info, dict) or \
@@ -396,6 +395,24 @@ class CeleryExecutor:
             status = runs.FAILED  # ended without its run ending: never a success
         return TargetRun(status, str(run_json["id"]), run,
                          info.get("error") or run_json.get("error"))
+
+    def _failed(self, target, handle: str, message: str) -> TargetRun:
+        """A task that ended without a final run: a copy of its run kept here earlier
+        (its worker was lost elsewhere) ends too, saying why, rather than show
+        "running" for ever."""
+        try:
+            raw = _redis(str(self.celery.conf.broker_url)).get(KEY_PREFIX + handle)
+            run_id = Marker.loads(raw).run_id if raw else None
+        except (*BROKER_ERRORS, TypeError, ValueError):
+            run_id = None
+        kept = runs.get_run(target.instance_dir, run_id) if run_id else None
+        if kept is None:
+            return TargetRun(runs.FAILED, None, None, message)
+        if kept.executed_by and not kept.finished:
+            runs.update_run(target.instance_dir, kept.id, status=runs.FAILED,
+                            finished_at=time.time(), error=message)
+            kept = runs.get_run(target.instance_dir, kept.id)
+        return TargetRun(runs.FAILED, kept.id, kept, message)
 
     def close(self) -> None:
         self.celery.close()

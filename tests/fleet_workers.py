@@ -46,8 +46,12 @@ class FleetWorkers:
     pool processes; ``settings`` is what a dashboard of theirs is given."""
 
     def __init__(self, folder: Path, targets_file: Path, instance_dir: Path,
-                 count: int = 2, concurrency: int = 2, visibility_timeout: int = 8):
+                 count: int = 2, concurrency: int = 2, visibility_timeout: int = 8,
+                 own_instances: bool = False):
+        """``own_instances``: each worker keeps its state in ``instance_dir/<name>``, as
+        workers on different machines do; else all share ``instance_dir``."""
         self.folder = folder
+        self.instance_dir, self.own_instances = instance_dir, own_instances
         self.queue = f"md-test-{secrets.token_hex(6)}"
         self.concurrency = concurrency
         self.env = {
@@ -64,18 +68,22 @@ class FleetWorkers:
         self.procs: dict[str, subprocess.Popen] = {}
         self.names = [f"w{i}" for i in range(1, count + 1)]
 
+    def instance_of(self, name: str) -> Path:
+        return self.instance_dir / name if self.own_instances else self.instance_dir
+
     def hostname(self, name: str) -> str:
         return f"{name}@{os.uname().nodename}"
 
     def start(self, name: str) -> None:
-        log = open(self.folder / f"{name}.log", "ab")  # noqa: SIM115 (the process keeps it)
+        log = open(self.folder / f"{self.queue}-{name}.log", "ab")  # noqa: SIM115 (the process keeps it)
         try:
             self.procs[name] = subprocess.Popen(
                 [sys.executable, "-m", "celery", "-A", "dashboard.fleet", "worker",
                  "--concurrency", str(self.concurrency), "-n", f"{name}@%h",
                  "-Q", self.queue, "--loglevel", "INFO", "--without-gossip",
                  "--without-mingle", "--pool", "prefork"],
-                env=self.env, cwd=str(self.folder), stdin=subprocess.DEVNULL, stdout=log,
+                env={**self.env, "DASHBOARD_INSTANCE_DIR": str(self.instance_of(name))},
+                cwd=str(self.folder), stdin=subprocess.DEVNULL, stdout=log,
                 stderr=subprocess.STDOUT, start_new_session=True,
                 # Even a test session killed outright leaves no worker behind.
                 preexec_fn=bound_to_this_process())
@@ -118,7 +126,7 @@ class FleetWorkers:
 
     def log(self, name: str) -> str:
         try:
-            return (self.folder / f"{name}.log").read_text(errors="replace")[-3000:]
+            return (self.folder / f"{self.queue}-{name}.log").read_text(errors="replace")[-3000:]
         except OSError:
             return ""
 

@@ -10,6 +10,7 @@ what the executor says when a worker is killed mid-run.
 
 from __future__ import annotations
 
+import os
 import secrets
 import shutil
 import sqlite3
@@ -30,7 +31,7 @@ from tests.test_guard_sqlite import tables, write_revision
 
 STEP = "7f1e00000001"  # each target's one pending revision (the test writes it)
 TARGETS = ("ok1", "ok2", "bad", "par1", "par2", "par3", "par4", "killed", "child", "twice",
-           "refused")
+           "refused", "apart")
 RUN_SECONDS = 90.0
 
 
@@ -295,6 +296,61 @@ def test_a_killed_pool_process_is_settled_at_once_by_the_task_coming_back(fleet,
     assert time.monotonic() - killed["at"] < 8  # not the heartbeat's 10 s, nor the run's 20
     assert db_revisions(fleet.database("child")) == [UNIFIED_REASONING]
     assert [r.id for r in fleet.worker_runs("child")] == [run.run_id]
+
+
+def test_a_task_that_comes_back_on_another_machine_says_where_the_run_is(fleet):
+    """Workers with instance folders of their own (as on two machines): the one the
+    task comes back to cannot settle the lost run, so it says so and runs nothing;
+    the next run on the lost worker's machine settles it."""
+    from dashboard.fleet import CeleryExecutor
+
+    target = fleet.target("apart")
+    write_revision(fleet.project("apart"), STEP, UNIFIED_REASONING, table="step_one",
+                   sleep=20)
+    apart = fleet.folder / "apart-instances"
+    with FleetWorkers(fleet.folder, fleet.folder / "targets.toml", apart, count=2,
+                      concurrency=1, own_instances=True) as workers:
+        executor = CeleryExecutor({**fleet.settings, **workers.settings})
+        killed: dict = {}
+
+        def kill_when_running(target, handle, run):
+            if not killed and run.status == "running" and run.run.steps and \
+                    run.run.steps[0].status == "running":
+                killed["name"] = run.run.executed_by.split("@")[0]
+                workers.kill(killed["name"])
+
+        try:
+            run = drive(executor, [target], RunRequest(rollout_id(), "upgrade", "heads",
+                                                       "ada"), kill_when_running)["apart"]
+            lost_store = workers.instance_of(killed["name"]) / "targets" / "apart"
+            assert run.status == "failed", run
+            assert "was lost" in run.error and "not run again" in run.error
+            assert f"recorded on {os.uname().nodename} in {lost_store}" in run.error
+            assert "check the database of target 'apart'" in run.error
+            # Nothing ran twice: the database is as before (SQLite's journal rolled back).
+            assert db_revisions(fleet.database("apart")) == [UNIFIED_REASONING]
+            assert "step_one" not in tables(fleet.database("apart"))
+            (left,) = runs.list_runs(str(lost_store))
+            assert left.status == "running"  # until the next run on that machine
+            # The dashboard's copy of it ends, saying why and where to look.
+            assert run.run_id == left.id and run.run.status == "failed"
+            body = fleet.client().get(f"/api/targets/apart/runs/{left.id}").get_json()
+            assert body["status"] == "failed" and body["error"] == run.error
+
+            # That worker back, a new rollout: its run settles the old one first.
+            workers.start(killed["name"])
+            workers.wait_ready(killed["name"])
+            other = next(n for n in workers.names if n != killed["name"])
+            workers.kill(other)  # the new task must land on the lost worker's machine
+            write_revision(fleet.project("apart"), STEP, UNIFIED_REASONING,
+                           table="step_one")
+            again = drive(executor, [target],
+                          RunRequest(rollout_id(), "upgrade", "heads", "ada"))["apart"]
+            assert again.status == "succeeded", again
+            settled = runs.get_run(str(lost_store), left.id)
+            assert settled.status == "failed" and "rolled back" in settled.error
+        finally:
+            executor.close()
 
 
 def test_postgresql_targets_on_the_workers_one_killed_mid_run(fleet, executor):
