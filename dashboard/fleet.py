@@ -166,7 +166,9 @@ def run_target(self, rollout_id: str, target_name: str, action: str, destination
                 pid=os.getpid(), instance_dir=target.instance_dir)
     secrets = _secrets_of(target)
     if not client.set(key, me.dumps(), nx=True, ex=MARKER_TTL):
-        return _came_back(self, client, key, target, secrets)
+        # Waiting for the first one, or settling what it left, may take long too.
+        with Heartbeat(client, key, self.request, alive=False):
+            return _came_back(self, client, key, target, secrets)
     with Heartbeat(client, key, self.request):
         try:
             project, history, status = target.read_state()
@@ -291,12 +293,13 @@ def _gone(marker: Marker) -> bool:
 
 
 class Heartbeat:
-    """While a task carries out its run: an "alive" key that expires unless renewed,
-    and the task's message kept from being handed out again (its place in the
-    transport's unacknowledged index renewed: the visibility timeout is a lease)."""
+    """While a task works: its message kept from being handed out again (its place in
+    the transport's unacknowledged index renewed: the visibility timeout is a lease),
+    and, for the task carrying out the run (``alive``), a key that says so and expires
+    unless renewed."""
 
-    def __init__(self, client, key: str, request):
-        self.client, self.key = client, key + ":alive"
+    def __init__(self, client, key: str, request, alive: bool = True):
+        self.client, self.key = client, key + ":alive" if alive else None
         self.tag = (getattr(request, "properties", None) or {}).get("delivery_tag")
         prefix = (app.conf.broker_transport_options or {}).get("global_keyprefix", "")
         self.index = prefix + UNACKED_INDEX
@@ -312,7 +315,8 @@ class Heartbeat:
     def __exit__(self, *exc) -> None:
         self.stop.set()
         self.thread.join()
-        self.client.delete(self.key)
+        if self.key:
+            self.client.delete(self.key)
 
     def _beat(self) -> None:
         while not self.stop.wait(HEARTBEAT_SECONDS):
@@ -322,7 +326,8 @@ class Heartbeat:
                 continue  # Redis away a moment: the next beat tries again
 
     def _touch(self) -> None:
-        self.client.set(self.key, "1", ex=HEARTBEAT_TTL)
+        if self.key:
+            self.client.set(self.key, "1", ex=HEARTBEAT_TTL)
         if self.tag:
             self.client.zadd(self.index, {self.tag: time.time()}, xx=True)
 

@@ -124,9 +124,11 @@ class FleetWorkers:
         raise AssertionError(f"workers {sorted(wanted)} did not answer within "
                              f"{START_SECONDS:g} s: " + " | ".join(self.log(n) for n in names))
 
-    def log(self, name: str) -> str:
+    def log(self, name: str, whole: bool = False) -> str:
+        """The worker's output: its end, or ``whole``."""
         try:
-            return (self.folder / f"{self.queue}-{name}.log").read_text(errors="replace")[-3000:]
+            text = (self.folder / f"{self.queue}-{name}.log").read_text(errors="replace")
+            return text if whole else text[-3000:]
         except OSError:
             return ""
 

@@ -196,10 +196,14 @@ def test_four_runs_at_once_overlap_on_two_workers(fleet, executor):
         fleet.workers.hostname("w1"), fleet.workers.hostname("w2")}
 
 
-def test_the_same_task_sent_twice_runs_once(fleet, executor):
+def test_the_same_task_sent_twice_runs_once_and_a_long_run_is_never_handed_out_again(
+        fleet, executor):
+    """Sent twice, run once. And a run longer than the visibility timeout (8 s here)
+    keeps its message: its worker renews the lease, so Redis hands it out no more
+    (without the lease it did, every timeout: README, "Distributed rollouts")."""
     target = fleet.target("twice")
     write_revision(fleet.project("twice"), STEP, UNIFIED_REASONING, table="step_one",
-                   sleep=2)
+                   sleep=15)
     request = RunRequest(rollout_id(), "upgrade", "heads", "ada")
     first = executor.start(target, request)
 
@@ -209,6 +213,9 @@ def test_the_same_task_sent_twice_runs_once(fleet, executor):
     assert executor.poll(target, first) == run
     assert [r.id for r in fleet.worker_runs("twice")] == [run.run_id]
     assert db_revisions(fleet.database("twice")) == [STEP]
+    deliveries = sum(fleet.workers.log(name, whole=True).count(f"[{first}] received")
+                     for name in fleet.workers.names)
+    assert deliveries == 2  # the two sends, and nothing more
 
 
 def test_a_worker_killed_mid_run_leaves_its_database_as_before_and_never_runs_it_twice(
