@@ -359,6 +359,7 @@ class CeleryExecutor:
             "max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1}}
         self.queue = str(self.celery.conf.task_default_queue)
         self._copied: dict[str, str] = {}  # handle -> the report last copied
+        self._client = None  # Redis, to read a task's marker
 
     def start(self, target, request: RunRequest) -> str:
         task_id = f"{request.rollout_id}:{target.name}"
@@ -406,7 +407,9 @@ class CeleryExecutor:
         (its worker was lost elsewhere) ends too, saying why, rather than show
         "running" for ever."""
         try:
-            raw = _redis(str(self.celery.conf.broker_url)).get(KEY_PREFIX + handle)
+            if self._client is None:
+                self._client = _redis(str(self.celery.conf.broker_url))
+            raw = self._client.get(KEY_PREFIX + handle)
             run_id = Marker.loads(raw).run_id if raw else None
         except (*BROKER_ERRORS, TypeError, ValueError):
             run_id = None
@@ -420,4 +423,6 @@ class CeleryExecutor:
         return TargetRun(runs.FAILED, kept.id, kept, message)
 
     def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
         self.celery.close()
