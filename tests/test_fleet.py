@@ -493,3 +493,45 @@ def test_a_broker_that_cannot_be_reached_is_a_clear_503_without_its_url(tmp_path
         executor.close()
     assert raised.value.status_code == 503
     assert "s3cret-pw" not in raised.value.message and "broker" in raised.value.message
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("bound", [True, False])
+def test_a_bound_child_dies_with_its_parent_and_a_detached_one_lives_on(bound, tmp_path):
+    """What a Celery task's run gets (bound), and what a web-started run keeps."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    parent = subprocess.Popen(
+        [sys.executable, "-c",
+         "import subprocess, sys, time\n"
+         "from dashboard.services.lifeline import bound_to_this_process\n"
+         f"extra = {{'preexec_fn': bound_to_this_process()}} if {bound} else {{}}\n"
+         "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'],"
+         " start_new_session=True, **extra)\n"
+         "print(child.pid, flush=True)\n"
+         "time.sleep(60)\n"],
+        env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    try:
+        parent.kill()
+        parent.wait(timeout=10)
+        deadline = time.monotonic() + (5 if bound else 1)  # a detached one: a look
+        while _alive(child) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _alive(child) is not bound
+    finally:
+        parent.stdout.close()
+        if _alive(child):
+            os.kill(child, signal.SIGKILL)
