@@ -86,7 +86,22 @@ def create_app(test_config: dict | None = None) -> Flask:
     for each in registry.targets.values():
         if each.name not in registry.errors:
             each.settle_store()
+    _resume_rollouts(registry)
     return app
+
+
+def _resume_rollouts(registry: Registry) -> None:
+    """A rollout whose conductor died with the machine (or was killed) gets a new one,
+    which goes on from its rows; a store that cannot be used is said by its pages."""
+    from dashboard.errors import DashboardError
+    from dashboard.services.rollouts import resume_orphans
+
+    try:
+        for rollout_id in resume_orphans(registry.settings):
+            log.warning("rollout %s had lost its conductor: a new one goes on with it",
+                        rollout_id)
+    except DashboardError as exc:
+        log.warning("rollouts: %s", exc.message)
 
 
 def _instance_secret(instance_dir: str) -> str:
