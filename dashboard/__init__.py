@@ -41,13 +41,14 @@ def create_app(test_config: dict | None = None) -> Flask:
     csrf.init_app(app)
 
     from dashboard import security
-    from dashboard.views import actions, api, errors, pages
+    from dashboard.views import actions, api, errors, pages, rollouts
 
     security.init_app(app)
     errors.init_app(app)
     app.register_blueprint(pages.bp)
     app.register_blueprint(actions.bp)
     app.register_blueprint(api.bp)
+    app.register_blueprint(rollouts.bp)
     # The API is JSON-only and refuses foreign origins (see views/api.py), which
     # is what CSRF protection is for; HTML forms keep their CSRF token.
     csrf.exempt(api.bp)

@@ -10,15 +10,20 @@ API and exit code.
 
 from __future__ import annotations
 
+import io
+import json
+import os
+import signal
 import sqlite3
 import time
 from pathlib import Path
 
 import pytest
+from sqlalchemy import event, select
 
 from alembic import command
-from dashboard import create_app
-from dashboard.services import runs
+from dashboard import cli, create_app
+from dashboard.services import audit, rollouts, runs, store
 from tests.conftest import alembic_config
 
 REV1, REV2 = "aa01customers", "aa02orders"
@@ -253,3 +258,266 @@ def test_continue_finishes_the_others_and_the_rollout_is_failed(fleet):
     for name in ("c0", "t0", "t1", "t2"):
         assert revision_of(fleet.dbs[name]) == [REV2]
     assert revision_of(fleet.dbs["bad"]) == [REV1]
+
+
+def test_cancel_stops_what_has_not_started(fleet):
+    for i in range(6):
+        fleet.add(f"t{i}")
+    client = fleet.client()
+    created = start(client, label="tenant", canary=0, parallel=1)
+    cancelled = client.post(f"/api/rollouts/{created['id']}/cancel", json={})
+    assert cancelled.status_code == 202
+    done = wait_for(client, created["url"])
+    assert done["status"] == "cancelled"
+    statuses = [row["status"] for row in done["targets"]]
+    assert statuses.count("not_started") >= 4, statuses
+    for row in done["targets"]:
+        expected = [REV2] if row["status"] == "succeeded" else [REV1]
+        assert row["status"] in ("succeeded", "not_started")
+        assert revision_of(fleet.dbs[row["name"]]) == expected
+    again = client.post(f"/api/rollouts/{created['id']}/cancel", json={})
+    assert again.status_code == 409 and "finished" in again.get_json()["error"]["message"]
+    events = [e.event for e in audit.list_entries(str(fleet.instance))]
+    assert events[:3] == ["rollout_cancelled_finished", "rollout_cancelled", "rollout_started"]
+
+
+def test_a_killed_conductor_is_replaced_and_no_target_runs_twice(fleet):
+    for i in range(5):
+        fleet.add(f"t{i}")
+    client = fleet.client()
+    created = start(client, label="tenant", canary=0, parallel=1)
+    root = str(fleet.instance)
+    with store.store_engine(root).connect() as conn:
+        pid = conn.execute(select(store.rollouts.c.conductor_pid)).scalar()
+    os.killpg(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while rollouts.conductor_alive(root, created["id"]):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    done = wait_for(client, created["url"])  # reading it starts a new conductor
+    assert done["status"] == "succeeded", done
+    for i in range(5):
+        assert revision_of(fleet.dbs[f"t{i}"]) == [REV2]
+        assert len(runs.list_runs(str(fleet.instance / "targets" / f"t{i}"))) == 1
+
+
+# ------------------------------------------------------------------ refusals
+
+
+def test_bad_requests_are_clear_4xx(fleet, monkeypatch):
+    fleet.add("t0")
+    fleet.add("t1", labels=("eu",))
+    fleet.add("ro", extra="read_only = true\n")
+    monkeypatch.delenv("MISSING_URL", raising=False)
+    fleet.specs["broken"] = (f'[targets.broken]\nalembic_ini = "{fleet.ini}"\n'
+                             'database_url_env = "MISSING_URL"\nlabels = ["broken"]\n')
+    client = fleet.client()
+
+    def refused(body, status, *words):
+        response = client.post("/api/rollouts", json=body)
+        assert response.status_code == status, response.get_json()
+        message = response.get_json()["error"]["message"]
+        for word in words:
+            assert word in message, message
+
+    refused({"label": "nope"}, 400, "'nope'", "eu", "tenant")
+    refused({"targets": ["t0", "ghost"]}, 400, "'ghost'")
+    refused({"targets": []}, 400, "targets")
+    refused({}, 400, "label")
+    refused({"label": "eu", "targets": ["t0"]}, 400, "not both")
+    refused({"targets": ["t0", "ro"]}, 403, "ro")
+    refused({"label": "broken"}, 503, "broken", "MISSING_URL")
+    refused({"label": "eu", "action": "drop"}, 400, "drop")
+    refused({"label": "eu", "target": "no such; thing"}, 400, "revision target")
+    refused({"label": "eu", "canary": -1}, 400, "canary")
+    refused({"label": "eu", "canary": True}, 400, "canary")
+    refused({"label": "eu", "parallel": 0}, 400, "parallel")
+    refused({"label": "eu", "parallel": "four"}, 400, "parallel")
+    refused({"label": "eu", "on_error": "stop"}, 400, "on_error")
+    refused({"label": "eu", "confirm": "yes"}, 400, "confirm")
+    refused({"label": "eu", "paralel": 2}, 400, "paralel")
+    bad_json = client.post("/api/rollouts", data="{", content_type="application/json")
+    assert bad_json.status_code == 400
+    assert client.post("/api/rollouts", data="label=eu").status_code == 415
+    assert client.get("/api/rollouts/nope").status_code == 404
+    assert client.post("/api/rollouts/nope/cancel", json={}).status_code == 404
+    assert client.get("/rollouts/nope").status_code == 404
+    assert client.get("/api/rollouts?status=bogus").status_code == 400
+
+
+def test_a_rollout_overlapping_a_running_one_is_refused_naming_it(fleet):
+    fleet.add("t0")
+    fleet.add("t1")
+    client = fleet.client()
+    root = str(fleet.instance)
+    plan = rollouts.RolloutPlan(("t1",), "upgrade", "heads")
+    running = rollouts.create_rollout(root, plan, "local", "someone")
+    held = rollouts.hold_conductor_lock(root, running)  # its conductor is alive
+    try:
+        response = client.post("/api/rollouts", json={"label": "tenant"})
+        assert response.status_code == 409
+        message = response.get_json()["error"]["message"]
+        assert running in message and "t1" in message
+        code, _, err = run_cli(fleet, "rollout", "--label", "tenant")
+        assert code == cli.EXIT_LOCKED and running in err
+    finally:
+        os.close(held)
+    assert revision_of(fleet.dbs["t0"]) == [REV1]
+
+
+def test_a_risky_upgrade_needs_confirming_once_per_project(fleet):
+    for i in range(3):
+        fleet.add(f"t{i}", at=REV2)
+    with sqlite3.connect(fleet.dbs["t0"]) as conn:
+        conn.execute("INSERT INTO customers (id) VALUES (1)")
+    (fleet.ini.parent / "migrations" / "versions" / "aa03drop.py").write_text(
+        REVISION.format(rev="aa03drop", parent=REV2, table="customers")
+        .replace('op.create_table("customers", sa.Column("id", sa.Integer, primary_key=True))',
+                 'op.drop_table("customers")'))
+    client = fleet.client()
+    response = client.post("/api/rollouts", json={"label": "tenant"})
+    assert response.status_code == 409
+    assert "drop_table" in response.get_json()["error"]["message"]
+    page = client.post("/rollouts", data={"select": "label", "label": "tenant",
+                                          "action": "upgrade", "target": "heads"})
+    assert page.status_code == 409
+    assert 'name="confirm_risk"' in page.get_data(as_text=True)
+    code, _, err = run_cli(fleet, "rollout", "--label", "tenant")
+    assert code == cli.EXIT_ERROR and "--yes" in err
+    for i in range(3):
+        assert revision_of(fleet.dbs[f"t{i}"]) == [REV2]
+    confirmed = client.post("/rollouts", data={"select": "label", "label": "tenant",
+                                               "action": "upgrade", "target": "heads",
+                                               "confirm_risk": "upgrade", "canary": "1",
+                                               "parallel": "3"})
+    assert confirmed.status_code == 303
+    done = wait_for(client, confirmed.headers["Location"].replace("/rollouts/",
+                                                                  "/api/rollouts/"))
+    assert done["status"] == "succeeded"
+    assert revision_of(fleet.dbs["t2"]) == ["aa03drop"]
+
+
+# ------------------------------------------------------------------ pages
+
+
+def test_the_rollout_page_shows_a_row_per_target_linking_its_run(fleet):
+    fleet.add("t0")
+    fleet.add("t1", at=REV2)
+    fleet.add("bad", collide=True)
+    client = fleet.client()
+    assert "Rollouts" in client.get("/").get_data(as_text=True)
+    form = client.get("/rollouts/new").get_data(as_text=True)
+    assert 'value="tenant"' in form and 'name="targets" value="bad"' in form
+    started = client.post("/rollouts", data={"select": "targets", "targets": ["t0", "t1", "bad"],
+                                             "action": "upgrade", "target": "heads",
+                                             "canary": "1", "parallel": "2",
+                                             "on_error": "continue"})
+    assert started.status_code == 303
+    url = started.headers["Location"]
+    done = wait_for(client, url.replace("/rollouts/", "/api/rollouts/"))
+    rows = {row["name"]: row for row in done["targets"]}
+    page = client.get(url)
+    html = page.get_data(as_text=True)
+    assert "HX-Request" in page.headers["Vary"] and "<html" in html
+    assert 'data-target="t0" data-status="succeeded"' in html
+    assert 'data-target="t1" data-status="skipped"' in html
+    assert 'data-target="bad" data-status="restored"' in html
+    assert f'href="/targets/t0/runs/{rows["t0"]["run_id"]}"' in html
+    assert 'href="/targets/t0/"' in html and ">canary<" in html
+    assert 'data-count="succeeded">1 succeeded' in html and "hx-trigger" not in html
+    fragment = client.get(url, headers={"HX-Request": "true"}).get_data(as_text=True)
+    assert "<html" not in fragment
+    assert 'id="rollout-panel"' in fragment
+    listing = client.get("/rollouts").get_data(as_text=True)
+    assert done["id"] in listing and "1 restored" in listing
+    api = client.get("/api/rollouts").get_json()
+    assert api["total"] == 1 and api["rollouts"][0]["counts"]["skipped"] == 1
+    run_page = client.get(f"/targets/bad/runs/{rows['bad']['run_id']}")
+    assert run_page.status_code == 200
+
+
+def test_a_running_rollout_refreshes_in_one_query_whatever_its_size(fleet):
+    names = [f"t{i:03d}" for i in range(200)]
+    for name in names:
+        fleet.specs[name] = (f'[targets.{name}]\nalembic_ini = "{fleet.ini}"\n'
+                             f'database_url = "sqlite:///{fleet.tmp}/{name}.db"\n'
+                             'labels = ["tenant"]\n')
+    client = fleet.client()
+    root = str(fleet.instance)
+    rollout_id = rollouts.create_rollout(
+        root, rollouts.RolloutPlan(tuple(names), "upgrade", "heads"), "local", "me")
+    held = rollouts.hold_conductor_lock(root, rollout_id)
+    statements = []
+    engine = store.store_engine(root)
+
+    def count(*_args):
+        statements.append(_args[2])
+
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        started = time.monotonic()
+        fragment = client.get(f"/rollouts/{rollout_id}", headers={"HX-Request": "true"})
+        took = time.monotonic() - started
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+        os.close(held)
+    html = fragment.get_data(as_text=True)
+    assert fragment.status_code == 200 and html.count('class="rollout-target"') == 200
+    assert 'hx-trigger="every 1s"' in html and 'id="cancel-rollout"' in html
+    assert len(statements) <= 2, statements
+    assert took < 2.0
+
+
+def test_cancel_asks_first_without_javascript(fleet):
+    fleet.add("t0")
+    client = fleet.client()
+    root = str(fleet.instance)
+    rollout_id = rollouts.create_rollout(
+        root, rollouts.RolloutPlan(("t0",), "upgrade", "heads"), "local", "me")
+    held = rollouts.hold_conductor_lock(root, rollout_id)
+    try:
+        asked = client.post(f"/rollouts/{rollout_id}/cancel")
+        assert asked.status_code == 200 and 'name="confirm" value="yes"' in \
+            asked.get_data(as_text=True)
+        assert rollouts.get_rollout(root, rollout_id).cancel_requested is False
+        done = client.post(f"/rollouts/{rollout_id}/cancel", data={"confirm": "yes"})
+        assert done.status_code == 303
+        rollout = rollouts.get_rollout(root, rollout_id)
+        assert rollout.cancel_requested and rollout.targets[0].status == "not_started"
+    finally:
+        os.close(held)
+
+
+# ------------------------------------------------------------------ command line
+
+
+def run_cli(fleet: Fleet, *argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    environ = {**os.environ, "DASHBOARD_TARGETS_FILE": str(fleet.targets_file),
+               "DASHBOARD_INSTANCE_DIR": str(fleet.instance), **fleet.settings}
+    code = cli.main(list(argv), environ=environ, out=out, err=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_command_line_rollout_exit_codes(fleet):
+    fleet.add("t0")
+    fleet.add("t1")
+    fleet.add("bad", collide=True, labels=("doomed",))
+    code, out, err = run_cli(fleet, "rollout", "--label", "tenant", "--parallel", "2")
+    assert code == cli.EXIT_OK, err
+    assert "t0 [canary]: succeeded" in out and f"{REV1} -> {REV2}" in out
+    assert "succeeded: 2 succeeded" in out
+    code, out, err = run_cli(fleet, "rollout", "--targets", "t0,t1", "--json")
+    body = json.loads(out)
+    assert code == cli.EXIT_OK and body["counts"] == {"skipped": 2}
+    code, out, err = run_cli(fleet, "rollout", "--label", "doomed")
+    assert code == cli.EXIT_FAILED and "bad [canary]: restored" in out
+    assert "halted" in err
+    assert revision_of(fleet.dbs["bad"]) == [REV1]
+    code, _, err = run_cli(fleet, "rollout", "--label", "nope")
+    assert code == cli.EXIT_ERROR and "'nope'" in err
+    with pytest.raises(SystemExit) as usage:
+        run_cli(fleet, "rollout", "--to", "heads")
+    assert usage.value.code == cli.EXIT_ERROR
+    code, _, err = run_cli(fleet, "rollout", "--cancel", "nope")
+    assert code == cli.EXIT_ERROR and "nope" in err

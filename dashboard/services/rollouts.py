@@ -37,6 +37,7 @@ from dashboard.errors import (
 )
 from dashboard.services import audit, runs, store
 from dashboard.services.executors import WAITING, Executor, RunRequest, TargetRun
+from dashboard.services.locking import LockHeld
 from dashboard.services.planning import ACTIONS, check_destination
 
 if TYPE_CHECKING:
@@ -64,6 +65,7 @@ DEFAULT_CANARY = 1
 DEFAULT_PARALLEL = 4
 MAX_PARALLEL = 64
 POLL_SECONDS = 0.3
+LOCKED = "Locked"  # how a row's error starts when another action held its database
 LOCK_FOLDER = "rollouts"  # in the root instance folder: one conductor lock per rollout
 
 
@@ -490,8 +492,9 @@ def _start_row(registry: Registry, root: str, rollout: Rollout, position: int,
         handle = executor.start(target.pinned(project), RunRequest(
             rollout.id, rollout.action, rollout.destination, rollout.user))
     except DashboardError as exc:
+        why = LOCKED if isinstance(exc, LockHeld) else "Could not start"
         _update_row(root, rollout.id, position, status=runs.FAILED, canary=as_canary,
-                    finished_at=time.time(), error=f"Could not start: {exc.message}")
+                    finished_at=time.time(), error=f"{why}: {exc.message}")
         return
     _update_row(root, rollout.id, position, canary=as_canary, handle=handle,
                 from_revs=status.current)
@@ -631,11 +634,11 @@ def request_rollout(registry: Registry, *, label=None, names=None, action="upgra
     return start_rollout(registry.settings, registry, plan, user, environ)
 
 
-def read_rollout(settings: dict, rollout_id: str) -> Rollout:
+def read_rollout(settings: dict, rollout_id: str, environ=None) -> Rollout:
     """A rollout as pages show it; one whose conductor died gets a new one first."""
     root = str(settings["DASHBOARD_INSTANCE_DIR"])
     rollout = get_rollout(root, rollout_id)
-    if keep_conducted(settings, rollout):
+    if keep_conducted(settings, rollout, environ):
         rollout = get_rollout(root, rollout_id)
     return rollout
 

@@ -135,5 +135,6 @@ def rollout_json(rollout) -> dict:
     """A rollout as the API gives it: each row's run as its API URL."""
     from flask import url_for
 
-    return rollout.as_json(lambda row: url_for("api.run", target=row.name, run_id=row.run_id)
-                           if row.run_id else None)
+    multiple = registry().multiple
+    return rollout.as_json(lambda row: url_for("api.run", target=row.name if multiple else None,
+                                               run_id=row.run_id) if row.run_id else None)
