@@ -188,6 +188,55 @@ def most_at_once(spans) -> int:
     return peak
 
 
+# ------------------------------------------------------------------ decisions (pure)
+
+
+def rows(*statuses: str, canaries: int = 0) -> list[rollouts.RolloutTarget]:
+    return [rollouts.RolloutTarget(position=i, name=f"t{i}", status=status,
+                                   canary=i <= canaries)
+            for i, status in enumerate(statuses, start=1)]
+
+
+def test_next_moves_starts_canaries_alone_then_fills_the_slots():
+    moves = rollouts.next_moves(rows("pending", "pending", "pending"), 1, 2, "halt", False)
+    assert moves.start == (1,) and moves.as_canary
+    waiting = rollouts.next_moves(rows("running", "pending", "pending", canaries=1), 1, 2,
+                                  "halt", False)
+    assert waiting.start == ()  # the canary has not finished
+    after = rollouts.next_moves(rows("succeeded", "pending", "pending", "pending", canaries=1),
+                                1, 2, "halt", False)
+    assert after.start == (2, 3) and not after.as_canary
+    full = rollouts.next_moves(rows("succeeded", "running", "backing_up", "pending",
+                                    canaries=1), 1, 2, "halt", False)
+    assert full == rollouts.Moves()
+    no_canary = rollouts.next_moves(rows("skipped", "pending", "pending"), 0, 4, "halt", False)
+    assert no_canary.start == (2, 3)
+    done = rollouts.next_moves(rows("succeeded", "skipped", canaries=1), 1, 2, "halt", False)
+    assert done.final == "succeeded"
+
+
+def test_next_moves_on_failure_and_cancel():
+    halted = rollouts.next_moves(rows("succeeded", "restored", "running", "pending",
+                                      canaries=1), 1, 2, "halt", False)
+    assert halted.give_up == (4,) and halted.final is None and not halted.start
+    over = rollouts.next_moves(rows("succeeded", "restored", "succeeded", "not_started",
+                                    canaries=1), 1, 2, "halt", False)
+    assert over.final == "halted"
+    going_on = rollouts.next_moves(rows("succeeded", "failed", "pending", canaries=1), 1, 2,
+                                   "continue", False)
+    assert going_on.start == (3,)
+    ended = rollouts.next_moves(rows("succeeded", "failed", "succeeded", canaries=1), 1, 2,
+                                "continue", False)
+    assert ended.final == "failed"
+    canary = rollouts.next_moves(rows("restored", "pending", canaries=1), 1, 2, "continue",
+                                 False)
+    assert canary.final == "halted" and canary.give_up == (2,)
+    cancelled = rollouts.next_moves(rows("running", "pending"), 0, 1, "halt", True)
+    assert cancelled.give_up == (2,) and cancelled.final is None
+    assert rollouts.next_moves(rows("succeeded", "not_started"), 0, 1, "halt",
+                               True).final == "cancelled"
+
+
 # ------------------------------------------------------------------ plans
 
 
@@ -521,3 +570,35 @@ def test_command_line_rollout_exit_codes(fleet):
     assert usage.value.code == cli.EXIT_ERROR
     code, _, err = run_cli(fleet, "rollout", "--cancel", "nope")
     assert code == cli.EXIT_ERROR and "nope" in err
+
+
+# ------------------------------------------------------------------ servers
+
+
+def test_a_rollout_over_postgresql_databases(fleet):
+    from contextlib import ExitStack
+
+    from tests.servers import SERVERS, require, scratch_database
+
+    server = require(SERVERS["postgresql"])
+    with ExitStack() as stack:
+        names = [stack.enter_context(scratch_database(server, "md_rollout")) for _ in range(3)]
+        for i, database in enumerate(names):
+            url = server.url(database)
+            command.upgrade(alembic_config(fleet.ini, url), REV1)
+            if i == 1:  # its upgrade collides with a table already there
+                server.execute("CREATE TABLE orders (id integer primary key)",
+                               database=database)
+            fleet.specs[f"pg{i}"] = (f'[targets.pg{i}]\nalembic_ini = "{fleet.ini}"\n'
+                                     f'database_url = "{url}"\nlabels = ["pg"]\n')
+        client = fleet.client()
+        done = wait_for(client, start(client, label="pg", parallel=2,
+                                      on_error="continue")["url"])
+        assert done["status"] == "failed"
+        assert [row["status"] for row in done["targets"]] == ["succeeded", "restored",
+                                                               "succeeded"]
+
+        def version(database):
+            return server.scalars("SELECT version_num FROM alembic_version", database=database)
+
+        assert [version(d) for d in names] == [[REV2], [REV1], [REV2]]
