@@ -18,10 +18,12 @@ import os
 import subprocess
 import sys
 import threading
+import time
 
 from dashboard.errors import Conflict, DashboardError, Unavailable, error_named
 
 REQUEST_ENV = "DASHBOARD_ROLLOUT_REQUEST"
+LOCK_SECONDS = 1.0
 
 
 def launch(settings: dict, rollout_id: str, environ=None) -> int:
@@ -52,6 +54,17 @@ def launch(settings: dict, rollout_id: str, environ=None) -> int:
     return proc.pid
 
 
+def _take_lock(rollouts, root: str, rollout_id: str) -> int | None:
+    """The rollout's lock; a reader checking whether a conductor lives holds it for a
+    moment, so it is tried for a little while before saying another conductor has it."""
+    deadline = time.monotonic() + LOCK_SECONDS
+    while True:
+        fd = rollouts.hold_conductor_lock(root, rollout_id)
+        if fd is not None or time.monotonic() > deadline:
+            return fd
+        time.sleep(0.05)
+
+
 def main() -> int:
     from dashboard.core import Registry
     from dashboard.services import rollouts, store
@@ -76,7 +89,7 @@ def main() -> int:
         request = json.loads(raw)
         settings, rollout_id = request["settings"], request["rollout_id"]
         root = str(settings["DASHBOARD_INSTANCE_DIR"])
-        lock = rollouts.hold_conductor_lock(root, rollout_id)
+        lock = _take_lock(rollouts, root, rollout_id)
         if lock is None:
             raise Conflict(f"Rollout {rollout_id} has a conductor already.")
         rollouts.get_rollout(root, rollout_id)  # a 404 said at once

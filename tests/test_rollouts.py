@@ -602,3 +602,21 @@ def test_a_rollout_over_postgresql_databases(fleet):
             return server.scalars("SELECT version_num FROM alembic_version", database=database)
 
         assert [version(d) for d in names] == [[REV2], [REV1], [REV2]]
+
+
+def test_a_row_claimed_by_a_dead_conductor_gets_its_turn_again(fleet):
+    """A conductor killed between claiming a row and keeping its run's handle: the next
+    one starts that target (once), and the rollout does not call it succeeded unseen."""
+    fleet.add("t0")
+    fleet.add("t1")
+    client = fleet.client()
+    root = str(fleet.instance)
+    rollout_id = rollouts.create_rollout(
+        root, rollouts.RolloutPlan(("t0", "t1"), "upgrade", "heads", canary=0), "local", "me")
+    with store.store_engine(root).begin() as conn:
+        conn.execute(store.rollout_targets.update().where(
+            store.rollout_targets.c.position == 1).values(status="waiting"))
+    done = wait_for(client, f"/api/rollouts/{rollout_id}")
+    assert done["status"] == "succeeded", done
+    assert [row["status"] for row in done["targets"]] == ["succeeded", "succeeded"]
+    assert revision_of(fleet.dbs["t0"]) == [REV2]

@@ -399,7 +399,8 @@ def next_moves(rows, canary: int, parallel: int, on_error: str, cancelled: bool)
     if not pending:
         if in_flight:
             return Moves()
-        return Moves(final=FAILED if failed else SUCCEEDED)
+        done = all(r.status in (runs.SUCCEEDED, SKIPPED) for r in rows)
+        return Moves(final=SUCCEEDED if done else FAILED)
     free = parallel - len(in_flight)
     if free <= 0:
         return Moves()
@@ -426,10 +427,11 @@ def conduct(registry: Registry, root: str, rollout_id: str, executor: Executor,
         for row in rollout.targets:
             if row.in_flight and row.handle:
                 _copy_run(registry, root, rollout.id, row, executor)
-            elif row.in_flight:  # claimed by a conductor that died before starting it
-                _update_row(root, rollout_id, row.position, status=NOT_STARTED,
-                            finished_at=time.time(),
-                            error="The conductor stopped before this target's run started.")
+            elif row.in_flight:
+                # Claimed by a conductor that died before it could keep the run's handle:
+                # its turn comes again. Had the run started, the guard's lock refuses a
+                # second one, or the target is at the destination by then and is skipped.
+                _update_row(root, rollout_id, row.position, status=PENDING, started_at=None)
         while True:
             rollout = get_rollout(root, rollout_id)
             moves = next_moves(rollout.targets, rollout.canary, rollout.parallel,

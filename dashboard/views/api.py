@@ -281,10 +281,13 @@ def create_rollout():
 def list_rollouts():
     query = rollouts_listing()
     found = rollouts.find_rollouts(_root(), query.where, query.page, query.per_page)
-    return jsonify({"rollouts": [
-        {**rollout.as_json(), "targets": None, "counts": counts,
-         "url": url_for("api.rollout", rollout_id=rollout.id)}
-        for rollout, counts in found.items], **_paging(query, found)})
+    listed = []
+    for rollout, counts in found.items:
+        body = rollout.as_json()
+        del body["targets"]  # one rollout's URL gives them
+        listed.append({**body, "counts": counts,
+                       "url": url_for("api.rollout", rollout_id=rollout.id)})
+    return jsonify({"rollouts": listed, **_paging(query, found)})
 
 
 @bp.get("/rollouts/<rollout_id>", targeted=False)
