@@ -21,6 +21,7 @@ from __future__ import annotations
 import fcntl
 import os
 import secrets
+import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -415,38 +416,55 @@ def next_moves(rows, canary: int, parallel: int, on_error: str, cancelled: bool)
 
 
 def conduct(registry: Registry, root: str, rollout_id: str, executor: Executor,
-            poll_seconds: float = POLL_SECONDS, stop=lambda: False) -> Rollout:
+            poll_seconds: float = POLL_SECONDS) -> Rollout:
     """Drive a rollout to its end: poll the runs under way, copy each one's status
-    into its row, start what ``next_moves`` says. Resumable: a conductor started on a
-    rollout a dead one left goes on from its rows (a run under way is polled by its
-    handle, never started again)."""
-    while True:
-        rollout = get_rollout(root, rollout_id)
-        if rollout.finished:
-            return rollout
-        for row in rollout.targets:
-            if row.in_flight and row.handle:
-                _copy_run(registry, root, rollout.id, row, executor)
-            elif row.in_flight:
-                # Claimed by a conductor that died before it could keep the run's handle:
-                # its turn comes again. Had the run started, the guard's lock refuses a
-                # second one, or the target is at the destination by then and is skipped.
-                _update_row(root, rollout_id, row.position, status=PENDING, started_at=None)
+    into its row, start what ``next_moves`` says. A start (reading the target's
+    revision, then the executor's start, which waits for the run's lock) happens in
+    a thread of its own, so ``parallel`` targets start at once, not one after the
+    other. Resumable: a conductor started on a rollout a dead one left goes on from
+    its rows (a run under way is polled by its handle, never started again)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rollout = get_rollout(root, rollout_id)
+    for row in rollout.targets:
+        if row.in_flight and not row.handle:
+            # Claimed by a conductor that died before it could keep the run's handle: its
+            # turn comes again. Had the run started, the guard's lock refuses a second
+            # one, or the target is at the destination by then and is skipped.
+            _update_row(root, rollout_id, row.position, status=PENDING, started_at=None)
+    wake = threading.Event()
+    starting: set[int] = set()
+    with ThreadPoolExecutor(max_workers=rollout.parallel,
+                            thread_name_prefix=f"start-{rollout_id}") as pool:
+
+        def started(position: int, future) -> None:
+            starting.discard(position)
+            wake.set()
+
         while True:
+            wake.clear()
+            rollout = get_rollout(root, rollout_id)
+            if rollout.finished:
+                return rollout
+            for row in rollout.targets:
+                if row.in_flight and row.handle and row.position not in starting:
+                    _copy_run(registry, root, rollout.id, row, executor)
             rollout = get_rollout(root, rollout_id)
             moves = next_moves(rollout.targets, rollout.canary, rollout.parallel,
                                rollout.on_error, rollout.cancel_requested)
             for position in moves.give_up:
                 _update_row(root, rollout_id, position, only_if=(PENDING,), status=NOT_STARTED)
-            if moves.final is not None:
+            if moves.final is not None and not starting:
                 return _finish(root, rollout_id, moves.final)
-            if not moves.start:
-                break
             for position in moves.start:
-                _start_row(registry, root, rollout, position, moves.as_canary, executor)
-        if stop():
-            return get_rollout(root, rollout_id)
-        time.sleep(poll_seconds)
+                # Claimed here, before the thread runs: the next decision counts it.
+                if _update_row(root, rollout_id, position, only_if=(PENDING,), status=WAITING,
+                               canary=moves.as_canary, started_at=time.time()):
+                    starting.add(position)
+                    future = pool.submit(_start_row, registry, root, rollout, position,
+                                         executor)
+                    future.add_done_callback(lambda f, p=position: started(p, f))
+            wake.wait(poll_seconds)
 
 
 def _copy_run(registry: Registry, root: str, rollout_id: str, row: RolloutTarget,
@@ -470,13 +488,12 @@ def _copy_run(registry: Registry, root: str, rollout_id: str, row: RolloutTarget
 
 
 def _start_row(registry: Registry, root: str, rollout: Rollout, position: int,
-               as_canary: bool, executor: Executor) -> None:
+               executor: Executor) -> None:
+    """Start one claimed row's run, or skip it (already at the destination), or say why
+    it could not start."""
     from dashboard.services.planning import NothingToDo, plan_for_status, resulting_revisions
 
     row = next(r for r in rollout.targets if r.position == position)
-    if not _update_row(root, rollout.id, position, only_if=(PENDING,), status=WAITING,
-                       started_at=time.time()):
-        return  # cancelled meanwhile
     try:
         target = registry.get(row.name)
         target.check_writable()
@@ -495,11 +512,14 @@ def _start_row(registry: Registry, root: str, rollout: Rollout, position: int,
             rollout.id, rollout.action, rollout.destination, rollout.user))
     except DashboardError as exc:
         why = LOCKED if isinstance(exc, LockHeld) else "Could not start"
-        _update_row(root, rollout.id, position, status=runs.FAILED, canary=as_canary,
-                    finished_at=time.time(), error=f"{why}: {exc.message}")
+        _update_row(root, rollout.id, position, status=runs.FAILED, finished_at=time.time(),
+                    error=f"{why}: {exc.message}")
         return
-    _update_row(root, rollout.id, position, canary=as_canary, handle=handle,
-                from_revs=status.current)
+    except Exception as exc:  # noqa: BLE001 - this target fails; the rollout goes on
+        _update_row(root, rollout.id, position, status=runs.FAILED, finished_at=time.time(),
+                    error=f"Could not start: {type(exc).__name__}.")
+        return
+    _update_row(root, rollout.id, position, handle=handle, from_revs=status.current)
     _copy_run(registry, root, rollout.id, _row(root, rollout.id, position), executor)
 
 
