@@ -459,6 +459,9 @@ def rollout_command(args: argparse.Namespace, environ: Mapping[str, str] | None,
         writer.warn(f"error: {exc.message.split(' Confirm it:')[0]} Pass --yes to confirm.")
         return EXIT_ERROR
     except DashboardError as exc:
+        if args.json:
+            writer.say(json.dumps({"error": {"status": exc.status_code, "title": exc.title,
+                                             "message": exc.message}}, indent=2))
         writer.warn(f"error: {exc.message}")
         return EXIT_LOCKED if exc.status_code == 409 else EXIT_ERROR
     except KeyboardInterrupt:

@@ -150,7 +150,14 @@ def rollout_mode(request) -> dict:
 
 @pytest.fixture
 def fleet(tmp_path, rollout_mode) -> Fleet:
+    """For the plan scenarios, run with every executor."""
     return Fleet(tmp_path, rollout_mode)
+
+
+@pytest.fixture
+def plain_fleet(tmp_path) -> Fleet:
+    """For what does not depend on the executor (refusals, pages, command line)."""
+    return Fleet(tmp_path, {})
 
 
 def wait_for(client, url: str, seconds: float = 90.0) -> dict:
@@ -353,14 +360,14 @@ def test_a_killed_conductor_is_replaced_and_no_target_runs_twice(fleet):
 # ------------------------------------------------------------------ refusals
 
 
-def test_bad_requests_are_clear_4xx(fleet, monkeypatch):
-    fleet.add("t0")
-    fleet.add("t1", labels=("eu",))
-    fleet.add("ro", extra="read_only = true\n")
+def test_bad_requests_are_clear_4xx(plain_fleet, monkeypatch):
+    plain_fleet.add("t0")
+    plain_fleet.add("t1", labels=("eu",))
+    plain_fleet.add("ro", extra="read_only = true\n")
     monkeypatch.delenv("MISSING_URL", raising=False)
-    fleet.specs["broken"] = (f'[targets.broken]\nalembic_ini = "{fleet.ini}"\n'
+    plain_fleet.specs["broken"] = (f'[targets.broken]\nalembic_ini = "{plain_fleet.ini}"\n'
                              'database_url_env = "MISSING_URL"\nlabels = ["broken"]\n')
-    client = fleet.client()
+    client = plain_fleet.client()
 
     def refused(body, status, *words):
         response = client.post("/api/rollouts", json=body)
@@ -394,11 +401,11 @@ def test_bad_requests_are_clear_4xx(fleet, monkeypatch):
     assert client.get("/api/rollouts?status=bogus").status_code == 400
 
 
-def test_a_rollout_overlapping_a_running_one_is_refused_naming_it(fleet):
-    fleet.add("t0")
-    fleet.add("t1")
-    client = fleet.client()
-    root = str(fleet.instance)
+def test_a_rollout_overlapping_a_running_one_is_refused_naming_it(plain_fleet):
+    plain_fleet.add("t0")
+    plain_fleet.add("t1")
+    client = plain_fleet.client()
+    root = str(plain_fleet.instance)
     plan = rollouts.RolloutPlan(("t1",), "upgrade", "heads")
     running = rollouts.create_rollout(root, plan, "local", "someone")
     held = rollouts.hold_conductor_lock(root, running)  # its conductor is alive
@@ -407,23 +414,23 @@ def test_a_rollout_overlapping_a_running_one_is_refused_naming_it(fleet):
         assert response.status_code == 409
         message = response.get_json()["error"]["message"]
         assert running in message and "t1" in message
-        code, _, err = run_cli(fleet, "rollout", "--label", "tenant")
+        code, _, err = run_cli(plain_fleet, "rollout", "--label", "tenant")
         assert code == cli.EXIT_LOCKED and running in err
     finally:
         os.close(held)
-    assert revision_of(fleet.dbs["t0"]) == [REV1]
+    assert revision_of(plain_fleet.dbs["t0"]) == [REV1]
 
 
-def test_a_risky_upgrade_needs_confirming_once_per_project(fleet):
+def test_a_risky_upgrade_needs_confirming_once_per_project(plain_fleet):
     for i in range(3):
-        fleet.add(f"t{i}", at=REV2)
-    with sqlite3.connect(fleet.dbs["t0"]) as conn:
+        plain_fleet.add(f"t{i}", at=REV2)
+    with sqlite3.connect(plain_fleet.dbs["t0"]) as conn:
         conn.execute("INSERT INTO customers (id) VALUES (1)")
-    (fleet.ini.parent / "migrations" / "versions" / "aa03drop.py").write_text(
+    (plain_fleet.ini.parent / "migrations" / "versions" / "aa03drop.py").write_text(
         REVISION.format(rev="aa03drop", parent=REV2, table="customers")
         .replace('op.create_table("customers", sa.Column("id", sa.Integer, primary_key=True))',
                  'op.drop_table("customers")'))
-    client = fleet.client()
+    client = plain_fleet.client()
     response = client.post("/api/rollouts", json={"label": "tenant"})
     assert response.status_code == 409
     assert "drop_table" in response.get_json()["error"]["message"]
@@ -431,10 +438,10 @@ def test_a_risky_upgrade_needs_confirming_once_per_project(fleet):
                                           "action": "upgrade", "target": "heads"})
     assert page.status_code == 409
     assert 'name="confirm_risk"' in page.get_data(as_text=True)
-    code, _, err = run_cli(fleet, "rollout", "--label", "tenant")
+    code, _, err = run_cli(plain_fleet, "rollout", "--label", "tenant")
     assert code == cli.EXIT_ERROR and "--yes" in err
     for i in range(3):
-        assert revision_of(fleet.dbs[f"t{i}"]) == [REV2]
+        assert revision_of(plain_fleet.dbs[f"t{i}"]) == [REV2]
     confirmed = client.post("/rollouts", data={"select": "label", "label": "tenant",
                                                "action": "upgrade", "target": "heads",
                                                "confirm_risk": "upgrade", "canary": "1",
@@ -443,17 +450,17 @@ def test_a_risky_upgrade_needs_confirming_once_per_project(fleet):
     done = wait_for(client, confirmed.headers["Location"].replace("/rollouts/",
                                                                   "/api/rollouts/"))
     assert done["status"] == "succeeded"
-    assert revision_of(fleet.dbs["t2"]) == ["aa03drop"]
+    assert revision_of(plain_fleet.dbs["t2"]) == ["aa03drop"]
 
 
 # ------------------------------------------------------------------ pages
 
 
-def test_the_rollout_page_shows_a_row_per_target_linking_its_run(fleet):
-    fleet.add("t0")
-    fleet.add("t1", at=REV2)
-    fleet.add("bad", collide=True)
-    client = fleet.client()
+def test_the_rollout_page_shows_a_row_per_target_linking_its_run(plain_fleet):
+    plain_fleet.add("t0")
+    plain_fleet.add("t1", at=REV2)
+    plain_fleet.add("bad", collide=True)
+    client = plain_fleet.client()
     assert "Rollouts" in client.get("/").get_data(as_text=True)
     form = client.get("/rollouts/new").get_data(as_text=True)
     assert 'value="tenant"' in form and 'name="targets" value="bad"' in form
@@ -485,14 +492,14 @@ def test_the_rollout_page_shows_a_row_per_target_linking_its_run(fleet):
     assert run_page.status_code == 200
 
 
-def test_a_running_rollout_refreshes_in_one_query_whatever_its_size(fleet):
+def test_a_running_rollout_refreshes_in_one_query_whatever_its_size(plain_fleet):
     names = [f"t{i:03d}" for i in range(200)]
     for name in names:
-        fleet.specs[name] = (f'[targets.{name}]\nalembic_ini = "{fleet.ini}"\n'
-                             f'database_url = "sqlite:///{fleet.tmp}/{name}.db"\n'
+        plain_fleet.specs[name] = (f'[targets.{name}]\nalembic_ini = "{plain_fleet.ini}"\n'
+                             f'database_url = "sqlite:///{plain_fleet.tmp}/{name}.db"\n'
                              'labels = ["tenant"]\n')
-    client = fleet.client()
-    root = str(fleet.instance)
+    client = plain_fleet.client()
+    root = str(plain_fleet.instance)
     rollout_id = rollouts.create_rollout(
         root, rollouts.RolloutPlan(tuple(names), "upgrade", "heads"), "local", "me")
     held = rollouts.hold_conductor_lock(root, rollout_id)
@@ -517,10 +524,10 @@ def test_a_running_rollout_refreshes_in_one_query_whatever_its_size(fleet):
     assert took < 2.0
 
 
-def test_cancel_asks_first_without_javascript(fleet):
-    fleet.add("t0")
-    client = fleet.client()
-    root = str(fleet.instance)
+def test_cancel_asks_first_without_javascript(plain_fleet):
+    plain_fleet.add("t0")
+    client = plain_fleet.client()
+    root = str(plain_fleet.instance)
     rollout_id = rollouts.create_rollout(
         root, rollouts.RolloutPlan(("t0",), "upgrade", "heads"), "local", "me")
     held = rollouts.hold_conductor_lock(root, rollout_id)
@@ -548,27 +555,27 @@ def run_cli(fleet: Fleet, *argv: str) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
-def test_command_line_rollout_exit_codes(fleet):
-    fleet.add("t0")
-    fleet.add("t1")
-    fleet.add("bad", collide=True, labels=("doomed",))
-    code, out, err = run_cli(fleet, "rollout", "--label", "tenant", "--parallel", "2")
+def test_command_line_rollout_exit_codes(plain_fleet):
+    plain_fleet.add("t0")
+    plain_fleet.add("t1")
+    plain_fleet.add("bad", collide=True, labels=("doomed",))
+    code, out, err = run_cli(plain_fleet, "rollout", "--label", "tenant", "--parallel", "2")
     assert code == cli.EXIT_OK, err
     assert "t0 [canary]: succeeded" in out and f"{REV1} -> {REV2}" in out
     assert "succeeded: 2 succeeded" in out
-    code, out, err = run_cli(fleet, "rollout", "--targets", "t0,t1", "--json")
+    code, out, err = run_cli(plain_fleet, "rollout", "--targets", "t0,t1", "--json")
     body = json.loads(out)
     assert code == cli.EXIT_OK and body["counts"] == {"skipped": 2}
-    code, out, err = run_cli(fleet, "rollout", "--label", "doomed")
+    code, out, err = run_cli(plain_fleet, "rollout", "--label", "doomed")
     assert code == cli.EXIT_FAILED and "bad [canary]: restored" in out
     assert "halted" in err
-    assert revision_of(fleet.dbs["bad"]) == [REV1]
-    code, _, err = run_cli(fleet, "rollout", "--label", "nope")
+    assert revision_of(plain_fleet.dbs["bad"]) == [REV1]
+    code, _, err = run_cli(plain_fleet, "rollout", "--label", "nope")
     assert code == cli.EXIT_ERROR and "'nope'" in err
     with pytest.raises(SystemExit) as usage:
-        run_cli(fleet, "rollout", "--to", "heads")
+        run_cli(plain_fleet, "rollout", "--to", "heads")
     assert usage.value.code == cli.EXIT_ERROR
-    code, _, err = run_cli(fleet, "rollout", "--cancel", "nope")
+    code, _, err = run_cli(plain_fleet, "rollout", "--cancel", "nope")
     assert code == cli.EXIT_ERROR and "nope" in err
 
 
@@ -583,8 +590,9 @@ def test_a_rollout_over_postgresql_databases(fleet):
     server = require(SERVERS["postgresql"])
     with ExitStack() as stack:
         names = [stack.enter_context(scratch_database(server, "md_rollout")) for _ in range(3)]
+        secret = "Sup3r-s3cret-rollout"  # the server trusts; the password must never show
         for i, database in enumerate(names):
-            url = server.url(database)
+            url = server.url(database, password=secret)
             command.upgrade(alembic_config(fleet.ini, url), REV1)
             if i == 1:  # its upgrade collides with a table already there
                 server.execute("CREATE TABLE orders (id integer primary key)",
@@ -602,15 +610,22 @@ def test_a_rollout_over_postgresql_databases(fleet):
             return server.scalars("SELECT version_num FROM alembic_version", database=database)
 
         assert [version(d) for d in names] == [[REV2], [REV1], [REV2]]
+        assert done["targets"][1]["error"]
+        shown = [json.dumps(done), client.get(f"/rollouts/{done['id']}").get_data(as_text=True),
+                 json.dumps(client.get("/api/rollouts").get_json()),
+                 (fleet.instance / "audit.jsonl").read_text()]
+        with store.store_engine(str(fleet.instance)).connect() as conn:
+            shown.append(repr(conn.execute(select(store.rollout_targets)).all()))
+        assert not [text for text in shown if secret in text]
 
 
-def test_a_row_claimed_by_a_dead_conductor_gets_its_turn_again(fleet):
+def test_a_row_claimed_by_a_dead_conductor_gets_its_turn_again(plain_fleet):
     """A conductor killed between claiming a row and keeping its run's handle: the next
     one starts that target (once), and the rollout does not call it succeeded unseen."""
-    fleet.add("t0")
-    fleet.add("t1")
-    client = fleet.client()
-    root = str(fleet.instance)
+    plain_fleet.add("t0")
+    plain_fleet.add("t1")
+    client = plain_fleet.client()
+    root = str(plain_fleet.instance)
     rollout_id = rollouts.create_rollout(
         root, rollouts.RolloutPlan(("t0", "t1"), "upgrade", "heads", canary=0), "local", "me")
     with store.store_engine(root).begin() as conn:
@@ -619,4 +634,32 @@ def test_a_row_claimed_by_a_dead_conductor_gets_its_turn_again(fleet):
     done = wait_for(client, f"/api/rollouts/{rollout_id}")
     assert done["status"] == "succeeded", done
     assert [row["status"] for row in done["targets"]] == ["succeeded", "succeeded"]
-    assert revision_of(fleet.dbs["t0"]) == [REV2]
+    assert revision_of(plain_fleet.dbs["t0"]) == [REV2]
+
+
+def test_ctrl_c_leaves_the_rollout_running_and_says_how_to_follow_it(plain_fleet):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    for i in range(4):
+        plain_fleet.add(f"t{i}")
+    env = {**os.environ, "DASHBOARD_TARGETS_FILE": str(plain_fleet.targets_file),
+           "DASHBOARD_INSTANCE_DIR": str(plain_fleet.instance), "PYTHONPATH": str(REPO),
+           **plain_fleet.settings}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dashboard.cli", "rollout", "--label", "tenant",
+         "--parallel", "1"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+    first = proc.stdout.readline()
+    assert first.startswith("Rollout r"), first
+    rollout_id = first.split()[1]
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert f"rollout --follow {rollout_id}" in err and f"rollout --cancel {rollout_id}" in err
+    code, out, _ = run_cli(plain_fleet, "rollout", "--follow", rollout_id)
+    assert code == cli.EXIT_OK and "succeeded" in out
+    for i in range(4):
+        assert revision_of(plain_fleet.dbs[f"t{i}"]) == [REV2]
