@@ -93,7 +93,7 @@ def main() -> int:
         if lock is None:
             raise Conflict(f"Rollout {rollout_id} has a conductor already.")
         rollouts.get_rollout(root, rollout_id)  # a 404 said at once
-        rollouts._update_rollout(root, rollout_id, conductor_pid=os.getpid())
+        rollouts.mark_conducted(root, rollout_id, os.getpid())
         registry = Registry(settings)
         executor = executor_for(settings)
     except DashboardError as exc:

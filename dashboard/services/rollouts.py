@@ -23,6 +23,7 @@ import os
 import secrets
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -272,21 +273,20 @@ def create_rollout(root: str, plan: RolloutPlan, executor: str, user: str) -> st
     return rollout_id
 
 
-class _creation_lock:
-    def __init__(self, root: str):
-        self.path = os.path.join(root, LOCK_FOLDER, "create.lock")
-
-    def __enter__(self):
-        try:
-            os.makedirs(os.path.dirname(self.path), exist_ok=True)
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError as exc:
-            raise store.storage_error(exc, self.path) from exc
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
-        return self
-
-    def __exit__(self, *exc):
-        os.close(self.fd)
+@contextmanager
+def _creation_lock(root: str):
+    """One rollout recorded at a time, so two cannot both find no overlap."""
+    path = os.path.join(root, LOCK_FOLDER, "create.lock")
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise store.storage_error(exc, path) from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def get_rollout(root: str, rollout_id: str) -> Rollout:
@@ -342,10 +342,11 @@ def running_rollout_ids(root: str) -> list[str]:
             store.rollouts.c.status == RUNNING)).scalars())
 
 
-def _update_rollout(root: str, rollout_id: str, **values) -> None:
+def mark_conducted(root: str, rollout_id: str, pid: int) -> None:
+    """Which process conducts the rollout now (shown, and for tests to stop it)."""
     with store.store_engine(root).begin() as conn:
         conn.execute(update(store.rollouts).where(store.rollouts.c.id == rollout_id)
-                     .values(**values))
+                     .values(conductor_pid=pid))
 
 
 def _update_row(root: str, rollout_id: str, position: int, *, only_if: tuple = (),
