@@ -442,9 +442,7 @@ def rollout_command(args: argparse.Namespace, environ: Mapping[str, str] | None,
                        "runs under way finish.")
             return EXIT_OK
         registry = Registry(settings, environ)
-        if args.follow:
-            rollout_id = args.follow
-        else:
+        if not args.follow:
             names = [n.strip() for n in args.targets.split(",") if n.strip()] \
                 if args.targets is not None else None
             rollout_id = rollouts.request_rollout(
@@ -463,7 +461,9 @@ def rollout_command(args: argparse.Namespace, environ: Mapping[str, str] | None,
             writer.say(json.dumps({"error": {"status": exc.status_code, "title": exc.title,
                                              "message": exc.message}}, indent=2))
         writer.warn(f"error: {exc.message}")
-        return EXIT_LOCKED if exc.status_code == 409 else EXIT_ERROR
+        # A 409 is an overlapping rollout (or a locked target); cancelling one that has
+        # finished is a usage error.
+        return EXIT_LOCKED if exc.status_code == 409 and not args.cancel else EXIT_ERROR
     except KeyboardInterrupt:
         if rollout_id is None:
             writer.warn("Interrupted while the rollout was being started: the dashboard's "
@@ -684,7 +684,8 @@ def add_rollout_parser(verbs) -> None:
     rolling.add_argument("--to", default="heads", metavar="REVISION",
                          help="the destination (default heads)")
     rolling.add_argument("--canary", type=int, default=rollouts.DEFAULT_CANARY,
-                         help=f"targets run first, alone (default {rollouts.DEFAULT_CANARY})")
+                         help="how many targets run first; the others wait for them to succeed "
+                              f"(default {rollouts.DEFAULT_CANARY})")
     rolling.add_argument("--parallel", type=int, default=rollouts.DEFAULT_PARALLEL,
                          help=f"at most this many at once (default {rollouts.DEFAULT_PARALLEL})")
     rolling.add_argument("--on-error", default=rollouts.HALT, choices=rollouts.ON_ERROR,

@@ -663,3 +663,24 @@ def test_ctrl_c_leaves_the_rollout_running_and_says_how_to_follow_it(plain_fleet
     assert code == cli.EXIT_OK and "succeeded" in out
     for i in range(4):
         assert revision_of(plain_fleet.dbs[f"t{i}"]) == [REV2]
+
+
+def test_a_target_locked_by_another_action_exits_3(plain_fleet):
+    from dashboard.core import Registry
+    from dashboard.services import guard, locking
+
+    plain_fleet.add("t0")
+    plain_fleet.add("t1")
+    from dashboard.settings import settings_from_environ
+
+    registry = Registry({**settings_from_environ({}), **plain_fleet.config()})
+    held = guard.acquire_lock(registry.targets["t0"], locking.LockHolder(
+        os.getpid(), "upgrade", "someone-else", "alice", time.time()))
+    try:
+        code, out, err = run_cli(plain_fleet, "rollout", "--label", "tenant")
+    finally:
+        held.release()
+    assert code == cli.EXIT_LOCKED, out + err
+    assert "t0 [canary]: failed" in out and "already running" in out
+    assert "t1: not started" in out
+    assert revision_of(plain_fleet.dbs["t1"]) == [REV1]
