@@ -472,7 +472,7 @@ def _copy_run(registry: Registry, root: str, rollout_id: str, row: RolloutTarget
               executor: Executor) -> None:
     """The run's status (and revisions, error, end) into its row, when it changed."""
     try:
-        found = executor.poll(registry.targets[row.name], row.handle)
+        found = executor.poll(registry.get(row.name), row.handle)
     except DashboardError as exc:
         found = TargetRun(runs.FAILED, row.run_id, None, exc.message)
     values: dict = {"status": found.status, "run_id": found.run_id or row.run_id}
