@@ -13,8 +13,9 @@ and is upgraded to heads, from a fresh copy per measurement:
 
 It prints both, their ratio, and the dashboard's own overhead per target
 ((rollout - loop) / targets); while the parallel-4 rollout runs it also times
-the rollout page's fragment (``GET /rollouts/<id>`` with HX-Request: the
-median, and the SQL statements one refresh sends to the store).
+the rollout page's fragment once a second, as the page polls (``GET
+/rollouts/<id>`` with HX-Request: the median, and the SQL statements one
+refresh sends to the store).
 
     /work/main/.venv/bin/python benchmarks/bench_rollout.py [--targets 200] [--postgres 20]
     /work/main/.venv/bin/python benchmarks/bench_rollout.py --quick    # 20 SQLite targets
@@ -107,8 +108,10 @@ def rollout(root: Path, ini: Path, urls: list[str], parallel: int, watch: bool):
     def count(*args):
         statements.append(args[2])
 
+    shown = 0.0
     while True:
-        if watch:
+        if watch and time.monotonic() - shown >= 1.0:  # as the page polls: every second
+            shown = time.monotonic()
             statements.clear()
             event.listen(engine, "before_cursor_execute", count)
             began = time.monotonic()
