@@ -627,10 +627,10 @@ def test_a_row_claimed_by_a_dead_conductor_gets_its_turn_again(plain_fleet):
     client = plain_fleet.client()
     root = str(plain_fleet.instance)
     rollout_id = rollouts.create_rollout(
-        root, rollouts.RolloutPlan(("t0", "t1"), "upgrade", "heads", canary=0), "local", "me")
+        root, rollouts.RolloutPlan(("t0", "t1"), "upgrade", "heads", canary=1), "local", "me")
     with store.store_engine(root).begin() as conn:
         conn.execute(store.rollout_targets.update().where(
-            store.rollout_targets.c.position == 1).values(status="waiting"))
+            store.rollout_targets.c.position == 1).values(status="waiting", canary=True))
     done = wait_for(client, f"/api/rollouts/{rollout_id}")
     assert done["status"] == "succeeded", done
     assert [row["status"] for row in done["targets"]] == ["succeeded", "succeeded"]

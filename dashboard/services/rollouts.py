@@ -427,12 +427,6 @@ def conduct(registry: Registry, root: str, rollout_id: str, executor: Executor,
     from concurrent.futures import ThreadPoolExecutor
 
     rollout = get_rollout(root, rollout_id)
-    for row in rollout.targets:
-        if row.in_flight and not row.handle:
-            # Claimed by a conductor that died before it could keep the run's handle: its
-            # turn comes again. Had the run started, the guard's lock refuses a second
-            # one, or the target is at the destination by then and is skipped.
-            _update_row(root, rollout_id, row.position, status=PENDING, started_at=None)
     wake = threading.Event()
     starting: set[int] = set()
     with ThreadPoolExecutor(max_workers=rollout.parallel,
@@ -444,12 +438,22 @@ def conduct(registry: Registry, root: str, rollout_id: str, executor: Executor,
 
         while True:
             wake.clear()
+            busy = set(starting)  # before reading: a start that ended since has written
             rollout = get_rollout(root, rollout_id)
             if rollout.finished:
                 return rollout
             for row in rollout.targets:
-                if row.in_flight and row.handle and row.position not in starting:
+                if not row.in_flight or row.position in busy:
+                    continue
+                if row.handle:
                     _copy_run(registry, root, rollout.id, row, executor)
+                else:
+                    # Claimed by a conductor that died (or a start that could not record
+                    # itself) before the run's handle was kept: its turn comes again. Had
+                    # the run started, the guard's lock refuses a second one, or the
+                    # target is at the destination by then and is skipped.
+                    _update_row(root, rollout_id, row.position, status=PENDING,
+                                canary=False, started_at=None)
             rollout = get_rollout(root, rollout_id)
             moves = next_moves(rollout.targets, rollout.canary, rollout.parallel,
                                rollout.on_error, rollout.cancel_requested)
