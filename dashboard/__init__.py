@@ -41,13 +41,14 @@ def create_app(test_config: dict | None = None) -> Flask:
     csrf.init_app(app)
 
     from dashboard import security
-    from dashboard.views import actions, api, errors, pages
+    from dashboard.views import actions, api, errors, pages, rollouts
 
     security.init_app(app)
     errors.init_app(app)
     app.register_blueprint(pages.bp)
     app.register_blueprint(actions.bp)
     app.register_blueprint(api.bp)
+    app.register_blueprint(rollouts.bp)
     # The API is JSON-only and refuses foreign origins (see views/api.py), which
     # is what CSRF protection is for; HTML forms keep their CSRF token.
     csrf.exempt(api.bp)
@@ -86,7 +87,22 @@ def create_app(test_config: dict | None = None) -> Flask:
     for each in registry.targets.values():
         if each.name not in registry.errors:
             each.settle_store()
+    _resume_rollouts(registry)
     return app
+
+
+def _resume_rollouts(registry: Registry) -> None:
+    """A rollout whose conductor died with the machine (or was killed) gets a new one,
+    which goes on from its rows; a store that cannot be used is said by its pages."""
+    from dashboard.errors import DashboardError
+    from dashboard.services.rollouts import resume_orphans
+
+    try:
+        for rollout_id in resume_orphans(registry.settings):
+            log.warning("rollout %s had lost its conductor: a new one goes on with it",
+                        rollout_id)
+    except DashboardError as exc:
+        log.warning("rollouts: %s", exc.message)
 
 
 def _instance_secret(instance_dir: str) -> str:

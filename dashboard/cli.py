@@ -409,6 +409,118 @@ def follow_run(instance_dir: str, run_id: str, writer: MessageWriter) -> runs.Ru
         time.sleep(POLL_SECONDS)
 
 
+# ------------------------------------------------------------------ rollouts
+
+ROLLOUT_EXIT_CODES = f"""\
+exit codes:
+  {EXIT_OK}  the rollout succeeded: every target succeeded or was already at the
+     destination (skipped); --cancel: the cancel was recorded
+  {EXIT_FAILED}  the rollout halted, failed or was cancelled (the lines above say which
+     target failed and how its database was put back)
+  {EXIT_ERROR}  usage or configuration error: unknown label or target, a read-only or
+     misconfigured target, a risky upgrade not confirmed with --yes
+  {EXIT_LOCKED}  another rollout is running on some of these targets, or a target's
+     database was locked by another action
+"""
+
+
+def rollout_command(args: argparse.Namespace, environ: Mapping[str, str] | None,
+                    writer: MessageWriter) -> int:
+    """Start a rollout (or --cancel, --follow one) and follow it to its end, one line
+    per target status change."""
+    from dashboard.core import Registry
+    from dashboard.services import rollouts
+
+    environ = dict(os.environ if environ is None else environ)
+    settings = settings_for(None, None, args.instance_dir, environ)
+    root = str(settings["DASHBOARD_INSTANCE_DIR"])
+    rollout_id = args.follow
+    try:
+        if args.cancel:
+            rollout = rollouts.request_cancel(root, args.cancel, current_user())
+            writer.say(f"Rollout {rollout.id}: cancelled; targets not started will not start, "
+                       "runs under way finish.")
+            return EXIT_OK
+        registry = Registry(settings, environ)
+        if not args.follow:
+            names = [n.strip() for n in args.targets.split(",") if n.strip()] \
+                if args.targets is not None else None
+            rollout_id = rollouts.request_rollout(
+                registry, label=args.label, names=names, action=args.action,
+                destination=args.to, canary=args.canary, parallel=args.parallel,
+                on_error=args.on_error, confirmed=args.yes, user=current_user(),
+                environ=environ).id
+            if not args.json:
+                writer.say(f"Rollout {rollout_id} started.")
+        rollout = follow_rollout(settings, rollout_id, writer, environ, quiet=args.json)
+    except findings.RiskNotConfirmed as exc:
+        writer.warn(f"error: {exc.message.split(' Confirm it:')[0]} Pass --yes to confirm.")
+        return EXIT_ERROR
+    except DashboardError as exc:
+        if args.json:
+            writer.say(json.dumps({"error": {"status": exc.status_code, "title": exc.title,
+                                             "message": exc.message}}, indent=2))
+        writer.warn(f"error: {exc.message}")
+        # A 409 is an overlapping rollout (or a locked target); cancelling one that has
+        # finished is a usage error.
+        return EXIT_LOCKED if exc.status_code == 409 and not args.cancel else EXIT_ERROR
+    except KeyboardInterrupt:
+        if rollout_id is None:
+            writer.warn("Interrupted while the rollout was being started: the dashboard's "
+                        "Rollouts page (or GET /api/rollouts) says whether it was.")
+            return 130
+        writer.warn("Interrupted: the rollout goes on by itself. Follow it with "
+                    f"`migration-dashboard rollout --follow {rollout_id}`, or cancel it with "
+                    f"`migration-dashboard rollout --cancel {rollout_id}`.")
+        return 130
+    if args.json:
+        writer.say(json.dumps(rollout_report(rollout, registry.multiple), indent=2))
+    else:
+        counts = ", ".join(f"{n} {status}" for status, n in sorted(rollout.counts.items()))
+        (writer.say if rollout.status == rollouts.SUCCEEDED else writer.warn)(
+            f"Rollout {rollout.id} {rollout.status}: {counts}.")
+    if rollout.status == rollouts.SUCCEEDED:
+        return EXIT_OK
+    if any((row.error or "").startswith(rollouts.LOCKED) for row in rollout.targets):
+        return EXIT_LOCKED
+    return EXIT_FAILED
+
+
+def rollout_report(rollout, multiple: bool) -> dict:
+    """The body of GET /api/rollouts/<id>."""
+    def run_url(row):
+        if not row.run_id:
+            return None
+        return (f"/api/targets/{row.name}/runs/{row.run_id}" if multiple
+                else f"/api/runs/{row.run_id}")
+    return rollout.as_json(run_url)
+
+
+def follow_rollout(settings: dict, rollout_id: str, writer: MessageWriter,
+                   environ=None, quiet: bool = False):
+    """Poll the rollout until it ends, printing each target's status as it changes."""
+    from dashboard.services import rollouts
+
+    said: dict[str, str] = {}
+    while True:
+        rollout = rollouts.read_rollout(settings, rollout_id, environ)
+        for row in rollout.targets:
+            if said.get(row.name) == row.status or row.status == rollouts.PENDING:
+                continue
+            said[row.name] = row.status
+            if quiet:
+                continue
+            run = f" (run {row.run_id})" if row.run_id else ""
+            canary = " [canary]" if row.canary else ""
+            revs = (f": {_revs(row.from_revs)} -> {_revs(row.to_revs)}"
+                    if row.status == runs.SUCCEEDED else "")
+            error = f": {row.error}" if row.error and row.status not in rollouts.IN_FLIGHT else ""
+            writer.say(f"  {row.name}{canary}: {row.status.replace('_', ' ')}{run}{revs}{error}")
+        if rollout.finished:
+            return rollout
+        time.sleep(POLL_SECONDS)
+
+
 # ------------------------------------------------------------------ serving
 
 LOCAL_NAMES = ("localhost",)
@@ -554,11 +666,43 @@ def port_number(text: str) -> int:
     return port
 
 
+def add_rollout_parser(verbs) -> None:
+    from dashboard.services import rollouts
+
+    rolling = verbs.add_parser(
+        "rollout", help="one action over many targets of DASHBOARD_TARGETS_FILE, canary first",
+        description="Run one action over the targets a label (or a list) selects, each behind "
+                    "the guard: targets at the destination are skipped, the canaries run "
+                    "first, then at most --parallel at once; a failure halts the rest (or, "
+                    "with --on-error continue, not). Ctrl-C leaves the rollout running.",
+        epilog=ROLLOUT_EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    rolling.add_argument("--label", help="every target carrying this label")
+    rolling.add_argument("--targets", metavar="A,B", help="these targets, by name")
+    rolling.add_argument("--cancel", metavar="ID", help="cancel a running rollout")
+    rolling.add_argument("--follow", metavar="ID", help="follow a running rollout")
+    rolling.add_argument("--action", default="upgrade", choices=planning.ACTIONS)
+    rolling.add_argument("--to", default="heads", metavar="REVISION",
+                         help="the destination (default heads)")
+    rolling.add_argument("--canary", type=int, default=rollouts.DEFAULT_CANARY,
+                         help="how many targets run first; the others wait for them to succeed "
+                              f"(default {rollouts.DEFAULT_CANARY})")
+    rolling.add_argument("--parallel", type=int, default=rollouts.DEFAULT_PARALLEL,
+                         help=f"at most this many at once (default {rollouts.DEFAULT_PARALLEL})")
+    rolling.add_argument("--on-error", default=rollouts.HALT, choices=rollouts.ON_ERROR,
+                         help="after a failure: halt (default) or continue")
+    rolling.add_argument("--yes", action="store_true",
+                         help="confirm a risky upgrade (one that loses data)")
+    rolling.add_argument("--instance-dir", metavar="PATH",
+                         help="the dashboard's instance folder (default: DASHBOARD_INSTANCE_DIR)")
+    add_json_option(rolling, what="at the end: ")
+
+
 def build_command_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="migration-dashboard",
         description="Inspect and run Alembic migrations safely: the web dashboard "
-                    "(serve) and the command line (upgrade, status, pending, history, lint).",
+                    "(serve) and the command line (upgrade, status, pending, history, lint, "
+                    "rollout).",
         epilog=COMMAND_EXIT_CODES + CONFIGURATION.format(ini="PROJECT"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -575,6 +719,7 @@ def build_command_parser() -> argparse.ArgumentParser:
     serving.add_argument("--allow-remote", action="store_true",
                          help="allow a --host that is not local. The dashboard has no login: "
                               "whoever reaches it can run migrations")
+    add_rollout_parser(verbs)
     for verb in VERBS:
         sub = verbs.add_parser(verb.name, help=verb.help, description=verb.help,
                                epilog=COMMAND_EXIT_CODES,
@@ -592,9 +737,14 @@ def build_command_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None,
          out: TextIO | None = None, err: TextIO | None = None) -> int:
     """``migration-dashboard COMMAND ...``"""
-    args = build_command_parser().parse_args(argv)
+    parser = build_command_parser()
+    args = parser.parse_args(argv)
     writer = MessageWriter(out or sys.stdout, err or sys.stderr,
                            upgrade_command="migration-dashboard upgrade")
+    if args.verb == "rollout":
+        if sum(x is not None for x in (args.label, args.targets, args.cancel, args.follow)) != 1:
+            parser.error("rollout: give one of --label, --targets, --cancel or --follow")
+        return rollout_command(args, environ, writer)
     if args.verb == "serve":
         return serve(args.ini, host=args.host, port=args.port, allow_remote=args.allow_remote,
                      database_url=args.url, instance_dir=args.instance_dir, environ=environ,

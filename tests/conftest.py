@@ -123,8 +123,9 @@ def _stores_closed_after_each_test():
 
 @pytest.fixture(autouse=True, scope="session")
 def _no_runner_outlives_the_tests():
-    """Runs are carried out by detached runner processes (and their workers): any
-    that a test left behind is stopped when the session ends."""
+    """Runs are carried out by detached runner processes (and their workers), rollouts
+    by detached conductors: any that a test left behind is stopped when the session
+    ends."""
     yield
     import os
     import signal
@@ -140,7 +141,8 @@ def _no_runner_outlives_the_tests():
                 cmdline = handle.read()
         except (OSError, ValueError, IndexError):
             continue
-        if parent == me and b"dashboard.runner" in cmdline:
+        if parent == me and (b"dashboard.runner" in cmdline
+                             or b"dashboard.conductor" in cmdline):
             try:
                 os.killpg(int(entry), signal.SIGKILL)
             except OSError:

@@ -283,6 +283,56 @@ class RehearsalFailed(AuditEvent):
     outcome: ClassVar[str] = "failed"
 
 
+@dataclass(frozen=True, kw_only=True)
+class RolloutStarted(AuditEvent):
+    """A rollout over several targets was recorded and its conductor started (written
+    in the root instance folder's log; each target's run is audited in its own)."""
+
+    name: ClassVar[str] = "rollout_started"
+    outcome: ClassVar[str] = "started"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RolloutSucceeded(AuditEvent):
+    """Every target of a rollout succeeded or was already at the destination."""
+
+    name: ClassVar[str] = "rollout_succeeded"
+    outcome: ClassVar[str] = "succeeded"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RolloutHalted(AuditEvent):
+    """A rollout stopped starting targets after a failure (a canary's, or any under
+    on_error "halt"); the runs under way finished."""
+
+    name: ClassVar[str] = "rollout_halted"
+    outcome: ClassVar[str] = "halted"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RolloutFailed(AuditEvent):
+    """A rollout ended with failed targets (on_error "continue"), or its conductor failed."""
+
+    name: ClassVar[str] = "rollout_failed"
+    outcome: ClassVar[str] = "failed"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RolloutCancelled(AuditEvent):
+    """A person cancelled a rollout: what had not started will not start."""
+
+    name: ClassVar[str] = "rollout_cancelled"
+    outcome: ClassVar[str] = "cancelled"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RolloutFinishedCancelled(AuditEvent):
+    """A cancelled rollout ended: the runs that were under way finished."""
+
+    name: ClassVar[str] = "rollout_cancelled_finished"
+    outcome: ClassVar[str] = "cancelled"
+
+
 def record_event(target: Target, event: AuditEvent) -> None:
     """Write one event for ``target``: its database masked, any error scrubbed."""
     project = target.project()

@@ -88,3 +88,18 @@ class LocalExecutor:
 
     def close(self) -> None:
         pass
+
+
+def executor_name(settings: dict) -> str:
+    """Which executor ``executor_for`` gives, without making it (for the rollout's record)."""
+    return "celery" if settings.get("DASHBOARD_BROKER_URL") else "local"
+
+
+def executor_for(settings: dict) -> Executor:
+    """Celery's when ``DASHBOARD_BROKER_URL`` is set, else the local one. Imported only
+    then, so the dashboard runs without Celery installed."""
+    if settings.get("DASHBOARD_BROKER_URL"):
+        from dashboard.fleet import CeleryExecutor
+
+        return CeleryExecutor(settings)
+    return LocalExecutor()

@@ -41,15 +41,21 @@ class ActionPlan:
     creates_file: str | None = None  # a new SQLite database: nothing to back up
 
 
+def check_destination(destination: str) -> str:
+    """The destination as typed, stripped; a ``BadRequest`` when it cannot name a revision."""
+    target = (destination or "").strip()
+    if not target or not _DESTINATION.match(target):
+        raise BadRequest(f"'{target}' is not a revision target. Use a revision id, a partial "
+                         "id, head, heads, base, label@head, +N or -N.")
+    return target
+
+
 def plan_action(history: History, current: tuple[str, ...], action: str, destination: str,
                 state: str | None = None) -> ActionPlan:
     """Validate an action and list the steps Alembic would take, without running it."""
     if action not in ACTIONS:
         raise BadRequest(f"Unknown action '{action}': use upgrade, downgrade or stamp.")
-    target = (destination or "").strip()  # the destination, as typed
-    if not target or not _DESTINATION.match(target):
-        raise BadRequest(f"'{target}' is not a revision target. Use a revision id, a partial "
-                         "id, head, heads, base, label@head, +N or -N.")
+    target = check_destination(destination)  # the destination, as typed
     if history.error:
         raise BadRequest(f"The revision history cannot be read: {history.error}")
     if history.missing:

@@ -169,6 +169,44 @@ audit = Table(
 )
 
 
+# A rollout: one action over many targets (services/rollouts.py). Kept in the root
+# instance folder's store, never a target's: it spans them. The conductor copies each
+# target's run status into its row, so a page reads a rollout in two queries.
+rollouts = Table(
+    "rollouts", metadata,
+    Column("id", String(64), primary_key=True),
+    Column("status", String(32), nullable=False),  # running, succeeded, halted, ...
+    Column("action", String(32), nullable=False),
+    Column("destination", Text, nullable=False),
+    Column("label", String(64)),  # the label that selected the targets, if one did
+    Column("canary", Integer, nullable=False),
+    Column("parallel", Integer, nullable=False),
+    Column("on_error", String(16), nullable=False),
+    Column("executor", String(32), nullable=False),
+    Column("user", String(200), nullable=False, default=""),
+    Column("created_at", Float, nullable=False),
+    Column("finished_at", Float),
+    Column("cancel_requested", Boolean, nullable=False, default=False),
+    Column("error", Text),
+    Column("conductor_pid", Integer),
+)
+
+rollout_targets = Table(
+    "rollout_targets", metadata,
+    Column("rollout_id", String(64), primary_key=True),
+    Column("position", Integer, primary_key=True),
+    Column("name", String(64), nullable=False),
+    Column("canary", Boolean, nullable=False, default=False),
+    Column("status", String(32), nullable=False),
+    Column("run_id", String(64)),
+    Column("handle", Text),  # the executor's, to poll the run by
+    Column("started_at", Float),
+    Column("finished_at", Float),
+    Column("from_revs", Text, nullable=False, default="[]"),
+    Column("to_revs", Text, nullable=False, default="[]"),
+    Column("error", Text),
+)
+
 # The audit log is append-only, enforced where it is stored.
 _APPEND_ONLY = (
     "CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit "

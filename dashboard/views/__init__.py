@@ -12,6 +12,7 @@ from flask import Blueprint, current_app, g
 
 from dashboard.core import Registry, Target
 from dashboard.services import audit as _audit
+from dashboard.services import rollouts as _rollouts
 from dashboard.services import runs as _runs
 
 TARGET_PREFIX = "/targets/<target>"
@@ -124,3 +125,16 @@ def audit_listing() -> Listing:
 def backups_listing() -> Listing:
     return Listing({"verified": ("yes", "no")},
                    values={"verified": {"yes": True, "no": False}})
+
+
+def rollouts_listing() -> Listing:
+    return Listing({"status": _rollouts.STATUSES})
+
+
+def rollout_json(rollout) -> dict:
+    """A rollout as the API gives it: each row's run as its API URL."""
+    from flask import url_for
+
+    multiple = registry().multiple
+    return rollout.as_json(lambda row: url_for("api.run", target=row.name if multiple else None,
+                                               run_id=row.run_id) if row.run_id else None)

@@ -9,7 +9,16 @@ from werkzeug.exceptions import Forbidden, UnsupportedMediaType
 
 from dashboard import security
 from dashboard.errors import BadRequest, NotFound
-from dashboard.services import audit, backups, findings, guard, inspection, rehearsal, runs
+from dashboard.services import (
+    audit,
+    backups,
+    findings,
+    guard,
+    inspection,
+    rehearsal,
+    rollouts,
+    runs,
+)
 from dashboard.services.audit import current_user
 from dashboard.views import (
     TargetBlueprint,
@@ -18,6 +27,8 @@ from dashboard.views import (
     current_dashboard,
     init_target_urls,
     registry,
+    rollout_json,
+    rollouts_listing,
     runs_listing,
 )
 
@@ -234,6 +245,65 @@ def audit_log():
     found = audit.find_entries(current_dashboard().instance_dir, query.where, query.page,
                                query.per_page)
     return jsonify({"entries": [e.as_json() for e in found.items], **_paging(query, found)})
+
+
+# ------------------------------------------------------------------ rollouts
+# Untargeted: a rollout spans targets. Kept in the root instance folder's store.
+
+
+@bp.post("/rollouts", targeted=False)
+def create_rollout():
+    body = _json_body()
+    if "label" in body and "targets" in body:
+        raise BadRequest('Send "label" or "targets", not both.')
+    confirm = body.get("confirm", False)
+    if not isinstance(confirm, bool):
+        raise BadRequest('"confirm" must be true or false.')
+    known = {"label", "targets", "action", "target", "canary", "parallel", "on_error",
+             "confirm"}
+    unknown = sorted(set(body) - known)
+    if unknown:
+        raise BadRequest(f"Unknown fields {', '.join(unknown)}; known: {', '.join(sorted(known))}.")
+    rollout = rollouts.request_rollout(
+        registry(), label=body.get("label"), names=body.get("targets"),
+        action=body.get("action", "upgrade"), destination=body.get("target", "heads"),
+        canary=body.get("canary", rollouts.DEFAULT_CANARY),
+        parallel=body.get("parallel", rollouts.DEFAULT_PARALLEL),
+        on_error=body.get("on_error", rollouts.HALT), confirmed=confirm, user=current_user())
+    url = url_for("api.rollout", rollout_id=rollout.id)
+    response = jsonify({"id": rollout.id, "url": url, "status": rollout.status})
+    response.status_code = 202
+    response.headers["Location"] = url
+    return response
+
+
+@bp.get("/rollouts", targeted=False)
+def list_rollouts():
+    query = rollouts_listing()
+    found = rollouts.find_rollouts(_root(), query.where, query.page, query.per_page)
+    listed = []
+    for rollout, counts in found.items:
+        body = rollout.as_json()
+        del body["targets"]  # one rollout's URL gives them
+        listed.append({**body, "counts": counts,
+                       "url": url_for("api.rollout", rollout_id=rollout.id)})
+    return jsonify({"rollouts": listed, **_paging(query, found)})
+
+
+@bp.get("/rollouts/<rollout_id>", targeted=False)
+def rollout(rollout_id: str):
+    return jsonify(rollout_json(rollouts.read_rollout(registry().settings, rollout_id)))
+
+
+@bp.post("/rollouts/<rollout_id>/cancel", targeted=False)
+def cancel_rollout(rollout_id: str):
+    _json_body()
+    found = rollouts.request_cancel(_root(), rollout_id, current_user())
+    return jsonify(rollout_json(found)), 202
+
+
+def _root() -> str:
+    return str(registry().settings["DASHBOARD_INSTANCE_DIR"])
 
 
 def _paging(query, found) -> dict:
