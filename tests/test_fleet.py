@@ -31,7 +31,7 @@ from tests.test_guard_sqlite import tables, write_revision
 
 STEP = "7f1e00000001"  # each target's one pending revision (the test writes it)
 TARGETS = ("ok1", "ok2", "bad", "par1", "par2", "par3", "par4", "killed", "child", "twice",
-           "refused", "apart")
+           "refused", "apart", "rkilled", "rafter")
 RUN_SECONDS = 90.0
 
 
@@ -256,6 +256,54 @@ def test_a_worker_killed_mid_run_leaves_its_database_as_before_and_never_runs_it
         body = fleet.client().get(f"/api/targets/killed/runs/{run.run_id}").get_json()
         assert body["status"] == "failed"
         assert any("was lost" in log["message"] for log in body["logs"])
+    finally:
+        if killed:  # the other tests of the module keep two workers
+            fleet.workers.start(killed["name"])
+            fleet.workers.wait_ready(killed["name"])
+
+
+def test_a_rollout_whose_worker_is_killed_says_so_and_halts(fleet):
+    """Through the whole product: a rollout on the workers, its canary's worker killed
+    (SIGKILL) in the step. The canary's database is at its start revision, the rollout
+    says the worker was lost and halts; the next target never started."""
+    write_revision(fleet.project("rkilled"), STEP, UNIFIED_REASONING, table="step_one",
+                   sleep=20)
+    write_revision(fleet.project("rafter"), STEP, UNIFIED_REASONING, table="step_one")
+    client = fleet.client()
+    created = client.post("/api/rollouts", json={
+        "targets": ["rkilled", "rafter"], "action": "upgrade", "target": "heads",
+        "canary": 1, "parallel": 2})
+    assert created.status_code == 202, created.get_json()
+    url = created.get_json()["url"]
+    assert client.get(url).get_json()["executor"] == "celery"
+    killed: dict = {}
+    deadline = time.monotonic() + RUN_SECONDS
+    try:
+        while True:
+            rollout = client.get(url).get_json()
+            if rollout["status"] != "running":
+                break
+            assert time.monotonic() < deadline, rollout
+            row = rollout["targets"][0]
+            if not killed and row["run"]:
+                run = client.get(row["run"]).get_json()
+                if run["steps"] and run["steps"][0]["status"] == "running":
+                    name = run["executed_by"].split("@")[0]
+                    killed.update(name=name)
+                    fleet.workers.kill(name)
+            time.sleep(0.2)
+
+        assert killed, "the canary's step never ran"
+        assert rollout["status"] == "halted", rollout
+        canary, after = rollout["targets"]
+        assert canary["status"] == "failed" and "was lost" in canary["error"], canary
+        assert after["status"] == "not_started" and after["run"] is None
+        assert db_revisions(fleet.database("rkilled")) == [UNIFIED_REASONING]
+        assert "step_one" not in tables(fleet.database("rkilled"))
+        assert db_revisions(fleet.database("rafter")) == [UNIFIED_REASONING]
+        assert [r.id for r in fleet.worker_runs("rkilled")] == [canary["run_id"]]
+        page = client.get(f"/rollouts/{rollout['id']}").get_data(as_text=True)
+        assert "was lost" in page and "not_started" in page.replace(" ", "_")
     finally:
         if killed:  # the other tests of the module keep two workers
             fleet.workers.start(killed["name"])

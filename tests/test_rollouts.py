@@ -140,12 +140,21 @@ class Fleet:
         return runs.get_run(str(self.instance / "targets" / row["name"]), row["run_id"])
 
 
-@pytest.fixture(params=["local"])
-def rollout_mode(request) -> dict:
-    """The settings that choose where a rollout's runs execute ("celery" comes with
-    DASHBOARD_BROKER_URL and real workers); scenarios assert only what any executor
-    must give."""
-    return {"local": {}}[request.param]
+@pytest.fixture(params=["local", "celery"])
+def rollout_mode(request, tmp_path):
+    """The settings that choose where a rollout's runs execute: the local process pool,
+    or Celery (DASHBOARD_BROKER_URL, this machine's Redis and two real workers of
+    concurrency 2, each with an instance folder of its own, as on other machines);
+    scenarios assert only what any executor must give."""
+    if request.param == "local":
+        yield {}
+        return
+    from tests.fleet_workers import FleetWorkers, require_redis
+
+    require_redis()
+    with FleetWorkers(tmp_path, tmp_path / "targets.toml", tmp_path / "workers",
+                      own_instances=True) as workers:
+        yield dict(workers.settings)
 
 
 @pytest.fixture
