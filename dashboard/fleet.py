@@ -348,6 +348,7 @@ class CeleryExecutor:
     dashboard's own store for that target."""
 
     name = "celery"
+    on_change = None  # its runs change on other machines: the conductor polls them
 
     def __init__(self, settings: dict):
         if not settings.get("DASHBOARD_BROKER_URL"):

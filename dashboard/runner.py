@@ -32,7 +32,8 @@ HANDSHAKE_SECONDS = 300.0
 POLL_SECONDS = 0.1
 
 
-def launch(target, request: dict, wait: bool, get=None, bound: bool = False):
+def launch(target, request: dict, wait: bool, get=None, bound: bool = False,
+           on_exit=None):
     """Start a runner for ``request`` on ``target``; return its run once it has
     started (or, with ``wait``, once it has finished). Raises what the runner
     refused with: a held lock, a bad destination, a read-only instance folder.
@@ -40,7 +41,8 @@ def launch(target, request: dict, wait: bool, get=None, bound: bool = False):
     ``get(instance_dir, id)`` reads what the runner records (a run, unless told:
     a rehearsal). ``bound``: the runner, and the worker it starts, die with this
     process instead of going on by themselves (a Celery task's run:
-    services/lifeline.py)."""
+    services/lifeline.py). ``on_exit()`` is called (in another thread) once the
+    runner has exited: its run is settled then, as far as it could say."""
     from dashboard.services import runs
 
     get = get or runs.get_run
@@ -67,7 +69,8 @@ def launch(target, request: dict, wait: bool, get=None, bound: bool = False):
     except OSError as exc:
         raise Unavailable(f"The run could not be started: {exc.strerror}.") from exc
     # Reap it whenever it ends, so no zombie is left in a long-lived server.
-    threading.Thread(target=proc.wait, name="runner-reaper", daemon=True).start()
+    threading.Thread(target=_reap, args=(proc, on_exit), name="runner-reaper",
+                     daemon=True).start()
     answer = _handshake(proc)
     if not answer.get("ok"):
         error = answer.get("error") or {}
@@ -86,6 +89,12 @@ def launch(target, request: dict, wait: bool, get=None, bound: bool = False):
             if run is None or run.finished:
                 return run
         time.sleep(POLL_SECONDS)
+
+
+def _reap(proc: subprocess.Popen, on_exit) -> None:
+    proc.wait()
+    if on_exit is not None:
+        on_exit()
 
 
 def _installed() -> bool:

@@ -12,6 +12,7 @@ backup, run, restore on failure, audit.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -50,6 +51,9 @@ class RunRequest:
 
 class Executor(Protocol):
     name: str  # "local" or "celery", shown on the rollout page
+    # Set by the conductor: called (from any thread) when a run may have changed, so
+    # it looks at once rather than at its next poll. An executor may never call it.
+    on_change: Callable[[], None] | None
 
     def start(self, target: Target, request: RunRequest) -> str:
         """Start the target's run; a handle to poll it by. Raises a DashboardError
@@ -67,12 +71,18 @@ class LocalExecutor:
 
     name = "local"
 
+    def __init__(self) -> None:
+        self.on_change: Callable[[], None] | None = None
+
     def start(self, target: Target, request: RunRequest) -> str:
         from dashboard.services import guard
 
         project, history, status = target.read_state()
+        # The runner's exit ends the run: the conductor looks then (at parallel 1 its
+        # poll interval was otherwise paid once per target).
         run = guard.start_action(target.pinned(project), history, status.state,
-                                 request.action, request.destination, request.user)
+                                 request.action, request.destination, request.user,
+                                 on_exit=lambda: self.on_change and self.on_change())
         return run.id
 
     def poll(self, target: Target, handle: str) -> TargetRun:

@@ -428,6 +428,7 @@ def conduct(registry: Registry, root: str, rollout_id: str, executor: Executor,
 
     rollout = get_rollout(root, rollout_id)
     wake = threading.Event()
+    executor.on_change = wake.set
     starting: set[int] = set()
     with ThreadPoolExecutor(max_workers=rollout.parallel,
                             thread_name_prefix=f"start-{rollout_id}") as pool:
