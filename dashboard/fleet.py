@@ -370,8 +370,19 @@ class CeleryExecutor:
                                         request.destination, request.user))
         except BROKER_ERRORS as exc:  # said without the URL: it may hold a password
             raise Unavailable(f"The run could not be sent to the Celery broker: "
-                              f"{type(exc).__name__}.") from None
+                              f"{self._why(exc)}") from None
         return task_id
+
+    def _why(self, exc: BaseException) -> str:
+        """What went wrong talking to the broker, never its URL's password."""
+        cause = exc
+        for _ in range(10):  # the first error of the chain (a chain may loop)
+            if (cause.__cause__ or cause.__context__) is None:
+                break
+            cause = cause.__cause__ or cause.__context__
+        url = str(self.celery.conf.broker_url or "")
+        text = scrub_secrets(f"{type(cause).__name__}: {cause}", {password_of(url)} - {None})
+        return text.replace(url, "<broker URL>") if url else text
 
     def poll(self, target, handle: str) -> TargetRun:
         result = AsyncResult(handle, app=self.celery)
@@ -379,7 +390,7 @@ class CeleryExecutor:
             state, info = result.state, result.info
         except BROKER_ERRORS as exc:
             raise Unavailable(f"The Celery result backend cannot be read: "
-                              f"{type(exc).__name__}.") from None
+                              f"{self._why(exc)}") from None
         if state == "FAILURE":
             message = str(info) if isinstance(info, Exception) else repr(info)
             if type(info).__name__ == "WorkerLostError":

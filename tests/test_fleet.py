@@ -541,6 +541,9 @@ def test_a_broker_that_cannot_be_reached_is_a_clear_503_without_its_url(tmp_path
         executor.close()
     assert raised.value.status_code == 503
     assert "s3cret-pw" not in raised.value.message and "broker" in raised.value.message
+    assert "127.0.0.1:1" not in raised.value.message
+    # It says what went wrong, not only that something did.
+    assert "Connection refused" in raised.value.message, raised.value.message
 
 
 def _alive(pid: int) -> bool:
