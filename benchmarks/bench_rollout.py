@@ -19,6 +19,11 @@ refresh sends to the store).
 
     /work/main/.venv/bin/python benchmarks/bench_rollout.py [--targets 200] [--postgres 20]
     /work/main/.venv/bin/python benchmarks/bench_rollout.py --quick    # 20 SQLite targets
+    /work/main/.venv/bin/python benchmarks/bench_rollout.py --quick --celery
+
+``--celery``: the rollout's runs go to two real Celery workers of concurrency 2
+(``celery -A dashboard.fleet worker``, this machine's Redis, each worker with its
+own instance folder) instead of the local process pool; the loop is the same.
 """
 
 from __future__ import annotations
@@ -83,7 +88,8 @@ def plain_loop(ini: Path, urls: list[str], parallel: int) -> float:
     return time.monotonic() - started
 
 
-def rollout(root: Path, ini: Path, urls: list[str], parallel: int, watch: bool):
+def rollout(root: Path, ini: Path, urls: list[str], parallel: int, watch: bool,
+            executor: dict | None = None):
     from sqlalchemy import event
 
     from dashboard import create_app
@@ -96,7 +102,8 @@ def rollout(root: Path, ini: Path, urls: list[str], parallel: int, watch: bool):
     instance = root / f"instance-p{parallel}"
     app = create_app({"TESTING": True, "DASHBOARD_SECRET_KEY": "b",
                       "DASHBOARD_TARGETS_FILE": str(targets),
-                      "DASHBOARD_INSTANCE_DIR": str(instance), "DASHBOARD_SEED_SAMPLE": False})
+                      "DASHBOARD_INSTANCE_DIR": str(instance), "DASHBOARD_SEED_SAMPLE": False,
+                      **(executor or {})})
     registry = app.extensions["dashboard_registry"]
     client = app.test_client()
     started = time.monotonic()
@@ -133,6 +140,8 @@ def main() -> int:
     parser.add_argument("--postgres", type=int, default=0,
                         help="PostgreSQL databases besides (scratch ones, dropped after)")
     parser.add_argument("--quick", action="store_true", help="20 SQLite databases")
+    parser.add_argument("--celery", action="store_true",
+                        help="runs on two Celery workers (concurrency 2) through Redis")
     args = parser.parse_args()
     count = 20 if args.quick else args.targets
     with ExitStack() as stack:
@@ -145,13 +154,23 @@ def main() -> int:
             postgres_urls = [server.url(stack.enter_context(scratch_database(server, "md_bench")))
                              for _ in range(args.postgres)]
         ini, urls, reset = make_fleet(root, count, postgres_urls)
+        executor = None
+        if args.celery:
+            from tests.fleet_workers import FleetWorkers
+
+            workers = stack.enter_context(FleetWorkers(
+                root, root / "targets.toml", root / "workers", own_instances=True))
+            executor = dict(workers.settings)
         print(f"{count} SQLite + {len(postgres_urls)} PostgreSQL databases, "
-              "2 revisions each (one table per revision)")
+              "2 revisions each (one table per revision); rollout on "
+              + ("two Celery workers of concurrency 2" if args.celery
+                 else "the local process pool"))
         for parallel in (1, 4):
             reset()
             loop = plain_loop(ini, urls, parallel)
             reset()
-            took, done, refreshes = rollout(root, ini, urls, parallel, watch=parallel == 4)
+            took, done, refreshes = rollout(root, ini, urls, parallel, watch=parallel == 4,
+                                            executor=executor)
             print(f"parallel {parallel}: loop of alembic upgrade heads {loop:7.1f} s   "
                   f"rollout {took:7.1f} s ({done.status}, {done.counts})   "
                   f"ratio {took / loop:4.2f}x   overhead {(took - loop) / len(urls):5.2f} s "
