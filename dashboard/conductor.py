@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import threading
 import time
 
-from dashboard.errors import Conflict, DashboardError, Unavailable, error_named
+from dashboard.errors import Conflict, DashboardError, error_named
 
 REQUEST_ENV = "DASHBOARD_ROLLOUT_REQUEST"
 LOCK_SECONDS = 1.0
@@ -31,27 +30,18 @@ def launch(settings: dict, rollout_id: str, environ=None) -> int:
     ``Conflict`` when another conductor holds it already."""
     from dashboard import runner
 
-    env = dict(os.environ if environ is None else environ)
-    env[REQUEST_ENV] = json.dumps({"settings": runner._json_safe(settings),
-                                   "rollout_id": rollout_id})
-    if not runner._installed():
-        env["PYTHONPATH"] = os.pathsep.join(
-            [str(runner.REPO_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep)
-                                       if p])
-    try:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "dashboard.conductor"], env=env, stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
-    except OSError as exc:
-        raise Unavailable(f"The rollout's conductor could not be started: {exc.strerror}.") \
-            from exc
-    threading.Thread(target=proc.wait, name="conductor-reaper", daemon=True).start()
-    answer = runner._handshake(proc)
+    started = runner.start_process(
+        "dashboard.conductor", REQUEST_ENV,
+        {"settings": runner.json_safe(settings), "rollout_id": rollout_id},
+        what="The rollout's conductor", environ=environ)
+    threading.Thread(target=runner.reap, args=(started,), name="conductor-reaper",
+                     daemon=True).start()
+    answer = runner.handshake(started)
     if not answer.get("ok"):
         error = answer.get("error") or {}
         raise error_named(error.get("kind", ""), error.get("message", "The rollout's "
                           "conductor did not start."), error.get("detail"))
-    return proc.pid
+    return started.pid
 
 
 def _take_lock(rollouts, root: str, rollout_id: str) -> int | None:

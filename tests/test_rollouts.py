@@ -366,6 +366,42 @@ def test_a_killed_conductor_is_replaced_and_no_target_runs_twice(fleet):
         assert len(runs.list_runs(str(fleet.instance / "targets" / f"t{i}"))) == 1
 
 
+def test_a_run_under_way_outlives_its_killed_conductor(plain_fleet):
+    """The local pool forks each runner from a forkserver that dies with the conductor;
+    the runner, in a session of its own, finishes its run whatever happens to both."""
+    slow = plain_fleet.ini.parent / "migrations" / "versions" / "aa03slow.py"
+    slow.write_text(REVISION.format(rev="aa03slow", parent=REV2, table="slow").replace(
+        "def upgrade():\n", "def upgrade():\n    import time\n\n"
+        "    if not op.get_context().as_sql:\n        time.sleep(4)\n"))
+    plain_fleet.add("t0", at=REV2)
+    plain_fleet.add("t1", at=REV2)
+    client = plain_fleet.client()
+    created = start(client, label="tenant", canary=0, parallel=1)
+    root = str(plain_fleet.instance)
+    deadline = time.monotonic() + 60
+    while True:  # until t0's step runs
+        row = client.get(created["url"]).get_json()["targets"][0]
+        if row["run_id"]:
+            run = plain_fleet.run_of(row)
+            if run.steps and run.steps[0].status == "running":
+                break
+        assert time.monotonic() < deadline, row
+        time.sleep(0.1)
+    with store.store_engine(root).connect() as conn:
+        pid = conn.execute(select(store.rollouts.c.conductor_pid)).scalar()
+    os.killpg(pid, signal.SIGKILL)  # the conductor and its forkserver
+    while rollouts.conductor_alive(root, created["id"]):
+        time.sleep(0.05)
+    done = wait_for(client, created["url"])  # reading it starts a new conductor
+    assert done["status"] == "succeeded", done
+    first = plain_fleet.run_of(done["targets"][0])
+    assert first.id == row["run_id"] and first.status == "succeeded", first
+    assert not first.error, "finished by its own runner, not settled by recovery"
+    for name in ("t0", "t1"):
+        assert revision_of(plain_fleet.dbs[name]) == ["aa03slow"]
+        assert len(runs.list_runs(str(plain_fleet.instance / "targets" / name))) == 1
+
+
 # ------------------------------------------------------------------ refusals
 
 

@@ -12,6 +12,7 @@ backup, run, restore on failure, audit.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -73,6 +74,8 @@ class LocalExecutor:
 
     def __init__(self) -> None:
         self.on_change: Callable[[], None] | None = None
+        self._forkserver = None
+        self._forkserver_lock = threading.Lock()
 
     def start(self, target: Target, request: RunRequest) -> str:
         from dashboard.services import guard
@@ -82,8 +85,18 @@ class LocalExecutor:
         # poll interval was otherwise paid once per target).
         run = guard.start_action(target.pinned(project), history, status.state,
                                  request.action, request.destination, request.user,
-                                 on_exit=lambda: self.on_change and self.on_change())
+                                 on_exit=lambda: self.on_change and self.on_change(),
+                                 forkserver=self.forkserver())
         return run.id
+
+    def forkserver(self):
+        """Runners forked ready-imported (runner.Forkserver): made at the first start."""
+        from dashboard.runner import Forkserver
+
+        with self._forkserver_lock:
+            if self._forkserver is None:
+                self._forkserver = Forkserver()
+            return self._forkserver
 
     def poll(self, target: Target, handle: str) -> TargetRun:
         run = runs.get_run(target.instance_dir, handle)

@@ -85,12 +85,13 @@ def lock_holder(target: Target, but_backups: bool = False) -> str | None:
 
 def start_action(target: Target, history: History, state: str, action: str, destination: str,
                  user: str, background: bool = True, bound: bool = False,
-                 on_exit=None) -> runs.RunRecord:
+                 on_exit=None, forkserver=None) -> runs.RunRecord:
     """Start an upgrade, downgrade or stamp behind the guard; its run once started
     (with ``background`` False, once finished). ``bound``: the run dies with the
     calling process (a Celery task's: a lost worker leaves no run going on alone).
     ``on_exit()``: called once the run's runner has exited (a rollout's conductor
-    wakes then, instead of at its next look).
+    wakes then, instead of at its next look). ``forkserver`` (runner.Forkserver):
+    the runner is forked from it (a conductor starts many).
 
     Raises ``BadRequest`` for a bad destination and ``Conflict`` while another
     action holds the lock; both before anything is recorded or changed."""
@@ -104,7 +105,7 @@ def start_action(target: Target, history: History, state: str, action: str, dest
     return runner.launch(target, {"verb": "action", "action": action,
                                   "destination": destination, "state": str(state),
                                   "user": user}, wait=not background, bound=bound,
-                         on_exit=on_exit)
+                         on_exit=on_exit, forkserver=forkserver)
 
 
 def _check_plan(target: Target, history: History, state: str, action: str,
