@@ -344,6 +344,12 @@ def test_cancel_stops_what_has_not_started(fleet):
     assert again.status_code == 409 and "finished" in again.get_json()["error"]["message"]
     events = [e.event for e in audit.list_entries(str(fleet.instance))]
     assert events[:3] == ["rollout_cancelled_finished", "rollout_cancelled", "rollout_started"]
+    # The rollout's own page shows them: no target's audit page would.
+    page = client.get(f"/rollouts/{created['id']}").get_data(as_text=True)
+    shown = page[page.index('id="rollout-events"'):]
+    assert [e in shown for e in ('data-event="rollout_cancelled_finished"',
+                                 'data-event="rollout_cancelled"',
+                                 'data-event="rollout_started"')] == [True, True, True]
 
 
 def test_a_killed_conductor_is_replaced_and_no_target_runs_twice(fleet):

@@ -671,6 +671,16 @@ def read_rollout(settings: dict, rollout_id: str, environ=None) -> Rollout:
     return rollout
 
 
+def read_rollout_with_events(settings: dict, rollout_id: str, environ=None
+                             ) -> tuple[Rollout, list[audit.AuditEntry]]:
+    """A rollout and its own audit entries (started, cancelled, its end), newest first:
+    they live in the root store, which no target's audit page shows."""
+    rollout = read_rollout(settings, rollout_id, environ)
+    events = audit.find_entries(str(settings["DASHBOARD_INSTANCE_DIR"]),
+                                {"run_id": rollout.id}, 1, 50).items
+    return rollout, events
+
+
 # ------------------------------------------------------------------ audit
 
 _FINISHED_EVENTS = {SUCCEEDED: audit.RolloutSucceeded, HALTED: audit.RolloutHalted,

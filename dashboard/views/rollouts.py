@@ -72,10 +72,13 @@ def start_rollout():
 
 @bp.get("/rollouts/<rollout_id>")
 def rollout_page(rollout_id: str):
-    rollout = rollouts.read_rollout(registry().settings, rollout_id)
-    fragment = bool(request.headers.get("HX-Request"))
-    response = make_response(render_template("_rollout.html" if fragment else "rollout.html",
-                                             rollout=rollout))
+    if request.headers.get("HX-Request"):  # the refresh: the rollout alone
+        page = render_template("_rollout.html",
+                               rollout=rollouts.read_rollout(registry().settings, rollout_id))
+    else:
+        rollout, events = rollouts.read_rollout_with_events(registry().settings, rollout_id)
+        page = render_template("rollout.html", rollout=rollout, events=events)
+    response = make_response(page)
     response.headers["Vary"] = "HX-Request"
     return response
 
