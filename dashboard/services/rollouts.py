@@ -276,17 +276,22 @@ def create_rollout(root: str, plan: RolloutPlan, executor: str, user: str) -> st
 @contextmanager
 def _creation_lock(root: str):
     """One rollout recorded at a time, so two cannot both find no overlap."""
-    path = os.path.join(root, LOCK_FOLDER, "create.lock")
-    try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    except OSError as exc:
-        raise store.storage_error(exc, path) from exc
+    fd = _open_lock_file(os.path.join(root, LOCK_FOLDER, "create.lock"))
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)
+
+
+def _open_lock_file(path: str) -> int:
+    """A descriptor of the lock file at ``path`` (made with its folder if need be); a
+    folder that cannot be written is said as the store says it (503/507)."""
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise store.storage_error(exc, path) from exc
 
 
 def get_rollout(root: str, rollout_id: str) -> Rollout:
@@ -584,12 +589,7 @@ def conductor_lock_path(root: str, rollout_id: str) -> str:
 def hold_conductor_lock(root: str, rollout_id: str) -> int | None:
     """The conductor's flock, held for its life (the kernel lets go when it dies); its
     descriptor, or None when another conductor holds it."""
-    path = conductor_lock_path(root, rollout_id)
-    try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    except OSError as exc:
-        raise store.storage_error(exc, path) from exc
+    fd = _open_lock_file(conductor_lock_path(root, rollout_id))
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
