@@ -126,6 +126,7 @@ class Target:
             python=str(self.settings["DASHBOARD_PYTHON"]),
             lock_timeout=float(self.settings.get("DASHBOARD_LOCK_TIMEOUT") or 60),
             backup_verify=str(self.settings.get("DASHBOARD_BACKUP_VERIFY") or "full"),
+            backup_method=str(self.settings.get("DASHBOARD_BACKUP_METHOD") or "dump"),
             flask_app=str(self.settings.get("DASHBOARD_FLASK_APP") or "") or None,
             env=self.env,
             require_url=False,
@@ -442,6 +443,8 @@ class Registry:
                 overrides["DASHBOARD_VERSION_TABLE"] = config.version_table
             if config.backup_verify:
                 overrides["DASHBOARD_BACKUP_VERIFY"] = config.backup_verify
+            if config.backup_method:
+                overrides["DASHBOARD_BACKUP_METHOD"] = config.backup_method
             if config.flask_app:
                 overrides["DASHBOARD_FLASK_APP"] = config.flask_app
             env: dict[str, str] = {}

@@ -111,7 +111,7 @@ def _broker_required(**_) -> None:
 def _pool_child_dies_with_its_worker(**_) -> None:
     """A pool child (and the run it carries out) dies with the worker's main process:
     a killed worker leaves nothing running unattended."""
-    from dashboard.services.lifeline import die_with_parent
+    from dashboard.lifeline import die_with_parent
 
     die_with_parent()
 

@@ -41,7 +41,7 @@ def launch(target, request: dict, wait: bool, get=None, bound: bool = False,
     ``get(instance_dir, id)`` reads what the runner records (a run, unless told:
     a rehearsal). ``bound``: the runner, and the worker it starts, die with this
     process instead of going on by themselves (a Celery task's run:
-    services/lifeline.py). ``on_exit()`` is called (in another thread) once the
+    dashboard/lifeline.py). ``on_exit()`` is called (in another thread) once the
     runner has exited: its run is settled then, as far as it could say.
     ``forkserver``: the runner is forked from it rather than started afresh (a
     caller that starts many: a rollout's conductor)."""
@@ -118,7 +118,7 @@ def start_process(module: str, request_env: str, payload: dict, *, what: str,
         env["PYTHONPATH"] = os.pathsep.join(
             [str(REPO_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     if bound:
-        from dashboard.services.lifeline import bound_to_this_process
+        from dashboard.lifeline import bound_to_this_process
 
         detach = {"preexec_fn": bound_to_this_process()}
     else:

@@ -40,7 +40,8 @@ from dashboard.errors import ConfigurationError
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _KEYS = {"alembic_ini", "database_url", "database_url_env", "backup_dir", "read_only",
-         "python", "version_table", "backup_verify", "flask_app", "env", "labels"}
+         "python", "version_table", "backup_verify", "backup_method",
+         "flask_app", "env", "labels"}
 _STRING_KEYS = _KEYS - {"read_only", "env", "labels"}
 _VARIABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -59,6 +60,7 @@ class TargetConfig:
     python: str | None = None
     version_table: str | None = None
     backup_verify: str | None = None  # "full" or "quick"
+    backup_method: str | None = None  # "dump" or "physical"
     flask_app: str | None = None  # as `flask --app` takes it
     env: tuple[tuple[str, str], ...] = ()  # as written: "${NAME}" not yet read
     labels: tuple[str, ...] = ()  # for rollouts: select many targets by label
@@ -134,6 +136,8 @@ def _target(name: str, spec, base: str, path: str) -> TargetConfig:
                                  f"(letters, digits, '_', '-', '.'), such as [\"tenant\"].")
     if spec.get("backup_verify", "full") not in ("full", "quick"):
         raise ConfigurationError(f"{where}: backup_verify must be 'full' or 'quick'.")
+    if spec.get("backup_method", "dump") not in ("dump", "physical"):
+        raise ConfigurationError(f"{where}: backup_method must be 'dump' or 'physical'.")
     if not isinstance(spec.get("read_only", False), bool):
         raise ConfigurationError(f"{where}: read_only must be true or false.")
 
@@ -155,6 +159,7 @@ def _target(name: str, spec, base: str, path: str) -> TargetConfig:
         python=spec.get("python"),
         version_table=spec.get("version_table"),
         backup_verify=spec.get("backup_verify"),
+        backup_method=spec.get("backup_method"),
         flask_app=spec.get("flask_app") or None,
         env=env,
         labels=tuple(dict.fromkeys(labels)),

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from dashboard.services.lifeline import bound_to_this_process
+from dashboard.lifeline import bound_to_this_process
 from tests.conftest import REPO
 
 REDIS_URL = os.environ.get("MD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")

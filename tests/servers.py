@@ -133,6 +133,26 @@ def require(server: Server) -> Server:
     return server
 
 
+def require_physical(server: Server) -> Server:
+    """The MariaDB server, if this machine can take physical copies of it
+    (mariadb-backup and mariadbd of its version, its data directory readable);
+    else a skip (a failure under CI=true) saying why."""
+    from dashboard.engines import mariadb_physical
+    from dashboard.engines.servers import server_address
+    from dashboard.errors import BackupError
+
+    require(server)
+    try:
+        address = server_address(server.url("mysql"), "mysql")
+        mariadb_physical.preflight(address, str(server.scalars("SELECT VERSION()")[0]))
+    except BackupError as exc:
+        reason = f"no physical copies of the MariaDB server here: {exc.message}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true, so no skipping: {reason}")
+        pytest.skip(reason)
+    return server
+
+
 @contextmanager
 def scratch_database(server: Server, prefix: str = "md_test") -> Iterator[str]:
     """A new, uniquely named database, dropped afterwards (with any verify/restore copies)."""

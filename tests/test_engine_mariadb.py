@@ -8,6 +8,8 @@ engine's level; tests/test_guard_mariadb.py drives the same through the API.
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import threading
 import time
 from dataclasses import replace
@@ -21,8 +23,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from dashboard.engines import ENGINES
 from dashboard.engines.mariadb import lock_name
 from dashboard.errors import BackupError
+from dashboard.services.backups import take_backup, verify_backup
 from dashboard.services.locking import LockHeld, LockHolder
-from tests.servers import SERVERS, require, scratch_database
+from tests.servers import SERVERS, require, require_physical, scratch_database
 from tests.sqlite_helpers import project_for
 
 ENGINE = ENGINES["mysql"]
@@ -243,13 +246,18 @@ LATER = [
 ]
 
 
-def test_a_restore_brings_back_every_kind_of_object(mariadb, database, project, tmp_path):
+@pytest.mark.parametrize("method", ["dump", "physical"])
+def test_a_restore_brings_back_every_kind_of_object(mariadb, database, project, tmp_path,
+                                                    method):
+    if method == "physical":
+        require_physical(mariadb)
+    project = replace(project, backup_method=method)
     mariadb.execute(*SCHEMA, database=database)
     _rows(mariadb, database, "SELECT NEXTVAL(ticket_seq) FROM seq_1_to_3")
     history = _rows(mariadb, database, "SELECT id, price FROM prices FOR SYSTEM_TIME ALL "
                                        "ORDER BY price")
     objects = _objects(mariadb, database)
-    dump = str(tmp_path / "backup.sql")
+    dump = str(tmp_path / f"backup{ENGINE.extension_for(project)}")
     ENGINE.copy(project, dump)
     mariadb.execute(*LATER, database=database)
     # Past the sequence's cache of 1000, so that its stored state moved on too.
@@ -425,3 +433,144 @@ def test_counting_the_discarded_writes_waits_no_longer_than_the_lock_timeout(
     finally:
         blocker_engine.dispose()
     assert answer is None and took < 5, (answer, took)
+
+
+# ---------------------------------------------------------------- physical copies
+
+
+def _scratch_servers_left() -> list[str]:
+    """Command lines of scratch servers still running on a physical copy."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                line = handle.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if ".physical-" in line and "--datadir" in line:
+            found.append(line)
+    return found
+
+
+def test_a_physical_copy_is_opened_and_checked_and_its_damage_found(
+        mariadb, database, project, tmp_path):
+    require_physical(mariadb)
+    project = replace(project, backup_method="physical")
+    mariadb.execute(*SCHEMA, database=database)
+    folder = tmp_path / "backups"
+    # What a process killed during a check left: its pid is in the name.
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    left = folder / f".physical-{dead.pid}-x1"
+    (left / "physbench").mkdir(parents=True)
+
+    record = take_backup(project, str(tmp_path / "inst"), str(folder), "test")
+
+    assert not left.exists(), "a dead process's unpacked copy was not removed"
+    assert record.file_name.endswith(".xbstream") and record.revisions == ("aaa",)
+    assert "physical copy" in record.verification, record.verification
+    # Every table of the schema went through CHECK TABLE on the scratch server.
+    tables = len(mariadb.scalars("SELECT table_name FROM information_schema.tables WHERE "
+                                 "table_schema = :db AND table_type <> 'VIEW'", db=database))
+    assert f"CHECK TABLE passed on its {tables} tables" in record.verification
+    assert sorted(p.name for p in folder.iterdir()) == [record.file_name,
+                                                        record.file_name + ".json"]
+    assert _scratch_servers_left() == []
+    # Checked again later, from the file alone: the scratch server needs no live one.
+    assert verify_backup(str(tmp_path / "inst"), record.id).verified
+    # A rehearsal's copy of the database, made from it on the live server.
+    with ENGINE.scratch_copy(project, record.path, str(tmp_path)) as copy_url:
+        assert ENGINE.live_revisions(replace(project, database_url=copy_url)) == ("aaa",)
+        assert make_url(copy_url).database != database
+
+    data = Path(record.path).read_bytes()
+    middle = len(data) // 2
+    damaged = tmp_path / "damaged.xbstream"
+    damaged.write_bytes(data[:middle] + bytes(b ^ 0xFF for b in data[middle:middle + 64])
+                        + data[middle + 64:])
+    cut = tmp_path / "cut.xbstream"
+    cut.write_bytes(data[:middle])
+    for bad in (damaged, cut):
+        check = ENGINE.check(str(bad), "alembic_version", project)
+        assert not check.ok, (bad.name, check)
+    # The check opens the copy unpacked while the file was written, and passes it
+    # only if the file still holds those bytes.
+    again = tmp_path / "again.xbstream"
+    ENGINE.copy(project, str(again))
+    written = again.read_bytes()
+    again.write_bytes(written[:middle] + bytes(b ^ 0xFF for b in written[middle:middle + 64])
+                      + written[middle + 64:])
+    check = ENGINE.check(str(again), "alembic_version", project)
+    assert not check.ok and "differs" in check.detail, check
+    assert _scratch_servers_left() == []
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".physical-")]
+
+
+def test_a_physical_copy_a_restore_could_not_dump_back_is_refused(
+        mariadb, database, project, tmp_path):
+    """The copy holds the schema alone: a view of another database's table opens
+    and checks, but the restore's dump of the copy would fail. Found at backup time."""
+    require_physical(mariadb)
+    with scratch_database(mariadb, prefix="md_other") as other:
+        mariadb.execute("CREATE TABLE shared (id INTEGER)", database=other)
+        mariadb.execute(*SCHEMA[:2], f"CREATE VIEW shared_ids AS SELECT id FROM `{other}`.shared",
+                        database=database)
+        folder = tmp_path / "backups"
+        with pytest.raises(BackupError) as caught:
+            take_backup(replace(project, backup_method="physical"), str(tmp_path / "inst"),
+                        str(folder), "test")
+        message = caught.value.message
+        assert "shared_ids" in message and 'backup_method = "dump"' in message, message
+        assert "Nothing was run" in message, message
+        assert not folder.exists() or list(folder.iterdir()) == []
+        # The dump method copies it, and its check loads it.
+        assert take_backup(project, str(tmp_path / "inst"), str(folder), "test").verified
+
+
+def test_a_physical_copy_without_its_tools_is_refused_before_anything_is_written(
+        mariadb, database, project, tmp_path, monkeypatch):
+    mariadb.execute(*SCHEMA, database=database)
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    for name in ("mariadb-dump", "mariadb"):  # the dump method's tools only
+        (tools / name).symlink_to(shutil.which(name))
+    monkeypatch.setenv("PATH", str(tools))
+    folder = tmp_path / "backups"
+
+    with pytest.raises(BackupError) as caught:
+        take_backup(replace(project, backup_method="physical"), str(tmp_path / "inst"),
+                    str(folder), "test")
+
+    message = caught.value.message
+    assert "mariadb-backup" in message and "apt-get install mariadb-backup" in message
+    assert 'backup_method = "dump"' in message and "Nothing was run" in message, message
+    assert not folder.exists() or list(folder.iterdir()) == []
+
+
+def test_a_physical_copy_by_a_user_with_a_password_never_shows_it(
+        mariadb, database, project, tmp_path):
+    require_physical(mariadb)
+    user, password = "md_phys_user", "p@ss:w/rd%41?#"
+    mariadb.create_user(user, password, database)
+    try:
+        mariadb.execute(*SCHEMA[:2], database=database)
+        url = make_url(mariadb.url(database)).set(username=user, password=password) \
+            .render_as_string(hide_password=False)
+        escaped = url.split("://", 1)[1].split("@")[0].split(":", 1)[1]
+        assert escaped != password  # the URL holds it percent-encoded
+        physical = replace(project_for(url), backup_method="physical")
+        # Without the rights mariadb-backup needs on the server, a clear refusal.
+        with pytest.raises(BackupError) as caught:
+            take_backup(physical, str(tmp_path / "inst"), str(tmp_path / "b1"), "test")
+        refused = caught.value.message
+        assert "mariadb-backup" in refused, refused
+        mariadb.execute(f"GRANT RELOAD, PROCESS, LOCK TABLES, BINLOG MONITOR ON *.* "
+                        f"TO '{user}'@'%'")
+        record = take_backup(physical, str(tmp_path / "inst"), str(tmp_path / "b2"), "test")
+        assert record.revisions == ("aaa",), record
+        said = [refused, record.verification, record.file_name,
+                Path(record.path + ".json").read_text()]
+        for form in (password, escaped):
+            assert not any(form in text for text in said), (form, said)
+    finally:
+        mariadb.drop_user(user, database)

@@ -567,7 +567,7 @@ def test_a_bound_child_dies_with_its_parent_and_a_detached_one_lives_on(bound, t
     parent = subprocess.Popen(
         [sys.executable, "-c",
          "import subprocess, sys, time\n"
-         "from dashboard.services.lifeline import bound_to_this_process\n"
+         "from dashboard.lifeline import bound_to_this_process\n"
          f"extra = {{'preexec_fn': bound_to_this_process()}} if {bound} else {{}}\n"
          "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'],"
          " start_new_session=True, **extra)\n"

@@ -22,7 +22,14 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from tests.conftest import CHATS, UNIFIED_REASONING, copy_sample_project, migrate
 from tests.conftest import client_for as _client
-from tests.servers import SERVERS, load_sample, require, scratch_database, snapshot
+from tests.servers import (
+    SERVERS,
+    load_sample,
+    require,
+    require_physical,
+    scratch_database,
+    snapshot,
+)
 
 FINISHED = ("succeeded", "failed", "restored")
 SLOW_FAILURE = "9a1100000001"  # sleeps, then raises
@@ -177,12 +184,15 @@ class Writer(threading.Thread):
 # ---------------------------------------------------------------- 1. discarded writes
 
 
+@pytest.mark.parametrize("method", ["dump", "physical"])
 def test_rows_written_during_a_run_that_is_restored_are_reported_as_discarded(
-        mariadb, database, sample_ini, tmp_path):
+        mariadb, database, sample_ini, tmp_path, method):
+    if method == "physical":
+        require_physical(mariadb)
     url = mariadb.url(database)
     migrate(sample_ini, url, CHATS)
     _add_slow_failure(sample_ini, 2.0)
-    client = _client(sample_ini, url, tmp_path / "inst")
+    client = _client(sample_ini, url, tmp_path / "inst", DASHBOARD_BACKUP_METHOD=method)
     writer = Writer(mariadb, database)
     writer.start()
     try:
@@ -399,8 +409,11 @@ def _rows(server, database, sql):
         engine.dispose()
 
 
+@pytest.mark.parametrize("method", ["dump", "physical"])
 def test_the_history_of_a_system_versioned_table_survives_a_restore(
-        mariadb, database, sample_ini, tmp_path):
+        mariadb, database, sample_ini, tmp_path, method):
+    if method == "physical":
+        require_physical(mariadb)
     url = mariadb.url(database)
     migrate(sample_ini, url, CHATS)
     mariadb.execute(
@@ -413,9 +426,10 @@ def test_the_history_of_a_system_versioned_table_survives_a_restore(
     history = _history(mariadb, database)
     current = _rows(mariadb, database, "SELECT COUNT(*) FROM prices")[0][0]
     assert len(history) == 7 > current == 2, history
-    client = _client(sample_ini, url, tmp_path / "inst")
+    client = _client(sample_ini, url, tmp_path / "inst", DASHBOARD_BACKUP_METHOD=method)
 
     backup = _backup(client)
+    assert backup["file_name"].endswith(".xbstream" if method == "physical" else ".sql")
     mariadb.execute("UPDATE prices SET price = 0", database=database)
     run = _finished(client, _restore(client, backup["id"])["url"])
 

@@ -153,6 +153,8 @@ def test_two_targets_on_one_database_share_the_lock(tmp_path, sample_ini):
     ("[targets.a]\nalembic_ini = 'a.ini'\nlabels = 'tenant'\n", "labels must be a list"),
     ("[targets.a]\nalembic_ini = 'a.ini'\nlabels = ['ok', 'no spaces']\n",
      "labels must be a list"),
+    ("[targets.a]\nalembic_ini = 'a.ini'\nbackup_method = 'rsync'\n",
+     "backup_method must be 'dump' or 'physical'"),
 ])
 def test_a_bad_targets_file_stops_start_up_with_a_clear_message(tmp_path, text, message):
     config = tmp_path / "t.toml"

@@ -150,6 +150,15 @@ class DatabaseEngine:
     def source_size(self, project: Project) -> int:
         raise self.unsupported()
 
+    def space_needed(self, project: Project) -> int:
+        """Bytes a backup of the project's database needs in the backup folder while it
+        is taken and checked (before the safety margin)."""
+        return self.source_size(project)
+
+    def extension_for(self, project: Project) -> str:
+        """The file extension of the backup ``copy`` makes for this project."""
+        return self.extension
+
     def live_revisions(self, project: Project) -> tuple[str, ...]:
         raise self.unsupported()
 

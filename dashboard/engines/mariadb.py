@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import bindparam, text
 from sqlalchemy.exc import SQLAlchemyError
 
+from dashboard.engines import mariadb_physical as physical
 from dashboard.engines import servers
 from dashboard.engines.base import NOT_RUN, CountedAtSwap, FileCheck, bounded_count, version_numbers
 from dashboard.engines.servers import ServerAddress, ServerEngine
@@ -66,6 +67,8 @@ class MariaDbEngine(ServerEngine):
                     f"{said!r}) but the server is version {server_text}: install client "
                     f"tools of version {server[0]} or later and put them first on the PATH. "
                     f"{NOT_RUN}")
+        if project.backup_method == "physical":
+            physical.preflight(address, server_text)
 
     def source_size(self, project: Project) -> int:
         address = self.address(project)
@@ -73,16 +76,36 @@ class MariaDbEngine(ServerEngine):
             address, "SELECT COALESCE(SUM(data_length + index_length), 0) "
             "FROM information_schema.tables WHERE table_schema = DATABASE()"))
 
+    def space_needed(self, project: Project) -> int:
+        size = self.source_size(project)
+        # The physical copy is unpacked beside itself to be checked.
+        return 2 * size if project.backup_method == "physical" else size
+
+    def extension_for(self, project: Project) -> str:
+        return physical.EXTENSION if project.backup_method == "physical" else self.extension
+
     def copy(self, project: Project, destination: str) -> None:
         address = self.address(project)
+        if project.backup_method == "physical":
+            datadir = physical.preflight(address, str(servers.scalar(address,
+                                                                     "SELECT VERSION()")))
+            # The stream also carries the system tablespace and some free pages.
+            physical.copy(address, datadir, destination, 2 * self.source_size(project),
+                          after=NOT_RUN)
+        else:
+            self._dump(address, destination, after=NOT_RUN)
+
+    def _dump(self, address: ServerAddress, destination: str, after: str,
+              options: tuple[str, ...] = (), what: str | None = None) -> None:
         dump = servers.find_tool(self.dump_tools, "mysql")
-        with servers.mariadb_option_file(address) as options:
+        with servers.mariadb_option_file(address) as option_file:
             servers.run_tool(
                 # --defaults-extra-file must come first, or the tool ignores it.
-                [dump.path, f"--defaults-extra-file={options}", *self.dump_options(address),
-                 f"--result-file={destination}", "--", address.database],
-                None, what=f"{dump.name} of the {address.describe()}", address=address,
-                after=NOT_RUN)
+                [dump.path, f"--defaults-extra-file={option_file}",
+                 *self.dump_options(address), *options, f"--result-file={destination}", "--",
+                 address.database],
+                None, what=what or f"{dump.name} of the {address.describe()}",
+                address=address, after=after)
 
     def dump_options(self, address: ServerAddress) -> list[str]:
         options = ["--single-transaction", "--routines", "--triggers", "--events",
@@ -100,7 +123,20 @@ class MariaDbEngine(ServerEngine):
         loads into a scratch database holding the revisions read back from it.
 
         "quick" reads the file alone: the full check is a load of every row,
-        which costs about six times the dump itself (benchmarks/README.md)."""
+        which costs about six times the dump itself (benchmarks/README.md).
+
+        A physical copy is opened by a scratch server on this machine, with or
+        without a project: CHECK TABLE on every table ("full"), its revisions read.
+        """
+        if physical.is_physical(path):
+            return physical.check(
+                path, version_table, thorough=project is None
+                or project.backup_verify != "quick",
+                # What a restore dumps first: the definitions, which may name what the
+                # copy does not hold (a view of another database's table).
+                rehearse=lambda local: self._dump(
+                    local, os.devnull, after="", options=("--no-data",),
+                    what="Dumping the copy's definitions, as a restore would"))
         if not self._complete(path):
             return FileCheck(False, "the dump does not end with its '-- Dump completed' line: "
                              "it is cut short", ())
@@ -119,6 +155,10 @@ class MariaDbEngine(ServerEngine):
                          revisions)
 
     def load_scratch(self, project, address: ServerAddress, scratch: str, path: str) -> None:
+        if physical.is_physical(path):
+            with self._as_dump(path, after="") as dump:
+                self.load_scratch(project, address, scratch, dump)
+            return
         self._load(address, scratch, path, "Loading the copy into a scratch database",
                    after="", lock_wait=lock_wait_seconds(project),
                    unlogged=_may_skip_binlog(address))
@@ -140,6 +180,9 @@ class MariaDbEngine(ServerEngine):
         moved aside, before they are dropped: a row committed while the swap
         waited for its locks is among them.
         """
+        if physical.is_physical(backup_path):
+            with self._as_dump(backup_path, after=UNCHANGED) as dump:
+                return self.restore(project, dump, marks, touched)
         address = self.address(project)
         servers.find_tool(self.client_tools, "mysql")
         if not self._complete(backup_path):
@@ -184,6 +227,12 @@ class MariaDbEngine(ServerEngine):
                  "--default-character-set=utf8mb4", f"--init-command={session}",
                  f"--database={database}"],
                 None, stdin=dump, what=what, address=address, after=after)
+
+    def _as_dump(self, path: str, after: str):
+        """A physical backup as the dump the dump method would have taken."""
+        return physical.as_dump(
+            path, lambda local, destination: self._dump(
+                local, destination, after, what="Dumping the physical backup"), after)
 
     def _complete(self, path: str) -> bool:
         with open(path, "rb") as handle:

@@ -105,7 +105,7 @@ def take_backup(
         raise describe_failure(f"the backup folder {backup_dir} cannot be created", exc) from exc
     if not os.access(backup_dir, os.W_OK | os.X_OK):
         raise BackupError(f"The backup folder {backup_dir} is not writable. {NOT_RUN}")
-    _check_free_space(backup_dir, fmt.source_size(project))
+    _check_free_space(backup_dir, fmt.space_needed(project))
 
     if expected_revisions is None:
         expected_revisions = fmt.live_revisions(project)
@@ -445,7 +445,7 @@ def _check_free_space(backup_dir: str, size: int) -> None:
     if free < needed:
         raise BackupError(
             f"Not enough free space in {backup_dir}: the backup needs about "
-            f"{_size(needed)} (the database is {_size(size)}, plus a safety margin) "
+            f"{_size(needed)} ({_size(size)} for the copy and its check, plus a safety margin) "
             f"and {_size(free)} is free. {NOT_RUN}"
         )
 
@@ -462,7 +462,7 @@ def _file_name(fmt: DatabaseEngine, project: Project, revisions: tuple[str, ...]
     if len(revisions) > 1:
         revision += f"+{len(revisions) - 1}"
     short = backup_id.rsplit("-", 1)[1]
-    return f"{stem}__{revision}__{_stamp(created_at)}__{short}{fmt.extension}"
+    return f"{stem}__{revision}__{_stamp(created_at)}__{short}{fmt.extension_for(project)}"
 
 
 def _safe(text: str, limit: int) -> str:

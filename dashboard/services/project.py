@@ -31,6 +31,7 @@ PYPROJECT = "pyproject.toml"
 ALEMBIC_INI = "alembic.ini"
 # Flask-Migrate's `flask db init` writes its project here, ini included.
 FLASK_MIGRATE_INI = os.path.join("migrations", "alembic.ini")
+BACKUP_METHODS = ("dump", "physical")
 WHAT_TO_DO = "set DASHBOARD_DATABASE_URL, or let env.py supply the URL"
 
 
@@ -47,6 +48,8 @@ class Project:
     python: str
     lock_timeout: float = 60.0  # seconds a restore waits for other sessions' locks
     backup_verify: str = "full"  # "full" or "quick": how deeply a fresh backup is checked
+    # "dump" or "physical" (MariaDB on this machine: mariadb-backup's copy of its files)
+    backup_method: str = "dump"
     flask_app: str | None = None  # a Flask-Migrate app, as `flask --app` takes it
     # Variables for the project's process (a target's env table, "${NAME}" already read):
     # may hold secrets, so never shown, and scrubbed like the password.
@@ -190,6 +193,7 @@ def load_project(
     env: dict[str, str] | None = None,
     *,
     require_url: bool = True,
+    backup_method: str = "dump",
 ) -> Project:
     """The project ``ini_path`` names (an alembic.ini, a pyproject.toml or a folder).
 
@@ -262,6 +266,7 @@ def load_project(
         python=python,
         lock_timeout=float(lock_timeout),
         backup_verify=backup_verify if backup_verify in ("full", "quick") else "full",
+        backup_method=backup_method if backup_method in BACKUP_METHODS else "dump",
         flask_app=flask_app or None,
         env=tuple(sorted((env or {}).items())),
         toml_path=toml,

@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from dashboard.lifeline import bound_to_this_process
 from dashboard.services import locking, runs
 from dashboard.services.alembic_process import (
     EnvDatabase,
@@ -27,7 +28,6 @@ from dashboard.services.alembic_process import (
     worker_command,
     worker_environment,
 )
-from dashboard.services.lifeline import bound_to_this_process
 from dashboard.services.planning import ActionPlan
 
 if TYPE_CHECKING:

@@ -1,4 +1,4 @@
-"""Processes that must die with their parent: runs started by a Celery task.
+"""Processes that must die with their parent: runs started by a Celery task, and more.
 
 A run started from the web or the command line is detached on purpose (its
 runner outlives the server). A run started by a Celery task is the other way
@@ -7,6 +7,9 @@ machine nobody watches, so the runner and its alembic worker are bound to
 the process that started them (Linux ``PR_SET_PDEATHSIG``: the kernel sends
 SIGKILL when the parent dies). The database then rolls back its open
 transaction, or the guard's recovery puts the run's backup back.
+
+The private server that checks a physical MariaDB copy is bound the same way:
+it must not outlive the process that started it.
 """
 
 from __future__ import annotations
