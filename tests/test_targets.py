@@ -169,13 +169,17 @@ def test_labels_reach_their_targets(tmp_path, sample_ini):
 
     config = tmp_path / "t.toml"
     config.write_text(f"[targets.a]\nalembic_ini = '{sample_ini}'\nlabels = ['tenant', 'eu', "
-                      f"'tenant']\n[targets.b]\nalembic_ini = '{sample_ini}'\n")
+                      f"'tenant']\nbackup_method = 'physical'\n"
+                      f"[targets.b]\nalembic_ini = '{sample_ini}'\n")
     from dashboard.settings import settings_from_environ
 
     registry = Registry({**settings_from_environ({}), "DASHBOARD_TARGETS_FILE": str(config),
                          "DASHBOARD_INSTANCE_DIR": str(tmp_path / "inst")})
     assert registry.get("a").labels == ("tenant", "eu")
     assert registry.get("b").labels == ()
+    # and so does a target's backup_method; the others keep the default
+    assert registry.get("a").project().backup_method == "physical"
+    assert registry.get("b").project().backup_method == "dump"
 
 
 def _wait(client, url):
