@@ -36,6 +36,7 @@ from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
 
 from dashboard.errors import ConfigurationError, DashboardError, Unavailable
+from dashboard.lifeline import process_alive
 from dashboard.redact import password_of, scrub_secrets, secrets_in_values
 from dashboard.services import runs
 from dashboard.services.executors import WAITING, RunRequest, TargetRun
@@ -281,15 +282,7 @@ def _refused(client, key: str, marker: Marker, why: str) -> FleetTaskFailed:
 def _gone(marker: Marker) -> bool:
     """Whether the process that started the task is known to be dead (on this machine:
     without waiting for its heartbeat to expire)."""
-    if marker.host != socket.gethostname():
-        return False
-    try:
-        os.kill(marker.pid, 0)
-    except ProcessLookupError:
-        return True
-    except OSError:
-        return False
-    return False
+    return marker.host == socket.gethostname() and not process_alive(marker.pid)
 
 
 class Heartbeat:

@@ -39,3 +39,14 @@ def bound_to_this_process() -> Callable[[], None]:
     """A ``preexec_fn`` for ``subprocess.Popen``: the child dies with this process."""
     parent = os.getpid()
     return lambda: die_with_parent(parent)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process of this machine with that pid exists (another user's too)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, but not ours to signal
+        return True
+    return True

@@ -42,7 +42,7 @@ from dashboard.engines import servers
 from dashboard.engines.base import NOT_RUN, FileCheck
 from dashboard.engines.servers import ServerAddress, Tool
 from dashboard.errors import BackupError
-from dashboard.lifeline import bound_to_this_process
+from dashboard.lifeline import bound_to_this_process, process_alive
 
 MAGIC = b"XBSTCK01"  # how every xbstream file begins
 EXTENSION = ".xbstream"
@@ -211,7 +211,8 @@ def _sweep(folder: str) -> None:
         if not entry.name.startswith(SCRATCH_PREFIX):
             continue
         try:
-            stale = not _alive(entry.name[len(SCRATCH_PREFIX):].split("-", 1)[0]) or \
+            pid = entry.name[len(SCRATCH_PREFIX):].split("-", 1)[0]
+            stale = not (pid.isdigit() and process_alive(int(pid))) or \
                 entry.stat(follow_symlinks=False).st_mtime < time.time() - STALE_SECONDS
         except OSError:
             continue
@@ -220,18 +221,6 @@ def _sweep(folder: str) -> None:
                 shutil.rmtree(entry.path, ignore_errors=True)
             else:
                 os.unlink(entry.path)
-
-
-def _alive(pid: str) -> bool:
-    if not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # another user's
-        return True
-    return True
 
 
 def _recall(path: str) -> _Unpacked | None:

@@ -34,6 +34,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from dashboard.engines import DatabaseEngine, engine_for
 from dashboard.engines.base import NOT_RUN, CountedAtSwap, describe_failure, remove_files
 from dashboard.errors import BackupError, BadRequest, Conflict, NotFound
+from dashboard.lifeline import process_alive
 from dashboard.services import runs, store
 from dashboard.services.project import Project
 
@@ -113,7 +114,9 @@ def take_backup(
 
     file_name = _file_name(fmt, project, expected, created_at, backup_id)
     final = os.path.join(backup_dir, file_name)
-    temp = os.path.join(backup_dir, f".{file_name}.partial")
+    _remove_dead_partials(backup_dir)
+    # Whose it is, in its name: a copy left by a killed process is found by that.
+    temp = os.path.join(backup_dir, f".{file_name}.{os.getpid()}.partial")
     manifest = _manifest_path(final)
     stage = "copying the database"
     try:
@@ -437,6 +440,27 @@ def _reverify(record: BackupRecord, project: Project | None) -> tuple[str | None
                 f"{_revs(manifest_revs)}"), ""
     return None, (f"file present; sha256 matches the manifest; {check.detail}; "
                   f"revisions {_revs(check.revisions)} match the manifest")
+
+
+_PARTIAL = re.compile(r"^\..+\.(\d+)\.partial$")
+
+
+def _remove_dead_partials(backup_dir: str) -> None:
+    """Remove the copies that backups killed on the way left: never a backup (a copy
+    becomes one only when it is renamed), and never one whose process still lives."""
+    try:
+        names = os.listdir(backup_dir)
+    except OSError:
+        return
+    for name in names:
+        match = _PARTIAL.match(name)
+        if match is None or process_alive(int(match.group(1))):
+            continue
+        try:
+            os.unlink(os.path.join(backup_dir, name))
+            log.info("removed %s, left by a backup that was killed", name)
+        except OSError:
+            pass
 
 
 def _check_free_space(backup_dir: str, size: int) -> None:
