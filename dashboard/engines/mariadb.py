@@ -86,12 +86,10 @@ class MariaDbEngine(ServerEngine):
 
     def copy(self, project: Project, destination: str) -> None:
         address = self.address(project)
-        if project.backup_method == "physical":
-            datadir = physical.preflight(address, str(servers.scalar(address,
-                                                                     "SELECT VERSION()")))
+        if project.backup_method == "physical":  # preflight() has checked what it needs
             # The stream also carries the system tablespace and some free pages.
-            physical.copy(address, datadir, destination, 2 * self.source_size(project),
-                          after=NOT_RUN)
+            physical.copy(address, str(servers.scalar(address, "SELECT @@datadir")),
+                          destination, 2 * self.source_size(project), after=NOT_RUN)
         else:
             self._dump(address, destination, after=NOT_RUN)
 

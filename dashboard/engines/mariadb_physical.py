@@ -84,9 +84,8 @@ def _tool(names: tuple[str, ...]) -> Tool:
                       f"{', '.join(SERVER_FOLDERS)}. {INSTALL} {NOT_RUN}")
 
 
-def preflight(address: ServerAddress, server_text: str) -> str:
-    """Refuse, before anything is written, what a physical copy cannot do here;
-    the server's data directory otherwise."""
+def preflight(address: ServerAddress, server_text: str) -> None:
+    """Refuse, before anything is written, what a physical copy cannot do here."""
     if "mariadb" not in server_text.lower():
         raise BackupError(f"backup_method = \"physical\" needs a MariaDB server "
                           f"(mariadb-backup); this one is {server_text}. Set backup_method "
@@ -119,7 +118,6 @@ def preflight(address: ServerAddress, server_text: str) -> str:
             f"(uid {os.geteuid()}): a physical copy reads the server's files. Run the "
             f"dashboard as a user who may (the server's own, or in its group), or set "
             f"backup_method = \"dump\". {NOT_RUN}")
-    return str(datadir)
 
 
 @dataclass(frozen=True)
