@@ -12,10 +12,12 @@ import errno
 import logging
 import os
 import sqlite3
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from sqlalchemy import create_engine
 from sqlalchemy.engine import Engine, make_url
@@ -30,6 +32,8 @@ if TYPE_CHECKING:
     from dashboard.services.project import Project
 
 NOT_RUN = "Nothing was run."
+MEMO_SECONDS = 24 * 3600  # a copy's findings nobody checked within this are forgotten
+T = TypeVar("T")
 
 
 # An async driver, and the sync driver the dashboard reads the same database with.
@@ -68,6 +72,30 @@ class CountedAtSwap:
     A count taken before the restore misses a row committed between the count and
     the swap; an engine that can read the replaced tables counts them instead."""
     writes: list[dict] | None
+
+
+class CopyMemo(Generic[T]):
+    """What an engine's ``copy`` found while it wrote a backup file, kept for the
+    ``check`` of that same file in this process (which takes it once). A value
+    nobody took within a day is forgotten, and ``forget`` is called with it."""
+
+    def __init__(self, forget: Callable[[T], None] = lambda value: None) -> None:
+        self._kept: dict[str, tuple[float, T]] = {}
+        self._lock = threading.Lock()
+        self._forget = forget
+
+    def remember(self, path: str, value: T) -> None:
+        now = time.time()
+        with self._lock:
+            for old in [key for key, (at, _) in self._kept.items()
+                        if at < now - MEMO_SECONDS]:
+                self._forget(self._kept.pop(old)[1])
+            self._kept[os.path.abspath(path)] = (now, value)
+
+    def recall(self, path: str) -> T | None:
+        with self._lock:
+            kept = self._kept.pop(os.path.abspath(path), None)
+        return None if kept is None else kept[1]
 
 
 @dataclass(frozen=True)

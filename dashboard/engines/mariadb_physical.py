@@ -28,7 +28,6 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -39,7 +38,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from dashboard.engines import servers
-from dashboard.engines.base import NOT_RUN, FileCheck
+from dashboard.engines.base import NOT_RUN, CopyMemo, FileCheck
 from dashboard.engines.servers import ServerAddress, Tool
 from dashboard.errors import BackupError
 from dashboard.lifeline import bound_to_this_process, process_alive
@@ -127,11 +126,10 @@ class _Unpacked:
 
     folder: str
     sha256: str  # of the bytes written to the file and unpacked
-    at: float
 
 
-_unpacked: dict[str, _Unpacked] = {}
-_unpacked_lock = threading.Lock()
+_unpacked: CopyMemo[_Unpacked] = CopyMemo(
+    forget=lambda left: shutil.rmtree(left.folder, ignore_errors=True))
 
 
 def copy(address: ServerAddress, datadir: str, destination: str, size: int,
@@ -162,11 +160,7 @@ def copy(address: ServerAddress, datadir: str, destination: str, size: int,
     if dumped.consumer_failure is not None:  # the file is unpacked again by the check
         shutil.rmtree(folder, ignore_errors=True)
         return
-    with _unpacked_lock:
-        for old in [key for key, value in _unpacked.items()
-                    if value.at < time.time() - STALE_SECONDS]:
-            shutil.rmtree(_unpacked.pop(old).folder, ignore_errors=True)
-        _unpacked[os.path.abspath(destination)] = _Unpacked(folder, dumped.sha256, time.time())
+    _unpacked.remember(destination, _Unpacked(folder, dumped.sha256))
 
 
 def _scratch_folder(path: str, size: int) -> str:
@@ -219,11 +213,6 @@ def _sweep(folder: str) -> None:
                 shutil.rmtree(entry.path, ignore_errors=True)
             else:
                 os.unlink(entry.path)
-
-
-def _recall(path: str) -> _Unpacked | None:
-    with _unpacked_lock:
-        return _unpacked.pop(os.path.abspath(path), None)
 
 
 @contextmanager
@@ -333,7 +322,7 @@ def check(path: str, version_table: str, thorough: bool,
 
     A copy ``copy`` unpacked as it wrote it is opened as it is, and the file must
     then hold the bytes it unpacked (hashed meanwhile)."""
-    unpacked = _recall(path)
+    unpacked = _unpacked.recall(path)
     with ThreadPoolExecutor(max_workers=1) as pool:
         digest = pool.submit(_sha256, path) if unpacked is not None else None
         found = _check(path, version_table, thorough, unpacked, rehearse)
@@ -393,7 +382,7 @@ def as_dump(path: str, dump: Callable[[ServerAddress, str], None],
             after: str) -> Iterator[str]:
     """The backup as a dump file beside it (removed afterwards), written by
     ``dump(address, destination)`` from the scratch server's schema."""
-    left = _recall(path)  # unpacked by a copy nobody checked: not used unchecked
+    left = _unpacked.recall(path)  # unpacked by a copy nobody checked: not used unchecked
     if left is not None:
         shutil.rmtree(left.folder, ignore_errors=True)
     folder = os.path.dirname(os.path.abspath(path))

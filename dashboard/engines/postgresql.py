@@ -8,7 +8,6 @@ import logging
 import os
 import re
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -19,7 +18,14 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from dashboard.engines import servers
-from dashboard.engines.base import NOT_RUN, CountedAtSwap, FileCheck, bounded_count, version_numbers
+from dashboard.engines.base import (
+    NOT_RUN,
+    CopyMemo,
+    CountedAtSwap,
+    FileCheck,
+    bounded_count,
+    version_numbers,
+)
 from dashboard.engines.servers import ServerAddress, ServerEngine, Tool, sql_literal
 from dashboard.errors import BackupError
 
@@ -97,9 +103,6 @@ $dashboard_restore$;
 # not wait for the disk.
 SCRATCH_RESTORE = ("--no-owner", "--no-privileges", "--exit-on-error", "--no-password")
 SCRATCH_OPTIONS = "-c synchronous_commit=off"
-# How long ``check`` may still find what ``copy`` verified (take_backup calls
-# them one after the other).
-REMEMBER_SECONDS = 24 * 3600
 # How long ``end_sessions`` waits between cancelling and terminating, and then
 # for terminated sessions to be gone (their locks with them).
 END_GRACE_SECONDS = 5.0
@@ -116,7 +119,6 @@ class _Copied:
     quick: bool  # only the archive is to be read (backup_verify = "quick")
     sha256: str | None  # of the bytes restored into the scratch database
     restored: FileCheck | None  # the outcome of that restore
-    at: float
 
 
 class PostgresEngine(ServerEngine):
@@ -135,8 +137,7 @@ class PostgresEngine(ServerEngine):
 
     def __init__(self) -> None:
         super().__init__()
-        self._copied: dict[str, _Copied] = {}
-        self._copied_lock = threading.Lock()
+        self._copied: CopyMemo[_Copied] = CopyMemo()
 
     def preflight(self, project: Project) -> None:
         address = self.address(project)
@@ -183,7 +184,7 @@ class PostgresEngine(ServerEngine):
                      f"--file={destination}"],
                     env, what=f"pg_dump of the {address.describe()}", address=address,
                     after=NOT_RUN)
-            self._remember(destination, _Copied(True, None, None, time.time()))
+            self._copied.remember(destination, _Copied(True, None, None))
             return
         pg_restore = servers.find_tool(("pg_restore",), "postgresql")
         with ExitStack() as stack:
@@ -213,13 +214,13 @@ class PostgresEngine(ServerEngine):
                     self.scratch_revisions(address, scratch, project.version_table))
             except BackupError as exc:
                 restored = FileCheck(False, exc.message.rstrip(". "), ())
-        self._remember(destination, _Copied(False, dumped.sha256, restored, time.time()))
+        self._copied.remember(destination, _Copied(False, dumped.sha256, restored))
 
     def check(self, path: str, version_table: str,
               project: Project | None = None) -> FileCheck:
         """What ``copy`` found, for the file it wrote; otherwise the archive alone
         (no server given) or a restore of the file into a scratch database."""
-        copied = self._recall(path)
+        copied = self._copied.recall(path)
         if copied is not None and not copied.quick:
             return _restored_copy(path, copied)
         try:
@@ -248,17 +249,6 @@ class PostgresEngine(ServerEngine):
                  f"--dbname={_conninfo(scratch)}", path],
                 env, what="Restoring the copy into a scratch database",
                 address=address, after="")
-
-    def _remember(self, path: str, copied: _Copied) -> None:
-        with self._copied_lock:
-            for old in [key for key, value in self._copied.items()
-                        if value.at < copied.at - REMEMBER_SECONDS]:
-                del self._copied[old]
-            self._copied[os.path.abspath(path)] = copied
-
-    def _recall(self, path: str) -> _Copied | None:
-        with self._copied_lock:
-            return self._copied.pop(os.path.abspath(path), None)
 
     # ------------------------------------------------------------ restores
 
